@@ -1,0 +1,14 @@
+"""The core registry: a `core_type` name maps to a lazily imported LLMCore class.
+
+A core whose optional dependency is missing fails only when chosen, naming the extra to install.
+"""
+
+from llmlib.registry import Registry
+
+CORES = Registry("core")
+CORES.register("dummy", "llmlib.cores.dummy:DummyCore")
+
+
+def get_core_class(name: str):
+    """The LLMCore subclass registered as `name` (CoreUnavailableError if unknown or not installed)."""
+    return CORES.get(name)

@@ -1,0 +1,167 @@
+"""The LLMCore contract: one backend instance, non-blocking enqueue, exactly one outcome per request.
+
+Responses go to a ResponseSink as they happen; `flush` waits on a condition, never polls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from llmlib.errors import BackendError, FlushTimeoutError
+
+if TYPE_CHECKING:
+    from llmlib.benchmarks import BenchmarkSpec
+    from llmlib.config import ResolvedConfig
+    from llmlib.dataset import LLMDataset
+
+EMPTY_TOKENS = np.zeros(0, dtype=np.uint32)
+
+
+class Request:
+    """One generation request. `request_id` is unique among requests in flight."""
+
+    __slots__ = ("request_id", "input_tokens", "max_new_tokens", "streaming", "sample_index",
+                 "min_new_tokens", "stop_token_ids", "sampling")
+
+    def __init__(self, request_id: int, input_tokens: np.ndarray, max_new_tokens: int,
+                 streaming: bool, sample_index: int = -1, min_new_tokens: int = 0,
+                 stop_token_ids: tuple[int, ...] = (), sampling: dict[str, Any] | None = None):
+        self.request_id = request_id
+        self.input_tokens = input_tokens
+        self.max_new_tokens = max_new_tokens
+        self.streaming = streaming
+        self.sample_index = sample_index
+        self.min_new_tokens = min_new_tokens
+        self.stop_token_ids = stop_token_ids
+        self.sampling = sampling
+
+    def __repr__(self) -> str:
+        return (f"Request(id={self.request_id}, sample={self.sample_index}, "
+                f"input_len={len(self.input_tokens)}, max_new_tokens={self.max_new_tokens})")
+
+
+class ResponseSink(Protocol):
+    """Where a core delivers outcomes. Called from any thread, as they happen."""
+
+    def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None: ...
+
+    def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None: ...
+
+    def on_error(self, request_id: int, error: BaseException) -> None: ...
+
+
+class LLMCore(ABC):
+    """One backend instance.
+
+    Subclasses implement `_enqueue_impl` (must not block on the backend), `health_check`,
+    and deliver outcomes with `_first_token`, `_complete` and `_fail`, which keep the
+    exactly-once rule: an outcome for a request that is not pending is dropped and counted.
+    """
+
+    #: the registry name
+    name: str = "base"
+
+    def __init__(self, *, config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None,
+                 rank: int, sink: ResponseSink):
+        self.config = config
+        self.benchmark = benchmark
+        self.dataset = dataset
+        self.rank = rank
+        self.sink = sink
+        self._pending: dict[int, Request] = {}
+        self._flush_cond = threading.Condition()
+        self._flushing = False
+        self.dropped_duplicates = 0
+
+    # --- the contract -----------------------------------------------------------------------
+    @classmethod
+    def num_cores(cls, config: ResolvedConfig) -> int:
+        """How many instances of this core the workload needs (data-parallel ranks, URLs...)."""
+        return 1
+
+    @property
+    def address(self) -> str:
+        """Names this backend instance in errors and statistics."""
+        return f"{self.name}[{self.rank}]"
+
+    def enqueue(self, requests: Sequence[Request]) -> None:
+        """Hand requests to the backend and return at once."""
+        pending = self._pending
+        for req in requests:
+            pending[req.request_id] = req
+        try:
+            self._enqueue_impl(requests)
+        except Exception as err:  # a core bug or a refused submit fails these requests, not the run
+            for req in requests:
+                self._fail(req.request_id, BackendError(self.address, f"enqueue failed: {err!r}"))
+
+    @abstractmethod
+    def _enqueue_impl(self, requests: Sequence[Request]) -> None: ...
+
+    @abstractmethod
+    def health_check(self) -> None:
+        """Return if the backend is ready; raise BackendError with the address and cause if not."""
+
+    def warm_up(self) -> None:
+        """Backend-specific warmup beyond the WarmupManager's queries (optional)."""
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until nothing is pending; raise FlushTimeoutError naming what still is."""
+        deadline = time.monotonic() + timeout_s
+        with self._flush_cond:
+            self._flushing = True
+            try:
+                while self._pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise FlushTimeoutError(self.address, list(self._pending), timeout_s)
+                    self._flush_cond.wait(remaining)
+            finally:
+                self._flushing = False
+
+    def cancel(self, request_id: int) -> None:
+        """Stop working on a request; it still ends with one outcome (an error if nothing else)."""
+        self._fail(request_id, BackendError(self.address, "cancelled"))
+
+    def stop(self) -> None:
+        """Release the backend. Requests still pending fail."""
+        for rid in list(self._pending):
+            self._fail(rid, BackendError(self.address, "core stopped with the request pending"))
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def pending_ids(self) -> list[int]:
+        return list(self._pending)
+
+    # --- for subclasses: deliver outcomes -------------------------------------------------------
+    def _first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+        if request_id in self._pending:
+            self.sink.on_first_token(request_id, token_ids)
+
+    def _complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        if self._pending.pop(request_id, None) is None:
+            self.dropped_duplicates += 1
+            return
+        self.sink.on_complete(request_id, token_ids, n_tokens)
+        if self._flushing and not self._pending:
+            self._notify_flush()
+
+    def _fail(self, request_id: int, error: BaseException) -> None:
+        if self._pending.pop(request_id, None) is None:
+            self.dropped_duplicates += 1
+            return
+        self.sink.on_error(request_id, error)
+        if self._flushing and not self._pending:
+            self._notify_flush()
+
+    def _notify_flush(self) -> None:
+        with self._flush_cond:
+            self._flush_cond.notify_all()

@@ -1,0 +1,179 @@
+"""The `dummy` core: a simulated engine with a timing model (TTFT, time per token, batch limit).
+
+A zero-latency mode completes inline at enqueue, to measure what the harness itself costs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from llmlib.config import ResolvedConfig
+from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.errors import BackendError, ConfigError
+
+_FIRST, _DONE = 0, 1
+
+
+class DummyCore(LLMCore):
+    """Simulated engine. Output tokens: the dataset's reference tokens when it has them,
+    else a deterministic sequence; output length from the dataset or fixed, capped by
+    the request's max_new_tokens."""
+
+    name = "dummy"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        cfg = self.config
+        self.ttft_ns = int(cfg.dummy_ttft_ms * 1e6)
+        self.tpot_ns = int(cfg.dummy_tpot_ms * 1e6)
+        self.max_batch = cfg.dummy_max_batch_size
+        self.zero_latency = cfg.dummy_zero_latency
+        self.fail_rate = cfg.dummy_fail_rate
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ConfigError(f"--dummy_fail_rate={self.fail_rate} must be within 0..1")
+        self._rng = random.Random(cfg.dummy_seed * 1000 + self.rank)
+        self._fixed_len = _parse_output_len(cfg.dummy_output_len)
+        self._token_cache: dict[int, np.ndarray] = {}
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[Request, np.ndarray]] = deque()
+        self._events: list[tuple[int, int, int, Request, np.ndarray]] = []
+        self._seq = itertools.count()
+        self._active = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        if not self.zero_latency:
+            self._thread = threading.Thread(target=self._engine_loop, name=f"dummy-engine-{self.rank}",
+                                            daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def num_cores(cls, config: ResolvedConfig) -> int:
+        return config.dummy_num_cores
+
+    def health_check(self) -> None:
+        if self._stopped:
+            raise BackendError(self.address, "engine stopped")
+
+    # --- output model --------------------------------------------------------------------------
+    def _output_for(self, req: Request) -> np.ndarray:
+        idx = req.sample_index
+        cached = self._token_cache.get(idx) if idx >= 0 else None
+        if cached is None:
+            ds = self.dataset
+            if self._fixed_len is not None:
+                n = self._fixed_len
+            elif idx >= 0 and ds is not None and ds.output_lens is not None:
+                n = int(ds.output_lens[idx])
+            else:
+                n = req.max_new_tokens
+            if idx >= 0 and ds is not None and ds.reference_tokens is not None:
+                ref = ds.reference_tokens[idx]
+                cached = np.ascontiguousarray(ref[:n], dtype=np.uint32)
+                if len(cached) < n:
+                    cached = np.resize(cached if len(cached) else np.ones(1, np.uint32), n).astype(np.uint32)
+            else:
+                start = int(req.input_tokens[-1]) if len(req.input_tokens) else 1
+                cached = ((np.arange(n, dtype=np.uint32) + np.uint32(start)) % np.uint32(32000)) + np.uint32(3)
+            if idx >= 0:
+                self._token_cache[idx] = cached
+        if len(cached) > req.max_new_tokens:
+            cached = cached[: req.max_new_tokens]
+        return cached
+
+    def _should_fail(self) -> bool:
+        return self.fail_rate > 0.0 and self._rng.random() < self.fail_rate
+
+    # --- enqueue -------------------------------------------------------------------------------
+    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
+        if self.zero_latency:
+            for req in requests:
+                rid = req.request_id
+                if self._should_fail():
+                    self._fail(rid, BackendError(self.address, "injected failure"))
+                    continue
+                tokens = self._output_for(req)
+                if req.streaming:
+                    self._first_token(rid, tokens[:1])
+                self._complete(rid, tokens, len(tokens))
+            return
+        with self._cond:
+            if self._stopped:
+                raise BackendError(self.address, "engine stopped")
+            for req in requests:
+                self._waiting.append((req, self._output_for(req)))
+            self._admit(time.monotonic_ns())
+            self._cond.notify()
+
+    def _admit(self, now: int) -> None:
+        """Move waiting requests into free batch slots (caller holds the lock)."""
+        while self._waiting and self._active < self.max_batch:
+            req, tokens = self._waiting.popleft()
+            self._active += 1
+            first = now + self.ttft_ns
+            done = first + self.tpot_ns * max(len(tokens) - 1, 0)
+            if req.streaming and len(tokens):
+                heapq.heappush(self._events, (first, next(self._seq), _FIRST, req, tokens))
+            heapq.heappush(self._events, (done, next(self._seq), _DONE, req, tokens))
+
+    def _engine_loop(self) -> None:
+        due: list[tuple[int, int, int, Request, np.ndarray]] = []
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    if self._events:
+                        wait_ns = self._events[0][0] - time.monotonic_ns()
+                        if wait_ns <= 0:
+                            break
+                        self._cond.wait(wait_ns / 1e9)
+                    else:
+                        self._cond.wait()
+                if self._stopped:
+                    return
+                now = time.monotonic_ns()
+                while self._events and self._events[0][0] <= now:
+                    due.append(heapq.heappop(self._events))
+                finished = sum(1 for e in due if e[2] == _DONE)
+                self._active -= finished
+                self._admit(now)
+            for _, _, kind, req, tokens in due:
+                rid = req.request_id
+                if kind == _FIRST:
+                    self._first_token(rid, tokens[:1])
+                elif self._should_fail():
+                    self._fail(rid, BackendError(self.address, "injected failure"))
+                else:
+                    self._complete(rid, tokens, len(tokens))
+            due.clear()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._waiting.clear()
+            self._events.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        super().stop()
+
+
+def _parse_output_len(text: str) -> int | None:
+    if text == "dataset":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--dummy_output_len={text!r}: expected 'dataset' or an integer >= 0") from None
+    if value < 0:
+        raise ConfigError(f"--dummy_output_len={text!r}: expected 'dataset' or an integer >= 0")
+    return value
+
+
+__all__ = ["DummyCore", "EMPTY_TOKENS"]

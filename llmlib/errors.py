@@ -1,0 +1,44 @@
+"""Typed errors of the harness.
+
+One root, a few children; every message names the input and what was expected.
+"""
+
+
+class HarnessError(Exception):
+    """Root of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """A setting, flag or configuration file is malformed or inconsistent."""
+
+
+class DatasetError(HarnessError):
+    """A dataset file is missing, unreadable or has the wrong shape."""
+
+
+class CoreUnavailableError(HarnessError):
+    """A core cannot be used: unknown name, or its optional dependency is missing."""
+
+
+class BackendError(HarnessError):
+    """A backend failed: down, timed out, or replied with something malformed.
+
+    `address` names the backend instance (URL, device, rank); `cause` says what went wrong.
+    """
+
+    def __init__(self, address: str, cause: str):
+        super().__init__(f"backend {address}: {cause}")
+        self.address = address
+        self.cause = cause
+
+
+class FlushTimeoutError(HarnessError):
+    """Requests were still pending when a flush deadline passed."""
+
+    def __init__(self, where: str, pending_ids: list, timeout_s: float):
+        shown = ", ".join(str(i) for i in pending_ids[:10])
+        more = f" (+{len(pending_ids) - 10} more)" if len(pending_ids) > 10 else ""
+        super().__init__(
+            f"{where}: {len(pending_ids)} request(s) still pending after {timeout_s:g}s: {shown}{more}"
+        )
+        self.pending_ids = list(pending_ids)

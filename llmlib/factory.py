@@ -1,0 +1,66 @@
+"""LLMServerFactory: the dataset, the cores from the registry, the LLMServer and its WarmupManager.
+
+Everything is built and loaded here, before any timing starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlib.benchmarks import BenchmarkSpec
+from llmlib.config import ResolvedConfig
+from llmlib.cores import get_core_class
+from llmlib.dataset import LLMDataset, load_dataset
+from llmlib.errors import ConfigError
+from llmlib.server import LLMServer
+from llmlib.warmup import WarmupManager
+
+
+@dataclass
+class ServerBundle:
+    server: LLMServer
+    dataset: LLMDataset
+    warmup: WarmupManager
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def load_benchmark_dataset(benchmark: BenchmarkSpec) -> LLMDataset:
+    """The benchmark's dataset, fully in memory; relative paths resolve against the repository."""
+    dataset = load_dataset(benchmark.dataset, base_dir=repo_root(), name=benchmark.name)
+    if len(dataset) < benchmark.total_sample_count:
+        raise ConfigError(
+            f"benchmark {benchmark.name}: dataset {dataset.source} has {len(dataset)} samples, "
+            f"the benchmark needs total_sample_count={benchmark.total_sample_count}"
+        )
+    return dataset
+
+
+def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None = None) -> ServerBundle:
+    """Build the server with `core_type`'s cores (as many as the core says the workload needs)."""
+    core_cls = get_core_class(config.core_type)
+    if dataset is None:
+        dataset = load_benchmark_dataset(benchmark)
+    n = core_cls.num_cores(config)
+    if n < 1:
+        raise ConfigError(f"core {config.core_type}: the configuration gives {n} cores; need at least 1")
+    server = LLMServer(policy=config.traffic_distribution_policy, request_timeout_s=config.request_timeout_s)
+    cores = []
+    try:
+        for rank in range(n):
+            cores.append(core_cls(config=config, benchmark=benchmark, dataset=dataset, rank=rank, sink=server))
+        server.attach(cores)
+    except BaseException:
+        for core in cores:
+            core.stop()
+        server.stop()
+        raise
+    warmup = WarmupManager(server, health_timeout_s=config.health_check_timeout_s,
+                           backoff_s=config.health_check_backoff_s)
+    return ServerBundle(server=server, dataset=dataset, warmup=warmup)

@@ -1,0 +1,305 @@
+"""Every setting of the harness, declared once: name, type, default, help, environment variable.
+
+Values from the command line, the environment and YAML files are parsed by the field's kind.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llmlib.errors import ConfigError
+
+KINDS = ("str", "int", "float", "bool", "list", "endpoints", "flags")
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?\d+[eE][+-]?\d+$")
+_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One declared setting. `kind` picks the parser; `choices` restricts str/list values."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    env: str | None = None
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    group: str = "harness"
+
+    def parse(self, value: Any, source: str) -> Any:
+        """Convert `value` (a string from a flag or the environment, or a YAML value) to this kind."""
+        try:
+            parsed = _PARSERS[self.kind](value)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: --{self.name}: {err}") from err
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"{source}: --{self.name}={value!r} is not a valid {self.kind} ({err})"
+            ) from err
+        if parsed is None:
+            return None
+        if self.choices is not None:
+            items = parsed if isinstance(parsed, list) else [parsed]
+            for item in items:
+                if item not in self.choices:
+                    raise ConfigError(
+                        f"{source}: --{self.name}={item!r} is not one of: {', '.join(self.choices)}"
+                    )
+        if self.minimum is not None and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            if parsed < self.minimum:
+                raise ConfigError(f"{source}: --{self.name}={parsed} must be >= {self.minimum:g}")
+        return parsed
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _parse_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip().replace("_", "")
+    if not _INT_RE.match(text):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(text)
+
+
+def _parse_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return float(value)
+
+
+def _parse_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _parse_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [v.strip() for v in str(value).split(",")]
+    return [v for v in items if v]
+
+
+def parse_endpoints(value: Any) -> list[str]:
+    """`host:port,host:port` (a leading http:// or grpc:// is kept off); each port 1..65535."""
+    out = []
+    for item in _parse_list(value):
+        bare = re.sub(r"^[a-z]+://", "", item).rstrip("/")
+        m = _HOSTPORT_RE.match(bare)
+        if not m or not 1 <= int(m.group(2)) <= 65535:
+            raise ConfigError(f"endpoint {item!r} is not host:port (port 1..65535)")
+        out.append(bare)
+    return out
+
+
+def parse_flag_value(text: str) -> bool | int | float | str:
+    """Type one value of a flag string: true/false, then int, then float, else the string itself."""
+    low = text.lower()
+    if low == "true":
+        return True
+    if low == "false":
+        return False
+    if _INT_RE.match(text):
+        return int(text)
+    if _FLOAT_RE.match(text):
+        return float(text)
+    return text
+
+
+def parse_flag_string(value: Any) -> dict[str, Any]:
+    """Parse `k1:v1,k2:v2` into a typed dict. A mapping (from YAML) passes through with keys checked."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"flag names must be non-empty strings, got {key!r}")
+        return dict(value)
+    text = str(value).strip()
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ConfigError(f"empty item in flag string {text!r} (expected k1:v1,k2:v2)")
+        key, sep, raw = item.partition(":")
+        key, raw = key.strip(), raw.strip()
+        if not sep:
+            raise ConfigError(f"item {item!r} in {text!r} has no ':' (expected key:value)")
+        if not key:
+            raise ConfigError(f"item {item!r} in {text!r} has an empty key (expected key:value)")
+        if not raw:
+            raise ConfigError(f"item {item!r} in {text!r} has an empty value (expected key:value)")
+        if key in out:
+            raise ConfigError(f"key {key!r} given twice in {text!r}")
+        out[key] = parse_flag_value(raw)
+    return out
+
+
+_PARSERS = {
+    "str": _parse_str,
+    "int": _parse_int,
+    "float": _parse_float,
+    "bool": lambda v: None if v is None else parse_bool(v),
+    "list": _parse_list,
+    "endpoints": parse_endpoints,
+    "flags": parse_flag_string,
+}
+
+FIELDS: dict[str, Field] = {}
+
+
+def declare(**kwargs: Any) -> Field:
+    field = Field(**kwargs)
+    if field.kind not in KINDS:
+        raise ValueError(f"field {field.name}: unknown kind {field.kind!r}")
+    if field.name in FIELDS:
+        raise ValueError(f"field {field.name} declared twice")
+    FIELDS[field.name] = field
+    return field
+
+
+def get_field(name: str) -> Field:
+    try:
+        return FIELDS[name]
+    except KeyError:
+        raise ConfigError(unknown_name_message("setting", name, FIELDS)) from None
+
+
+def unknown_name_message(what: str, name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"Unknown {what} {name!r}.{hint} Valid: {', '.join(sorted(known))}"
+
+
+# --- what to run ----------------------------------------------------------------------------
+declare(name="benchmarks", kind="list", default=["tiny"], group="run",
+        help="Comma-separated benchmark names (configs/benchmarks/<name>.yaml).")
+declare(name="scenarios", kind="list", default=["Offline", "Server"], group="run",
+        help="Comma-separated scenarios: Offline, Server, Interactive.")
+declare(name="test_mode", kind="str", default="PerformanceOnly", group="run",
+        choices=("PerformanceOnly", "AccuracyOnly"), help="LoadGen test mode.")
+declare(name="system_name", kind="str", default="local", env="SYSTEM_NAME", group="run",
+        help="System whose settings apply (configs/systems/<name>.yaml); also names the results folder.")
+declare(name="core_type", kind="str", default="dummy", group="run",
+        help="Backend core (see `python -m llmlib --list_cores`).")
+declare(name="config_dir", kind="str", default="configs", group="run",
+        help="Folder holding benchmarks/, systems/ and user.conf.")
+declare(name="results_dir", kind="str", default="results", group="run",
+        help="Where run outputs go: <results_dir>/<system>/<benchmark>/<scenario>/<mode>/.")
+declare(name="user_conf", kind="str", default="", group="run",
+        help="LoadGen user.conf (default: <config_dir>/user.conf).")
+declare(name="print_config", kind="bool", default=False, group="run",
+        help="Print the resolved configuration with the source of every value, and exit.")
+
+# --- LoadGen quick-run overrides --------------------------------------------------------------
+declare(name="server_target_qps", kind="float", default=None, minimum=0, group="loadgen",
+        help="Server/Interactive target QPS (overrides user.conf).")
+declare(name="offline_expected_qps", kind="float", default=None, minimum=0, group="loadgen",
+        help="Offline expected QPS (overrides user.conf).")
+declare(name="min_duration_ms", kind="int", default=None, minimum=0, group="loadgen",
+        help="LoadGen minimum run duration in ms (overrides mlperf.conf/user.conf).")
+declare(name="max_duration_ms", kind="int", default=None, minimum=0, group="loadgen",
+        help="LoadGen maximum run duration in ms.")
+declare(name="min_query_count", kind="int", default=None, minimum=0, group="loadgen",
+        help="LoadGen minimum query count (overrides mlperf.conf/user.conf).")
+declare(name="max_query_count", kind="int", default=None, minimum=0, group="loadgen",
+        help="LoadGen maximum query count.")
+declare(name="performance_sample_count", kind="int", default=None, minimum=1, group="loadgen",
+        help="Override the performance sample count (default: the benchmark's).")
+
+# --- LLMServer --------------------------------------------------------------------------------
+declare(name="traffic_distribution_policy", kind="str", default="load_balancing", group="server",
+        choices=("round_robin", "load_balancing", "token_aware"),
+        help="How requests are spread over cores: round_robin, load_balancing (least pending "
+             "requests) or token_aware (least pending tokens).")
+declare(name="show_progress", kind="bool", default=True, group="server",
+        help="Show the tqdm progress display.")
+declare(name="show_steady_state_progress", kind="bool", default=True, group="server",
+        help="Show steady-state tokens/s (excluding ramp-up and tail) in the progress display.")
+declare(name="progress_interval_s", kind="float", default=0.5, minimum=0.05, group="server",
+        help="Seconds between progress display refreshes.")
+declare(name="request_timeout_s", kind="float", default=600.0, minimum=0, group="server",
+        help="A request pending longer than this fails (0 = never). Keeps a stuck backend from "
+             "hanging the run.")
+declare(name="flush_timeout_s", kind="float", default=60.0, minimum=0, group="server",
+        help="How long the end-of-run flush waits for pending requests.")
+
+# --- warmup -----------------------------------------------------------------------------------
+declare(name="warmup_queries", kind="int", default=8, minimum=0, group="warmup",
+        help="Warmup requests per core before the timed run (responses never reach LoadGen).")
+declare(name="health_check_timeout_s", kind="float", default=60.0, minimum=0, group="warmup",
+        help="Overall deadline for all cores to pass their health check.")
+declare(name="health_check_backoff_s", kind="float", default=0.5, minimum=0, group="warmup",
+        help="First retry delay of a failing health check; doubles each retry.")
+
+# --- parallelism and TRT-LLM flags -------------------------------------------------------------
+declare(name="tensor_parallelism", kind="int", default=1, minimum=1, group="trtllm",
+        help="Tensor-parallel size.")
+declare(name="pipeline_parallelism", kind="int", default=1, minimum=1, group="trtllm",
+        help="Pipeline-parallel size.")
+declare(name="moe_expert_parallelism", kind="int", default=None, minimum=1, group="trtllm",
+        help="Expert-parallel size for MoE models.")
+declare(name="trtllm_checkpoint_flags", kind="flags", default={}, env="TRTLLM_CHECKPOINT_FLAGS",
+        group="trtllm", help="Quantization flags k1:v1,k2:v2 (env TRTLLM_CHECKPOINT_FLAGS applied on top).")
+declare(name="trtllm_build_flags", kind="flags", default={}, env="TRTLLM_BUILD_FLAGS",
+        group="trtllm", help="Engine build flags k1:v1,k2:v2 (env TRTLLM_BUILD_FLAGS applied on top).")
+declare(name="trtllm_runtime_flags", kind="flags", default={}, env="TRTLLM_RUNTIME_FLAGS",
+        group="trtllm", help="Runtime flags k1:v1,k2:v2 over the harness defaults (env "
+                             "TRTLLM_RUNTIME_FLAGS applied on top).")
+declare(name="trtllm_server_urls", kind="endpoints", default=[], group="endpoints",
+        help="OpenAI-compatible servers, host:port,host:port (one core per URL).")
+declare(name="triton_server_urls", kind="endpoints", default=[], group="endpoints",
+        help="Triton gRPC servers, host:port,host:port.")
+
+# --- dummy core --------------------------------------------------------------------------------
+declare(name="dummy_num_cores", kind="int", default=1, minimum=1, group="dummy",
+        help="Number of simulated engines (data-parallel cores).")
+declare(name="dummy_ttft_ms", kind="float", default=20.0, minimum=0, group="dummy",
+        help="Simulated time to first token (prefill) in ms.")
+declare(name="dummy_tpot_ms", kind="float", default=2.0, minimum=0, group="dummy",
+        help="Simulated time per output token after the first, in ms.")
+declare(name="dummy_max_batch_size", kind="int", default=64, minimum=1, group="dummy",
+        help="Requests a simulated engine runs at once; the rest queue.")
+declare(name="dummy_output_len", kind="str", default="dataset", group="dummy",
+        help="Output length: 'dataset' (reference lengths, capped by max_output_tokens) or an integer.")
+declare(name="dummy_zero_latency", kind="bool", default=False, group="dummy",
+        help="Complete every request inline at enqueue, for measuring harness overhead.")
+declare(name="dummy_fail_rate", kind="float", default=0.0, minimum=0, group="dummy",
+        help="Fraction of requests the simulated engine fails (fault injection).")
+declare(name="dummy_seed", kind="int", default=0, group="dummy",
+        help="Seed for the simulated engine's failures and tokens.")

@@ -1,0 +1,301 @@
+"""The LoadGen wiring: TestSettings, the SUT and QSL callbacks, one scenario run and its summary.
+
+Results land in <results_dir>/<system>/<benchmark>/<scenario>/<mode>/ next to the resolved config.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
+from llmlib.config import ResolvedConfig
+from llmlib.cores.base import Request
+from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
+from llmlib.factory import build_server, repo_root
+from llmlib.loadgen_log import LoadgenResult, parse_detail_log, summarize
+from llmlib.reporter import LoadgenReporter
+from llmlib.server import Progress
+from llmlib.warmup import warmup_shapes
+
+log = logging.getLogger(__name__)
+
+MODE_DIRS = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
+
+
+def import_loadgen():
+    try:
+        import mlperf_loadgen
+    except ImportError as err:
+        raise HarnessError("mlperf_loadgen is not installed: pip install mlcommons-loadgen "
+                           "(or `make install`)") from err
+    return mlperf_loadgen
+
+
+def user_conf_path(config: ResolvedConfig) -> Path:
+    path = Path(config.user_conf) if config.user_conf else Path(config.config_dir) / "user.conf"
+    return path if path.is_absolute() else repo_root() / path
+
+
+def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, scenario: ScenarioSpec):
+    """LoadGen's built-in mlperf.conf, then user.conf, then the benchmark's limits and quick-run flags."""
+    settings = lg.TestSettings()
+    model, lg_scenario = scenario.loadgen_model, scenario.loadgen_scenario
+    if settings.FromConfig("", model, lg_scenario, 0) != 0:
+        raise ConfigError(f"LoadGen could not apply its built-in mlperf.conf for {model}.{lg_scenario}")
+    conf = user_conf_path(config)
+    if config.user_conf and not conf.is_file():
+        raise ConfigError(f"--user_conf={config.user_conf}: no such file ({conf})")
+    if conf.is_file():
+        rc = settings.FromConfig(str(conf), model, lg_scenario, 1)
+        if rc != 0:
+            raise ConfigError(f"{conf}: LoadGen rejected this user.conf for {model}.{lg_scenario} (code {rc})")
+    settings.scenario = getattr(lg.TestScenario, lg_scenario)
+    settings.mode = getattr(lg.TestMode, config.test_mode)
+    settings.use_token_latencies = True
+    if scenario.ttft_ms is not None:
+        settings.ttft_latency = int(scenario.ttft_ms * 1_000_000)
+    if scenario.tpot_ms is not None:
+        settings.tpot_latency = int(scenario.tpot_ms * 1_000_000)
+    overrides = {
+        "server_target_qps": config.server_target_qps if lg_scenario == "Server" else None,
+        "offline_expected_qps": config.offline_expected_qps if lg_scenario == "Offline" else None,
+        "min_duration_ms": config.min_duration_ms,
+        "max_duration_ms": config.max_duration_ms,
+        "min_query_count": config.min_query_count,
+        "max_query_count": config.max_query_count,
+        "performance_sample_count_override": config.performance_sample_count,
+    }
+    for attr, value in overrides.items():
+        if value is not None:
+            setattr(settings, attr, value)
+    return settings
+
+
+class LoadgenSUT:
+    """LoadGen's issue/flush callbacks: each sample becomes a request on the LLMServer."""
+
+    def __init__(self, server, reporter: LoadgenReporter, inputs, *, max_new_tokens: int, streaming: bool,
+                 min_new_tokens: int = 0, stop_token_ids: tuple[int, ...] = ()):
+        self.server = server
+        self.reporter = reporter
+        self.inputs = inputs
+        self.max_new_tokens = max_new_tokens
+        self.streaming = streaming
+        self.min_new_tokens = min_new_tokens
+        self.stop_token_ids = stop_token_ids
+        self.issued = 0
+        self.issue_errors = 0
+
+    def issue_queries(self, query_samples) -> None:
+        inputs, max_new, streaming = self.inputs, self.max_new_tokens, self.streaming
+        min_new, stops = self.min_new_tokens, self.stop_token_ids
+        self.issued += len(query_samples)
+        try:
+            requests = [Request(qs.id, inputs[qs.index], max_new, streaming, qs.index, min_new, stops)
+                        for qs in query_samples]
+            self.server.submit(requests, self.reporter)
+        except Exception as err:  # never let an exception escape into LoadGen's thread
+            self.issue_errors += 1
+            log.error("issue_queries failed: %r", err)
+            for qs in query_samples:
+                if not self.server.is_known(qs.id):
+                    self.reporter.fail(qs.id, err, False)
+
+    def flush_queries(self) -> None:
+        """Nothing is held back: every request was handed to its core at issue."""
+
+
+@dataclass
+class RunOutcome:
+    benchmark: str
+    scenario: str
+    mode: str
+    core_type: str
+    system: str
+    outdir: str
+    issued: int = 0
+    completed: int = 0
+    failed: int = 0
+    short_outputs: int = 0
+    duplicates_dropped: int = 0
+    timed_out: int = 0
+    output_tokens: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    run_error: str | None = None
+    wall_s: float = 0.0
+    loadgen: dict[str, Any] | None = None
+    core_stats: list[dict[str, Any]] = field(default_factory=list)
+    tokens_per_sample: float | None = None
+    tokens_per_sample_bounds: tuple[float | None, float | None] = (None, None)
+    ttft_limit_ms: float | None = None
+    tpot_limit_ms: float | None = None
+
+    @property
+    def lost(self) -> int:
+        return self.issued - self.completed - self.failed
+
+    @property
+    def validity(self) -> str | None:
+        return (self.loadgen or {}).get("validity")
+
+    @property
+    def ok(self) -> bool:
+        """No request failed or went missing, and the run itself did not fail."""
+        return self.failed == 0 and self.lost == 0 and self.run_error is None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(lost=self.lost, ok=self.ok, validity=self.validity)
+        return d
+
+
+def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Path:
+    base = Path(config.results_dir)
+    if not base.is_absolute():
+        base = repo_root() / base
+    return base / config.system_name / benchmark / scenario / MODE_DIRS[config.test_mode]
+
+
+def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str) -> RunOutcome:
+    """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for."""
+    lg = import_loadgen()
+    scenario = benchmark.scenario(scenario_name)
+    outdir = results_dir_for(config, benchmark.name, scenario.name)
+    outdir.mkdir(parents=True, exist_ok=True)
+    config.write(outdir / "config.json")
+    outcome = RunOutcome(benchmark=benchmark.name, scenario=scenario.name, mode=config.test_mode,
+                         core_type=config.core_type, system=config.system_name, outdir=str(outdir),
+                         ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
+    settings = build_test_settings(lg, config, benchmark, scenario)
+    bundle = build_server(config, benchmark)
+    server, dataset = bundle.server, bundle.dataset
+    lg_streaming = scenario.loadgen_scenario == "Server"
+    reporter = LoadgenReporter(lg, streaming=lg_streaming, accuracy=config.test_mode == "AccuracyOnly")
+    sut_handle = qsl_handle = None
+    progress = None
+    t0 = time.monotonic()
+    try:
+        bundle.warmup.health_check()
+        if config.warmup_queries:
+            shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, benchmark.max_output_tokens,
+                                   config.warmup_queries * len(server.cores))
+            bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
+                                  timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
+        sut = LoadgenSUT(server, reporter, dataset.input_tokens, max_new_tokens=benchmark.max_output_tokens,
+                         streaming=scenario.streaming, min_new_tokens=benchmark.min_output_tokens or 0,
+                         stop_token_ids=tuple(benchmark.stop_token_ids))
+        sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+        perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
+        qsl_handle = lg.ConstructQSL(len(dataset), perf_count, _noop, _noop)
+        log_out = lg.LogOutputSettings()
+        log_out.outdir = str(outdir)
+        log_out.copy_summary_to_stdout = False
+        log_settings = lg.LogSettings()
+        log_settings.log_output = log_out
+        log_settings.enable_trace = False
+        if config.show_progress:
+            progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
+                                interval_s=config.progress_interval_s,
+                                steady_state=config.show_steady_state_progress)
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        try:
+            server.flush(config.flush_timeout_s)
+        except FlushTimeoutError as err:
+            outcome.run_error = str(err)
+            server.fail_pending("still pending at the end of the run")
+        outcome.issued = sut.issued
+    except HarnessError as err:
+        outcome.run_error = str(err)
+    finally:
+        if progress is not None:
+            progress.close()
+        if sut_handle is not None:
+            lg.DestroySUT(sut_handle)
+        if qsl_handle is not None:
+            lg.DestroyQSL(qsl_handle)
+        bundle.stop()
+    outcome.wall_s = time.monotonic() - t0
+    outcome.completed = reporter.reported - reporter.failed
+    outcome.failed = reporter.failed
+    outcome.short_outputs = reporter.short_outputs
+    outcome.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
+    outcome.timed_out = server.counts.timed_out
+    outcome.output_tokens = reporter.output_tokens
+    outcome.errors = dict(collections.Counter(server.counts.errors))
+    outcome.core_stats = server.core_stats()
+    if reporter.samples_done and config.test_mode == "AccuracyOnly":
+        outcome.tokens_per_sample = reporter.output_tokens / reporter.samples_done
+        outcome.tokens_per_sample_bounds = (benchmark.accuracy.tokens_per_sample_min,
+                                            benchmark.accuracy.tokens_per_sample_max)
+    detail = outdir / "mlperf_log_detail.txt"
+    if detail.is_file() and sut_handle is not None:
+        try:
+            outcome.loadgen = asdict(summarize(parse_detail_log(detail)))
+        except HarnessError as err:
+            outcome.run_error = outcome.run_error or str(err)
+    text = format_summary(outcome)
+    (outdir / "summary.txt").write_text(text + "\n")
+    (outdir / "summary.json").write_text(json.dumps(outcome.to_json(), indent=1, default=str) + "\n")
+    return outcome
+
+
+def _noop(_samples) -> None:
+    """QSL load/unload: every sample is already in memory (loaded before timing started)."""
+
+
+def _ms(ns: int | None) -> str:
+    return "n/a" if ns is None else f"{ns / 1e6:,.2f} ms"
+
+
+def format_summary(o: RunOutcome) -> str:
+    """One screen: the verdict, throughput, TTFT/TPOT p99 against the limits, the sample ledger."""
+    lgr: dict[str, Any] = o.loadgen or {}
+    lines = [f"=== {o.benchmark} | {o.scenario} | {o.mode} | core={o.core_type} | system={o.system} ==="]
+    verdict = lgr.get("validity") or "no LoadGen result"
+    lines.append(f"LoadGen result      : {verdict}")
+    for reason in lgr.get("invalid_reasons") or ():
+        lines.append(f"  reason            : {reason}")
+    if lgr:
+        sps, tps = lgr.get("result_samples_per_second"), lgr.get("result_tokens_per_second")
+        lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
+        lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
+        if lgr.get("target_qps") is not None and o.scenario != "Offline":
+            lines.append(f"target QPS          : {lgr['target_qps']:,.2f}")
+    if o.scenario != "Offline" and o.mode == "PerformanceOnly":
+        for name, key, limit in (("TTFT", "ttft_p99_ns", o.ttft_limit_ms), ("TPOT", "tpot_p99_ns", o.tpot_limit_ms)):
+            value = lgr.get(key)
+            verdict = ""
+            if value is not None and limit is not None:
+                verdict = "  OK" if value <= limit * 1e6 else "  OVER LIMIT"
+            limit_text = f"limit {limit:,.0f} ms" if limit is not None else "no limit"
+            lines.append(f"{name} p99            : {_ms(value):>14}   {limit_text}{verdict}")
+    if o.tokens_per_sample is not None:
+        lo, hi = o.tokens_per_sample_bounds
+        inside = (lo is None or o.tokens_per_sample >= lo) and (hi is None or o.tokens_per_sample <= hi)
+        bounds = f"[{'-inf' if lo is None else f'{lo:.2f}'}, {'inf' if hi is None else f'{hi:.2f}'}]"
+        lines.append(f"tokens/sample       : {o.tokens_per_sample:.2f} within {bounds}: {'PASS' if inside else 'FAIL'}")
+    lines.append(f"samples             : issued {o.issued} = completed {o.completed} + failed {o.failed}"
+                 + ("" if o.lost == 0 else f"   LOST {o.lost}"))
+    if o.short_outputs:
+        lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported to LoadGen as 2 so TPOT is defined)")
+    if o.timed_out or o.duplicates_dropped:
+        lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
+    for cause, count in sorted(o.errors.items(), key=lambda kv: -kv[1])[:5]:
+        lines.append(f"  failed x{count:<8}: {cause}")
+    if len(o.core_stats) > 1:
+        for st in o.core_stats:
+            lines.append(f"  {st['core']:<16}: completed {st['completed']}, failed {st['failed']}, "
+                         f"tokens {st['output_tokens']}")
+    if o.run_error:
+        lines.append(f"RUN FAILED          : {o.run_error}")
+    elif o.failed or o.lost:
+        lines.append(f"RUN FAILED          : {o.failed} failed, {o.lost} lost")
+    lines.append(f"wall time           : {o.wall_s:.1f} s")
+    lines.append(f"results             : {o.outdir}")
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""LLMServer: turns samples into requests, spreads them over cores by a named policy, routes outcomes.
+
+It owns the exactly-once guard, per-core statistics, the request watchdog and the progress display.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from llmlib.cores.base import LLMCore, Request
+from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
+
+
+class Target(Protocol):
+    """Where the outcome of a request goes: LoadGen's reporter, the warmup collector, scaffolding."""
+
+    def first_token(self, request_id: int, token_ids: np.ndarray) -> None: ...
+
+    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None: ...
+
+    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None: ...
+
+
+# --- scheduling policies ---------------------------------------------------------------------------
+class Policy:
+    """Picks a core index for a request of `cost` tokens from the server's pending counters."""
+
+    name = "policy"
+
+    def __init__(self, num_cores: int):
+        self.n = num_cores
+        self._next = 0
+
+    def pick(self, pending_requests: list[int], pending_tokens: list[int], cost: int) -> int:
+        raise NotImplementedError
+
+    def _least(self, load: list[int]) -> int:
+        # Ties go round robin, so idle cores share the first requests of a run.
+        n, start = self.n, self._next
+        best, best_load = start, load[start]
+        for k in range(1, n):
+            i = (start + k) % n
+            if load[i] < best_load:
+                best, best_load = i, load[i]
+        self._next = (best + 1) % n
+        return best
+
+
+class RoundRobin(Policy):
+    name = "round_robin"
+
+    def pick(self, pending_requests, pending_tokens, cost):
+        i = self._next
+        self._next = (i + 1) % self.n
+        return i
+
+
+class LeastPendingRequests(Policy):
+    name = "load_balancing"
+
+    def pick(self, pending_requests, pending_tokens, cost):
+        return self._least(pending_requests)
+
+
+class LeastPendingTokens(Policy):
+    """Token-aware: the core with the fewest pending tokens (input + max new tokens)."""
+
+    name = "token_aware"
+
+    def pick(self, pending_requests, pending_tokens, cost):
+        return self._least(pending_tokens)
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RoundRobin, LeastPendingRequests, LeastPendingTokens)}
+
+
+def make_policy(name: str, num_cores: int) -> Policy:
+    if name not in POLICIES:
+        raise ConfigError(f"--traffic_distribution_policy={name!r} is not one of: {', '.join(POLICIES)}")
+    return POLICIES[name](num_cores)
+
+
+# --- statistics ------------------------------------------------------------------------------------
+@dataclass
+class ServerCounts:
+    issued: int = 0
+    completed: int = 0
+    failed: int = 0
+    duplicates_dropped: int = 0
+    timed_out: int = 0
+    output_tokens: int = 0
+    errors: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def accounted(self) -> bool:
+        return self.issued == self.completed + self.failed
+
+
+class LLMServer:
+    """Load-balances requests over cores and routes every outcome to its target exactly once."""
+
+    def __init__(self, cores: Sequence[LLMCore] = (), *, policy: str = "load_balancing",
+                 request_timeout_s: float = 0.0, clock: Callable[[], int] = time.monotonic_ns):
+        self.cores: list[LLMCore] = list(cores)
+        self.policy_name = policy
+        self._policy: Policy | None = make_policy(policy, len(self.cores)) if self.cores else None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._flushing = False
+        # request_id -> [target, core index, issue ns, cost, first-token ns (0 = none yet)]
+        self._pending: dict[int, list] = {}
+        n = len(self.cores)
+        self.core_pending = [0] * n
+        self.core_pending_tokens = [0] * n
+        self.core_completed = [0] * n
+        self.core_failed = [0] * n
+        self.core_tokens = [0] * n
+        self.counts = ServerCounts()
+        # latency samples for the running display (ns); appends are atomic under the GIL
+        self.ttft_ns: list[int] = []
+        self.tpot_ns: list[int] = []
+        self._first_error: str | None = None
+        self._timeout_ns = int(request_timeout_s * 1e9)
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        if self._timeout_ns > 0:
+            self._watchdog = threading.Thread(target=self._watchdog_loop, name="llmserver-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def attach(self, cores: Sequence[LLMCore]) -> None:
+        """Add the cores once built (they need this server as their sink first)."""
+        if self.cores:
+            raise RuntimeError("cores already attached")
+        n = len(cores)
+        if n == 0:
+            raise ConfigError("the server needs at least one core")
+        self.cores = list(cores)
+        self._policy = make_policy(self.policy_name, n)
+        self.core_pending = [0] * n
+        self.core_pending_tokens = [0] * n
+        self.core_completed = [0] * n
+        self.core_failed = [0] * n
+        self.core_tokens = [0] * n
+
+    # --- submit ------------------------------------------------------------------------------------
+    def submit(self, requests: Sequence[Request], target: Target, *, core_index: int | None = None) -> None:
+        """Schedule requests (on `core_index` if given, else by the policy); every one of them
+        ends in exactly one call on `target`."""
+        cores = self.cores
+        now = self._clock()
+        pick = self._policy.pick
+        pend_req, pend_tok = self.core_pending, self.core_pending_tokens
+        pending = self._pending
+        if len(cores) == 1 or core_index is not None:
+            ci = core_index or 0
+            with self._lock:
+                for req in requests:
+                    cost = len(req.input_tokens) + req.max_new_tokens
+                    pending[req.request_id] = [target, ci, now, cost, 0]
+                    pend_req[ci] += 1
+                    pend_tok[ci] += cost
+                self.counts.issued += len(requests)
+            cores[ci].enqueue(requests)
+            return
+        batches: dict[int, list[Request]] = {}
+        with self._lock:
+            for req in requests:
+                cost = len(req.input_tokens) + req.max_new_tokens
+                ci = pick(pend_req, pend_tok, cost)
+                pending[req.request_id] = [target, ci, now, cost, 0]
+                pend_req[ci] += 1
+                pend_tok[ci] += cost
+                batch = batches.get(ci)
+                if batch is None:
+                    batches[ci] = [req]
+                else:
+                    batch.append(req)
+            self.counts.issued += len(requests)
+        for ci, batch in batches.items():
+            cores[ci].enqueue(batch)
+
+    # --- the sink every core delivers to ------------------------------------------------------------
+    def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+        entry = self._pending.get(request_id)
+        if entry is None or entry[4]:
+            self.counts.duplicates_dropped += 1
+            return
+        now = self._clock()
+        entry[4] = now
+        self.ttft_ns.append(now - entry[2])
+        entry[0].first_token(request_id, token_ids)
+
+    def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        now = self._clock()
+        with self._lock:
+            entry = self._pending.pop(request_id, None)
+            if entry is None:
+                self.counts.duplicates_dropped += 1
+                return
+            ci = entry[1]
+            self.core_pending[ci] -= 1
+            self.core_pending_tokens[ci] -= entry[3]
+            self.core_completed[ci] += 1
+            self.core_tokens[ci] += n_tokens
+            counts = self.counts
+            counts.completed += 1
+            counts.output_tokens += n_tokens
+            if self._flushing and not self._pending:
+                self._idle.notify_all()
+        t_first = entry[4]
+        if t_first and n_tokens > 1:
+            self.tpot_ns.append((now - t_first) // (n_tokens - 1))
+        entry[0].complete(request_id, token_ids, n_tokens, t_first != 0)
+
+    def on_error(self, request_id: int, error: BaseException) -> None:
+        with self._lock:
+            entry = self._pending.pop(request_id, None)
+            if entry is None:
+                self.counts.duplicates_dropped += 1
+                return
+            ci = entry[1]
+            self.core_pending[ci] -= 1
+            self.core_pending_tokens[ci] -= entry[3]
+            self.core_failed[ci] += 1
+            self.counts.failed += 1
+            self.counts.errors[_error_key(error)] += 1
+            if self._first_error is None:
+                self._first_error = f"request {request_id}: {error}"
+            if self._flushing and not self._pending:
+                self._idle.notify_all()
+        entry[0].fail(request_id, error, entry[4] != 0)
+
+    # --- end of run ----------------------------------------------------------------------------------
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def is_known(self, request_id: int) -> bool:
+        """Whether the request is pending here (submitted and not yet finished)."""
+        return request_id in self._pending
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until nothing is pending; raise FlushTimeoutError naming what still is."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            self._flushing = True
+            try:
+                while self._pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise FlushTimeoutError("LLMServer", list(self._pending), timeout_s)
+                    self._idle.wait(remaining)
+            finally:
+                self._flushing = False
+
+    def fail_pending(self, reason: str) -> int:
+        """Fail every request still pending (asking its core to cancel first). Returns how many."""
+        with self._lock:
+            stuck = [(rid, entry[1]) for rid, entry in self._pending.items()]
+        for rid, ci in stuck:
+            self._expire(rid, ci, reason)
+        return len(stuck)
+
+    def _expire(self, rid: int, ci: int, reason: str) -> None:
+        core = self.cores[ci]
+        try:
+            core.cancel(rid)
+        except Exception:  # a broken cancel must not stop us from failing the request ourselves
+            pass
+        if rid in self._pending:  # the core did not deliver an outcome: fail it here
+            self.on_error(rid, BackendError(core.address, reason))
+
+    def _watchdog_loop(self) -> None:
+        interval = min(max(self._timeout_ns / 1e9 / 10, 0.05), 1.0)
+        while not self._stop.wait(interval):
+            cutoff = self._clock() - self._timeout_ns
+            expired = []
+            with self._lock:
+                for rid, entry in self._pending.items():  # insertion order: oldest first
+                    if entry[2] > cutoff:
+                        break
+                    expired.append((rid, entry[1]))
+            for rid, ci in expired:
+                self.counts.timed_out += 1
+                self._expire(rid, ci, f"timed out after {self._timeout_ns / 1e9:g}s (--request_timeout_s)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+        for core in self.cores:
+            core.stop()
+
+    # --- reporting ------------------------------------------------------------------------------------
+    @property
+    def first_error(self) -> str | None:
+        return self._first_error
+
+    def core_stats(self) -> list[dict[str, Any]]:
+        return [
+            {"core": core.address, "completed": self.core_completed[i], "failed": self.core_failed[i],
+             "pending": self.core_pending[i], "output_tokens": self.core_tokens[i],
+             "duplicates_dropped": core.dropped_duplicates}
+            for i, core in enumerate(self.cores)
+        ]
+
+    def latency_percentiles(self, window: int | None = None) -> dict[str, float | None]:
+        """p50/p99 TTFT and TPOT in ms over all samples, or the last `window` of them."""
+        out: dict[str, float | None] = {}
+        for name, data in (("ttft", self.ttft_ns), ("tpot", self.tpot_ns)):
+            arr = np.asarray(data[-window:] if window else data, dtype=np.float64)
+            for p in (50, 99):
+                out[f"{name}_p{p}_ms"] = float(np.percentile(arr, p)) / 1e6 if arr.size else None
+        return out
+
+
+def _error_key(error: BaseException) -> str:
+    if isinstance(error, BackendError):
+        return f"{type(error).__name__}: {error.cause}"
+    return f"{type(error).__name__}: {error}"
+
+
+class Progress:
+    """tqdm display refreshed from a timer thread (never from the hot path): done/total,
+    tokens/s, steady-state tokens/s over a sliding window, running p99 TTFT and TPOT."""
+
+    def __init__(self, server: LLMServer, *, total: Callable[[], int] | None, desc: str, interval_s: float = 0.5,
+                 steady_state: bool = True, window_s: float = 10.0):
+        from tqdm import tqdm
+
+        self.server = server
+        self.interval_s = interval_s
+        self.steady_state = steady_state
+        self.window_ns = int(window_s * 1e9)
+        self._total = total
+        self._bar = tqdm(total=None, desc=desc, unit="sample", dynamic_ncols=True, leave=True)
+        self._stop = threading.Event()
+        self._start_counts = (server.counts.completed + server.counts.failed, server.counts.output_tokens)
+        self._t0 = time.monotonic_ns()
+        self._history: collections.deque[tuple[int, int]] = collections.deque()
+        self._thread = threading.Thread(target=self._loop, name="llmserver-progress", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        c = self.server.counts
+        done = c.completed + c.failed - self._start_counts[0]
+        tokens = c.output_tokens - self._start_counts[1]
+        now = time.monotonic_ns()
+        self._bar.n = done
+        if self._total is not None:
+            self._bar.total = self._total()
+        elapsed = max(now - self._t0, 1) / 1e9
+        post = {"tok/s": f"{tokens / elapsed:,.0f}"}
+        self._history.append((now, tokens))
+        while len(self._history) > 2 and now - self._history[0][0] > self.window_ns:
+            self._history.popleft()
+        if self.steady_state and len(self._history) >= 2:
+            t_old, k_old = self._history[0]
+            post["steady tok/s"] = f"{(tokens - k_old) / max(now - t_old, 1) * 1e9:,.0f}"
+        lat = self.server.latency_percentiles(window=2000)
+        if lat["ttft_p99_ms"] is not None:
+            post["p99 TTFT ms"] = f"{lat['ttft_p99_ms']:.1f}"
+        if lat["tpot_p99_ms"] is not None:
+            post["p99 TPOT ms"] = f"{lat['tpot_p99_ms']:.2f}"
+        if c.failed:
+            post["failed"] = c.failed
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._refresh()
+        self._bar.close()
+
+
+_warmup_ids = itertools.count(1)
+
+
+def next_internal_request_id() -> int:
+    """Ids for requests that are not LoadGen samples (warmup, probes): negative, so they can
+    never collide with LoadGen's query sample ids (unsigned)."""
+    return -next(_warmup_ids)
