@@ -78,7 +78,8 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
 
 
 class LoadgenSUT:
-    """LoadGen's issue/flush callbacks: each sample becomes a request on the LLMServer."""
+    """LoadGen's issue/flush callbacks (a "fast" SUT: LoadGen passes sample ids and indices as
+    two lists, so no QuerySample object is built per sample). Each sample becomes a request."""
 
     def __init__(self, server, reporter: LoadgenReporter, inputs, *, max_new_tokens: int, streaming: bool,
                  min_new_tokens: int = 0, stop_token_ids: tuple[int, ...] = ()):
@@ -91,21 +92,27 @@ class LoadgenSUT:
         self.stop_token_ids = stop_token_ids
         self.issued = 0
         self.issue_errors = 0
+        self._submit_one = server.submit_one
 
-    def issue_queries(self, query_samples) -> None:
-        inputs, max_new, streaming = self.inputs, self.max_new_tokens, self.streaming
-        min_new, stops = self.min_new_tokens, self.stop_token_ids
-        self.issued += len(query_samples)
+    def issue_queries(self, ids, indices) -> None:
+        self.issued += len(ids)
         try:
-            requests = [Request(qs.id, inputs[qs.index], max_new, streaming, qs.index, min_new, stops)
-                        for qs in query_samples]
+            if len(ids) == 1:  # Server: one sample per call
+                idx = indices[0]
+                self._submit_one(Request(ids[0], self.inputs[idx], self.max_new_tokens, self.streaming, idx,
+                                         self.min_new_tokens, self.stop_token_ids), self.reporter)
+                return
+            inputs, max_new, streaming = self.inputs, self.max_new_tokens, self.streaming
+            min_new, stops = self.min_new_tokens, self.stop_token_ids
+            requests = [Request(rid, inputs[idx], max_new, streaming, idx, min_new, stops)
+                        for rid, idx in zip(ids, indices)]
             self.server.submit(requests, self.reporter)
         except Exception as err:  # never let an exception escape into LoadGen's thread
             self.issue_errors += 1
             log.error("issue_queries failed: %r", err)
-            for qs in query_samples:
-                if not self.server.is_known(qs.id):
-                    self.reporter.fail(qs.id, err, False)
+            for rid in ids:
+                if not self.server.is_known(rid):
+                    self.reporter.fail(rid, err, False)
 
     def flush_queries(self) -> None:
         """Nothing is held back: every request was handed to its core at issue."""
@@ -177,7 +184,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     server, dataset = bundle.server, bundle.dataset
     lg_streaming = scenario.loadgen_scenario == "Server"
     reporter = LoadgenReporter(lg, streaming=lg_streaming, accuracy=config.test_mode == "AccuracyOnly")
-    sut_handle = qsl_handle = None
+    sut_handle = qsl_handle = before = None
     progress = None
     t0 = time.monotonic()
     try:
@@ -187,10 +194,12 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
                                    config.warmup_queries * len(server.cores))
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
+        counts = server.counts
+        before = (counts.completed, counts.output_tokens)
         sut = LoadgenSUT(server, reporter, dataset.input_tokens, max_new_tokens=benchmark.max_output_tokens,
                          streaming=scenario.streaming, min_new_tokens=benchmark.min_output_tokens or 0,
                          stop_token_ids=tuple(benchmark.stop_token_ids))
-        sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+        sut_handle = lg.ConstructFastSUT(sut.issue_queries, sut.flush_queries)
         perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
         qsl_handle = lg.ConstructQSL(len(dataset), perf_count, _noop, _noop)
         log_out = lg.LogOutputSettings()
@@ -216,21 +225,22 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
         if progress is not None:
             progress.close()
         if sut_handle is not None:
-            lg.DestroySUT(sut_handle)
+            lg.DestroyFastSUT(sut_handle)
         if qsl_handle is not None:
             lg.DestroyQSL(qsl_handle)
         bundle.stop()
     outcome.wall_s = time.monotonic() - t0
-    outcome.completed = reporter.reported - reporter.failed
+    if before is not None:  # the server counts under its lock; warmup is over by now
+        outcome.completed = server.counts.completed - before[0]
+        outcome.output_tokens = server.counts.output_tokens - before[1]
     outcome.failed = reporter.failed
     outcome.short_outputs = reporter.short_outputs
     outcome.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
     outcome.timed_out = server.counts.timed_out
-    outcome.output_tokens = reporter.output_tokens
     outcome.errors = dict(collections.Counter(server.counts.errors))
     outcome.core_stats = server.core_stats()
-    if reporter.samples_done and config.test_mode == "AccuracyOnly":
-        outcome.tokens_per_sample = reporter.output_tokens / reporter.samples_done
+    if outcome.completed and config.test_mode == "AccuracyOnly":
+        outcome.tokens_per_sample = outcome.output_tokens / outcome.completed
         outcome.tokens_per_sample_bounds = (benchmark.accuracy.tokens_per_sample_min,
                                             benchmark.accuracy.tokens_per_sample_max)
     detail = outdir / "mlperf_log_detail.txt"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from threading import get_ident as _get_ident
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def buffer_address(arr: np.ndarray) -> int:
         return _EMPTY_ADDRESS
     try:
         return _addressof(_from_buffer(arr))
-    except (TypeError, ValueError):  # read-only buffer
+    except TypeError:  # read-only buffer
         return arr.ctypes.data
 
 
@@ -38,6 +39,22 @@ def as_u32(token_ids: np.ndarray) -> np.ndarray:
     if token_ids.dtype is _U32 and token_ids.flags.c_contiguous:
         return token_ids
     return np.ascontiguousarray(token_ids, dtype=np.uint32)
+
+
+class _FirstTokenBuffers:
+    """One 1-token uint32 buffer per thread, with its address computed once: the first token is
+    copied there for FirstTokenComplete (LoadGen copies it during the call), which costs less
+    than slicing the output and looking up the slice's address every time."""
+
+    def __init__(self):
+        self._by_thread: dict[int, tuple[np.ndarray, int]] = {}
+
+    def get(self, ident: int) -> tuple[np.ndarray, int]:
+        entry = self._by_thread.get(ident)
+        if entry is None:
+            buf = np.zeros(1, dtype=np.uint32)
+            entry = self._by_thread[ident] = (buf, buf.ctypes.data)
+        return entry
 
 
 class LoadgenReporter:
@@ -55,35 +72,41 @@ class LoadgenReporter:
         self._qsc = lg.QuerySamplesComplete
         self.streaming = streaming
         self.accuracy = accuracy
-        self._lock = threading.Lock()  # cores deliver from their own threads; counts must be exact
+        # Completed samples and tokens are counted by the LLMServer (under its lock); the
+        # reporter counts only its rare paths, under its own lock.
+        self._lock = threading.Lock()
+        self._first_bufs = _FirstTokenBuffers()
         self.short_outputs = 0
         self.failed = 0
-        self.reported = 0
-        #: successful samples and their real output token count (before the TPOT adjustment)
-        self.samples_done = 0
-        self.output_tokens = 0
         #: accuracy mode keeps outputs here, for the run report (LoadGen also logs them)
         self.outputs: dict[int, np.ndarray] | None = {} if accuracy else None
 
     def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
-        first = as_u32(token_ids[:1])
-        self._ftc([self._qsr(request_id, buffer_address(first), first.nbytes, 1)])
+        if not len(token_ids):
+            self._ftc([self._qsr(request_id, _EMPTY_ADDRESS, 0, 1)])
+            return
+        buf, address = self._first_bufs.get(_get_ident())
+        buf[0] = token_ids[0]
+        self._ftc([self._qsr(request_id, address, 4, 1)])
 
     def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
-        token_ids = as_u32(token_ids)
         if self.streaming and not first_sent:
-            self.first_token(request_id, token_ids if len(token_ids) else EMPTY_TOKENS)
-        real_n = n_tokens
+            self.first_token(request_id, token_ids)
         if n_tokens < MIN_REPORTED_TOKENS:
+            with self._lock:
+                self.short_outputs += 1
             n_tokens = MIN_REPORTED_TOKENS
         # LoadGen copies the buffer during this call; token_ids stays alive until it returns.
-        self._qsc([self._qsr(request_id, buffer_address(token_ids), token_ids.nbytes, n_tokens)])
-        with self._lock:
-            self.reported += 1
-            self.samples_done += 1
-            self.output_tokens += real_n
-            if real_n < MIN_REPORTED_TOKENS:
-                self.short_outputs += 1
+        if token_ids.dtype is _U32:
+            try:
+                address = _addressof(_from_buffer(token_ids)) if token_ids.nbytes else _EMPTY_ADDRESS
+            except TypeError:  # read-only or not contiguous
+                token_ids = as_u32(token_ids)
+                address = token_ids.ctypes.data
+        else:
+            token_ids = as_u32(token_ids)
+            address = buffer_address(token_ids)
+        self._qsc([self._qsr(request_id, address, token_ids.nbytes, n_tokens)])
         if self.outputs is not None:
             self.outputs[request_id] = token_ids
 
@@ -94,5 +117,4 @@ class LoadgenReporter:
             self.first_token(request_id, EMPTY_TOKENS)
         self._qsc([self._qsr(request_id, _EMPTY_ADDRESS, 0, MIN_REPORTED_TOKENS)])
         with self._lock:
-            self.reported += 1
             self.failed += 1

@@ -112,6 +112,7 @@ class LLMServer:
         self.cores: list[LLMCore] = list(cores)
         self.policy_name = policy
         self._policy: Policy | None = make_policy(policy, len(self.cores)) if self.cores else None
+        self._multi = len(self.cores) > 1
         self._clock = clock
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -144,6 +145,7 @@ class LLMServer:
         if n == 0:
             raise ConfigError("the server needs at least one core")
         self.cores = list(cores)
+        self._multi = n > 1
         self._policy = make_policy(self.policy_name, n)
         self.core_pending = [0] * n
         self.core_pending_tokens = [0] * n
@@ -152,6 +154,17 @@ class LLMServer:
         self.core_tokens = [0] * n
 
     # --- submit ------------------------------------------------------------------------------------
+    def submit_one(self, req: Request, target: Target) -> None:
+        """`submit` for a single request (LoadGen's Server scenario issues one sample at a time)."""
+        cost = len(req.input_tokens) + req.max_new_tokens
+        with self._lock:
+            ci = self._policy.pick(self.core_pending, self.core_pending_tokens, cost) if self._multi else 0
+            self._pending[req.request_id] = [target, ci, self._clock(), cost, 0]
+            self.core_pending[ci] += 1
+            self.core_pending_tokens[ci] += cost
+            self.counts.issued += 1
+        self.cores[ci].enqueue((req,))
+
     def submit(self, requests: Sequence[Request], target: Target, *, core_index: int | None = None) -> None:
         """Schedule requests (on `core_index` if given, else by the policy); every one of them
         ends in exactly one call on `target`."""

@@ -47,7 +47,10 @@ class Request:
 
 
 class ResponseSink(Protocol):
-    """Where a core delivers outcomes. Called from any thread, as they happen."""
+    """Where a core delivers outcomes. Called from any thread, as they happen.
+
+    `on_first_token` may be given the output so far (or the whole output); only its first
+    token counts. `on_complete` gets the whole output as a numpy uint32 array."""
 
     def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None: ...
 

@@ -94,14 +94,17 @@ class DummyCore(LLMCore):
     # --- enqueue -------------------------------------------------------------------------------
     def _enqueue_impl(self, requests: Sequence[Request]) -> None:
         if self.zero_latency:
+            cache, fail_rate = self._token_cache, self.fail_rate
             for req in requests:
                 rid = req.request_id
-                if self._should_fail():
+                if fail_rate and self._rng.random() < fail_rate:
                     self._fail(rid, BackendError(self.address, "injected failure"))
                     continue
-                tokens = self._output_for(req)
+                tokens = cache.get(req.sample_index)
+                if tokens is None or len(tokens) > req.max_new_tokens:
+                    tokens = self._output_for(req)
                 if req.streaming:
-                    self._first_token(rid, tokens[:1])
+                    self._first_token(rid, tokens)
                 self._complete(rid, tokens, len(tokens))
             return
         with self._cond:
@@ -146,7 +149,7 @@ class DummyCore(LLMCore):
             for _, _, kind, req, tokens in due:
                 rid = req.request_id
                 if kind == _FIRST:
-                    self._first_token(rid, tokens[:1])
+                    self._first_token(rid, tokens)
                 elif self._should_fail():
                     self._fail(rid, BackendError(self.address, "injected failure"))
                 else:

@@ -1,0 +1,126 @@
+"""Shared fixtures: a resolved config, the `tiny` benchmark, a small synthetic dataset,
+dummy cores that are stopped after the test, and a target / sink that record every call."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from llmlib.benchmarks import load_benchmark
+from llmlib.config import resolve
+from llmlib.dataset import load_dataset
+
+
+class Recorder:
+    """Records outcomes, usable both as an LLMServer Target and as a core's ResponseSink.
+
+    `events` holds (kind, request_id, payload, monotonic time, thread id) in arrival order.
+    """
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self.first = collections.Counter()  # request_id -> first-token calls
+        self.final = collections.Counter()  # request_id -> complete-or-fail calls
+        self.completed: dict[int, tuple] = {}  # request_id -> (token_ids, n_tokens, first_sent)
+        self.failed: dict[int, tuple] = {}  # request_id -> (error, first_sent)
+        self._cond = threading.Condition()
+
+    def _add(self, kind, rid, payload, terminal):
+        with self._cond:
+            self.events.append((kind, rid, payload, time.monotonic(), threading.get_ident()))
+            (self.final if terminal else self.first)[rid] += 1
+            self._cond.notify_all()
+
+    # --- Target (LLMServer) ---
+    def first_token(self, request_id, token_ids):
+        self._add("first", request_id, np.array(token_ids), False)
+
+    def complete(self, request_id, token_ids, n_tokens, first_sent):
+        with self._cond:
+            self.completed.setdefault(request_id, (np.array(token_ids), n_tokens, first_sent))
+        self._add("complete", request_id, (n_tokens, first_sent), True)
+
+    def fail(self, request_id, error, first_sent):
+        with self._cond:
+            self.failed.setdefault(request_id, (error, first_sent))
+        self._add("fail", request_id, (error, first_sent), True)
+
+    # --- ResponseSink (a core) ---
+    def on_first_token(self, request_id, token_ids):
+        self.first_token(request_id, token_ids)
+
+    def on_complete(self, request_id, token_ids, n_tokens):
+        self.complete(request_id, token_ids, n_tokens, False)
+
+    def on_error(self, request_id, error):
+        self.fail(request_id, error, False)
+
+    # --- helpers ---
+    @property
+    def num_final(self) -> int:
+        return sum(self.final.values())
+
+    def wait_final(self, n: int, timeout_s: float = 5.0) -> bool:
+        """Wait (on a condition) until at least `n` complete-or-fail calls arrived."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.num_final >= n, timeout_s)
+
+    def times(self, kind: str) -> dict[int, float]:
+        return {rid: t for k, rid, _, t, _ in self.events if k == kind}
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark():
+    return load_benchmark("tiny")
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    """40 synthetic samples: inputs of 4..32 tokens, reference outputs of 2..50 tokens."""
+    return load_dataset({
+        "format": "synthetic", "num_samples": 40, "seed": 3, "vocab_size": 500,
+        "input_len": {"dist": "uniform", "min": 4, "max": 32},
+        "output_len": {"dist": "uniform", "min": 2, "max": 50},
+    })
+
+
+@pytest.fixture
+def make_config():
+    """make_config(dummy_ttft_ms=1, ...) -> a ResolvedConfig from defaults plus these values."""
+
+    def make(**values):
+        return resolve(cli=values, env={}, layers=())
+
+    return make
+
+
+@pytest.fixture
+def make_dummy(make_config, tiny_benchmark):
+    """make_dummy(sink, dataset=None, rank=0, **config) -> a DummyCore, stopped after the test."""
+    from llmlib.cores.dummy import DummyCore
+
+    made = []
+
+    def make(sink, *, dataset=None, rank=0, **values):
+        core = DummyCore(config=make_config(**values), benchmark=tiny_benchmark, dataset=dataset,
+                         rank=rank, sink=sink)
+        made.append(core)
+        return core
+
+    yield make
+    for core in made:
+        core.stop()
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def make_recorder():
+    return Recorder

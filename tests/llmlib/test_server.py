@@ -1,0 +1,470 @@
+"""Tests of llmlib.server.LLMServer: scheduling policies, per-core statistics, the exactly-once
+guard under injected faults, the request watchdog, fail_pending and flush.
+
+Backends are faked at the process boundary: small LLMCore subclasses defined here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from llmlib.cores.base import LLMCore, Request
+from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
+from llmlib.server import LLMServer, make_policy
+
+
+# --- fake cores -------------------------------------------------------------------------------------
+def _tokens(req: Request) -> np.ndarray:
+    """A deterministic output of req.max_new_tokens tokens."""
+    return np.arange(1, req.max_new_tokens + 1, dtype=np.uint32)
+
+
+class HoldCore(LLMCore):
+    """Never answers by itself: the test completes (or not) what it received."""
+
+    name = "hold"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.received: list[Request] = []
+
+    def _enqueue_impl(self, requests):
+        self.received.extend(requests)
+
+    def health_check(self):
+        pass
+
+    def finish(self, request_id: int, n_tokens: int = 3) -> None:
+        self._complete(request_id, np.arange(n_tokens, dtype=np.uint32), n_tokens)
+
+
+class EchoCore(LLMCore):
+    """Answers inline: first token (when streaming) then the whole output."""
+
+    name = "echo"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            out = _tokens(req)
+            if req.streaming:
+                self._first_token(req.request_id, out[:1])
+            self._complete(req.request_id, out, len(out))
+
+    def health_check(self):
+        pass
+
+
+class FailingCore(EchoCore):
+    """Fails every second request it receives (the error is data), answers the others."""
+
+    name = "failing"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = 0
+
+    def _enqueue_impl(self, requests):
+        good = []
+        for req in requests:
+            self.seen += 1
+            if self.seen % 2 == 0:
+                self._fail(req.request_id, BackendError(self.address, "injected: every second request"))
+            else:
+                good.append(req)
+        super()._enqueue_impl(good)
+
+
+class DuplicatingCore(EchoCore):
+    """Delivers every outcome twice, and a stray first token after the final response."""
+
+    name = "duplicating"
+
+    def _enqueue_impl(self, requests):
+        super()._enqueue_impl(requests)
+        for req in requests:
+            out = _tokens(req)
+            self._complete(req.request_id, out, len(out))
+            self._fail(req.request_id, BackendError(self.address, "late error"))
+            self._first_token(req.request_id, out[:1])
+
+
+class RawDuplicatingCore(EchoCore):
+    """A misbehaving backend that bypasses LLMCore's guard: calls the sink twice directly."""
+
+    name = "raw_duplicating"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            out = _tokens(req)
+            if req.streaming:
+                self.sink.on_first_token(req.request_id, out[:1])
+            self.sink.on_complete(req.request_id, out, len(out))
+            self.sink.on_complete(req.request_id, out, len(out))
+            self.sink.on_error(req.request_id, BackendError(self.address, "late error"))
+            self.sink.on_first_token(req.request_id, out[:1])
+            self._pending.pop(req.request_id, None)
+
+
+class NoFirstTokenCore(EchoCore):
+    """Completes streaming requests without ever sending a first token."""
+
+    name = "no_first_token"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            out = _tokens(req)
+            self._complete(req.request_id, out, len(out))
+
+
+class RaisingEnqueueCore(EchoCore):
+    """Its submit path raises."""
+
+    name = "raising"
+
+    def _enqueue_impl(self, requests):
+        raise RuntimeError("submit refused: queue full")
+
+
+class ThreadedCore(EchoCore):
+    """Answers from its own thread after `delay_s` (joined on stop)."""
+
+    name = "threaded"
+    delay_s = 0.0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.threads: list[threading.Thread] = []
+
+    def _enqueue_impl(self, requests):
+        reqs = list(requests)
+
+        def answer():
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            EchoCore._enqueue_impl(self, reqs)
+
+        t = threading.Thread(target=answer, name=f"threaded-core-{self.rank}")
+        self.threads.append(t)
+        t.start()
+
+    def stop(self):
+        for t in self.threads:
+            t.join(timeout=5)
+        super().stop()
+
+
+class DelayedThreadedCore(ThreadedCore):
+    delay_s = 0.05
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+@pytest.fixture
+def make_server(make_config, tiny_benchmark):
+    """make_server([CoreCls, ...], policy=..., request_timeout_s=...) -> server with those cores."""
+    servers = []
+    config = make_config()
+
+    def make(core_classes, **kwargs):
+        server = LLMServer(**kwargs)
+        cores = [cls(config=config, benchmark=tiny_benchmark, dataset=None, rank=i, sink=server)
+                 for i, cls in enumerate(core_classes)]
+        server.attach(cores)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def req(rid: int, input_len: int = 4, max_new: int = 3, streaming: bool = False) -> Request:
+    return Request(rid, np.full(input_len, 7, dtype=np.int32), max_new, streaming, sample_index=rid)
+
+
+def cores_of(server: LLMServer, rids) -> list[int]:
+    """The core index each request was sent to (from what each core received)."""
+    where = {}
+    for ci, core in enumerate(server.cores):
+        for r in core.received:
+            where[r.request_id] = ci
+    return [where[rid] for rid in rids]
+
+
+def assert_exactly_once(target, rids) -> None:
+    """Every request got one complete-or-fail; at most one first token, and before the final."""
+    rids = list(rids)
+    assert {rid: target.final[rid] for rid in rids} == {rid: 1 for rid in rids}
+    assert set(target.final) == set(rids), "outcomes for requests never submitted"
+    assert all(target.first[rid] <= 1 for rid in rids)
+    order = {}
+    for i, (kind, rid, *_rest) in enumerate(target.events):
+        order.setdefault((kind == "first", rid), i)
+    for rid in rids:
+        if (True, rid) in order:
+            assert order[(True, rid)] < order[(False, rid)], f"first token of {rid} after its final"
+
+
+# --- scheduling policies ------------------------------------------------------------------------------
+def test_round_robin_cycles_regardless_of_load(make_server, recorder):
+    server = make_server([HoldCore] * 3, policy="round_robin")
+    server.submit([req(i) for i in range(4)], recorder)
+    server.cores[0].finish(0)  # core 0 now idle: round robin must not care
+    server.submit([req(i) for i in range(4, 8)], recorder)
+    assert cores_of(server, range(8)) == [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+def test_load_balancing_picks_least_pending_requests(make_server, recorder):
+    server = make_server([HoldCore] * 3, policy="load_balancing")
+    server.submit([req(i) for i in range(3)], recorder)
+    assert cores_of(server, range(3)) == [0, 1, 2]  # ties spread over idle cores
+    server.cores[1].finish(1)  # core 1 has the fewest pending now
+    server.submit([req(10)], recorder)
+    assert cores_of(server, [10]) == [1]
+    assert server.core_pending == [1, 1, 1]
+    server.submit([req(11), req(12), req(13)], recorder)  # ties again: all three used
+    assert sorted(cores_of(server, [11, 12, 13])) == [0, 1, 2]
+
+
+def test_load_balancing_ignores_request_size_token_aware_does_not(make_server, recorder):
+    long = req(0, input_len=1000, max_new=100)
+    shorts = [req(i, input_len=10, max_new=10) for i in range(1, 7)]
+
+    lb = make_server([HoldCore] * 2, policy="load_balancing")
+    lb.submit([long], recorder)
+    lb.submit(shorts, recorder)
+    assert cores_of(lb, range(7)) == [0, 1, 0, 1, 0, 1, 0]
+
+    ta = make_server([HoldCore] * 2, policy="token_aware")
+    ta.submit([long], recorder)
+    for s in shorts:  # one at a time, like LoadGen's Server scenario
+        ta.submit([s], recorder)
+    assert cores_of(ta, range(7)) == [0, 1, 1, 1, 1, 1, 1]
+    assert ta.core_pending_tokens == [1100, 6 * 20]
+
+
+def test_token_aware_counts_input_plus_max_new_tokens(make_server, recorder):
+    server = make_server([HoldCore] * 2, policy="token_aware")
+    # core 0: 50 input + 10 new = 60; core 1: 5 input + 50 new = 55 -> next goes to core 1
+    server.submit([req(0, input_len=50, max_new=10)], recorder)
+    server.submit([req(1, input_len=5, max_new=50)], recorder)
+    server.submit([req(2, input_len=1, max_new=1)], recorder)
+    assert cores_of(server, range(3)) == [0, 1, 1]
+    server.cores[0].finish(0)
+    assert server.core_pending_tokens == [0, 55 + 2]
+    server.submit([req(3)], recorder)
+    assert cores_of(server, [3]) == [0]
+
+
+def test_unknown_policy_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError, match="round_robin.*load_balancing.*token_aware"):
+        make_policy("least_busy", 2)
+
+
+def test_per_core_stats_after_a_mixed_run(make_server, recorder):
+    server = make_server([FailingCore, DuplicatingCore, RaisingEnqueueCore, HoldCore], policy="round_robin")
+    rids = list(range(40))
+    server.submit([req(i, max_new=5) for i in rids], recorder)
+    for r in list(server.cores[3].received)[:6]:  # core 3 answers 6 of its 10, 4 stay pending
+        server.cores[3].finish(r.request_id, n_tokens=2)
+    stats = server.core_stats()
+    # core 0 fails half; core 1 completes all (its duplicates dropped); core 2 fails all at enqueue
+    assert [(s["completed"], s["failed"], s["pending"], s["output_tokens"]) for s in stats] == [
+        (5, 5, 0, 25), (10, 0, 0, 50), (0, 10, 0, 0), (6, 0, 4, 12)]
+    assert stats[1]["duplicates_dropped"] == 20  # the second complete and the late fail, per request
+    assert server.counts.issued == 40
+    assert (server.counts.completed, server.counts.failed, server.counts.output_tokens) == (21, 15, 87)
+    assert not server.counts.accounted and server.num_pending == 4
+    assert server.core_pending_tokens[3] == 4 * (4 + 5)
+
+
+# --- exactly once ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("core_cls", [FailingCore, DuplicatingCore, RawDuplicatingCore, NoFirstTokenCore,
+                                      RaisingEnqueueCore, ThreadedCore])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_request_gets_exactly_one_outcome(make_server, recorder, core_cls, streaming):
+    server = make_server([core_cls] * 2)
+    rids = list(range(100, 160))
+    for start in range(0, len(rids), 7):
+        server.submit([req(i, streaming=streaming) for i in rids[start:start + 7]], recorder)
+    server.flush(5.0)
+    assert_exactly_once(recorder, rids)
+    c = server.counts
+    assert c.issued == 60 == c.completed + c.failed and c.accounted
+    assert len(recorder.completed) == c.completed and len(recorder.failed) == c.failed
+    assert server.num_pending == 0 and server.core_pending == [0, 0] and server.core_pending_tokens == [0, 0]
+
+
+def test_failing_core_errors_are_data_with_the_cause(make_server, recorder):
+    server = make_server([FailingCore])
+    server.submit([req(i) for i in range(10)], recorder)
+    assert sorted(recorder.failed) == [1, 3, 5, 7, 9] and sorted(recorder.completed) == [0, 2, 4, 6, 8]
+    err = recorder.failed[1][0]
+    assert isinstance(err, BackendError) and err.address == "failing[0]" and "every second request" in str(err)
+    assert server.counts.errors == {"BackendError: injected: every second request": 5}
+    assert server.first_error is not None and "every second request" in server.first_error
+
+
+def test_duplicates_are_dropped_and_counted(make_server, recorder):
+    guarded = make_server([DuplicatingCore])
+    guarded.submit([req(i, streaming=True) for i in range(5)], recorder)
+    assert guarded.cores[0].dropped_duplicates == 10  # the second complete and the late fail
+    assert guarded.counts.duplicates_dropped == 0  # the core's guard caught them first
+
+    raw_target = type(recorder)()
+    raw = make_server([RawDuplicatingCore])
+    raw.submit([req(i, streaming=True) for i in range(5)], raw_target)
+    # per request: second complete, late error, late first token
+    assert raw.counts.duplicates_dropped == 15
+    assert_exactly_once(raw_target, range(5))
+    assert raw.counts.completed == 5 and raw.counts.failed == 0
+
+
+def test_streaming_complete_without_first_token_says_so(make_server, recorder):
+    server = make_server([NoFirstTokenCore])
+    server.submit([req(1, streaming=True, max_new=4)], recorder)
+    assert recorder.first[1] == 0
+    tokens, n, first_sent = recorder.completed[1]
+    assert (n, first_sent) == (4, False) and list(tokens) == [1, 2, 3, 4]
+
+
+def test_streaming_complete_after_first_token_says_so(make_server, recorder):
+    server = make_server([EchoCore])
+    server.submit([req(1, streaming=True, max_new=4)], recorder)
+    assert recorder.first[1] == 1 and recorder.completed[1][2] is True
+    assert len(server.ttft_ns) == 1 and len(server.tpot_ns) == 1
+
+
+def test_raising_enqueue_fails_the_requests_naming_the_core(make_server, recorder):
+    server = make_server([RaisingEnqueueCore] * 2, policy="round_robin")
+    server.submit([req(i) for i in range(4)], recorder)  # submit itself must not raise
+    assert sorted(recorder.failed) == [0, 1, 2, 3]
+    err = recorder.failed[2][0]
+    assert isinstance(err, BackendError) and err.address == "raising[0]"
+    assert "enqueue failed" in str(err) and "queue full" in str(err)
+    assert server.counts.failed == 4 and server.counts.accounted
+
+
+def test_mixed_faults_across_cores_keep_exactly_once(make_server, recorder):
+    server = make_server([FailingCore, DuplicatingCore, RawDuplicatingCore, NoFirstTokenCore,
+                          RaisingEnqueueCore, DelayedThreadedCore], policy="load_balancing")
+    rids = list(range(600))
+    for start in range(0, 600, 25):
+        server.submit([req(i, streaming=bool(i % 3)) for i in rids[start:start + 25]], recorder)
+    server.flush(5.0)
+    assert_exactly_once(recorder, rids)
+    assert server.counts.accounted and server.counts.issued == 600
+    assert sum(s["completed"] + s["failed"] for s in server.core_stats()) == 600
+
+
+def test_many_requests_completed_concurrently_from_several_threads(make_dummy, recorder, small_dataset):
+    server = LLMServer(policy="load_balancing")
+    cores = [make_dummy(server, rank=r, dataset=small_dataset, dummy_ttft_ms=1, dummy_tpot_ms=0.01,
+                        dummy_max_batch_size=16, dummy_fail_rate=0.05, dummy_output_len="4")
+             for r in range(4)]
+    server.attach(cores)
+    n, per_thread = 2000, 500
+    ds = small_dataset
+
+    def submit(base):
+        for start in range(base, base + per_thread, 10):
+            server.submit([Request(i, ds.input_tokens[i % len(ds)], 8, bool(i % 2), sample_index=i % len(ds))
+                           for i in range(start, start + 10)], recorder)
+
+    submitters = [threading.Thread(target=submit, args=(k * per_thread,)) for k in range(4)]
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join(timeout=10)
+    server.flush(10.0)
+    assert_exactly_once(recorder, range(n))
+    c = server.counts
+    assert c.issued == n == c.completed + c.failed and c.accounted
+    assert 0 < c.failed < n // 5  # ~5% injected failures
+    delivering = {tid for *_rest, tid in recorder.events}
+    assert len(delivering) >= 4  # outcomes came from the cores' own engine threads
+    stats = server.core_stats()
+    assert all(s["completed"] > 0 and s["pending"] == 0 for s in stats)
+    assert sum(s["completed"] for s in stats) == c.completed
+    assert sum(s["failed"] for s in stats) == c.failed
+    assert sum(s["output_tokens"] for s in stats) == c.output_tokens == 4 * c.completed
+
+
+# --- watchdog, fail_pending, flush --------------------------------------------------------------------------
+def test_watchdog_fails_a_request_that_never_completes(make_server, recorder):
+    server = make_server([HoldCore], request_timeout_s=0.2)
+    t0 = time.monotonic()
+    server.submit([req(1), req(2)], recorder)
+    server.cores[0].finish(2)  # answered in time: must not time out
+    assert recorder.wait_final(2, timeout_s=3.0), "the watchdog never failed the stuck request"
+    elapsed = recorder.times("fail")[1] - t0
+    assert 0.19 <= elapsed < 1.5
+    err, first_sent = recorder.failed[1]
+    assert first_sent is False
+    assert "timed out" in str(err) and "request_timeout_s" in str(err), str(err)
+    assert server.counts.timed_out == 1 and server.counts.failed == 1 and server.counts.accounted
+    assert sorted(recorder.completed) == [2]
+    # the backend answering late is dropped: still exactly one outcome
+    server.cores[0].finish(1)
+    assert recorder.final[1] == 1 and server.counts.completed == 1
+
+
+def test_no_watchdog_when_timeout_is_zero(make_server, recorder):
+    server = make_server([HoldCore], request_timeout_s=0.0)
+    server.submit([req(1)], recorder)
+    assert not recorder.wait_final(1, timeout_s=0.3)
+    assert server.counts.timed_out == 0 and server.num_pending == 1
+
+
+def test_fail_pending_fails_everything_pending_once(make_server, recorder):
+    server = make_server([HoldCore, HoldCore])
+    server.submit([req(i, streaming=True) for i in range(5)], recorder)
+    server.cores[0].finish(0)
+    assert server.fail_pending("run aborted by the test") == 4
+    assert sorted(recorder.failed) == [1, 2, 3, 4] and sorted(recorder.completed) == [0]
+    assert all("run aborted by the test" in str(err) for err, _ in recorder.failed.values())
+    assert server.num_pending == 0 and server.counts.accounted and server.core_pending == [0, 0]
+    assert all(core.num_pending == 0 for core in server.cores)
+    assert server.fail_pending("again") == 0
+    assert_exactly_once(recorder, range(5))
+
+
+def test_flush_returns_once_requests_complete_from_another_thread(make_server, recorder):
+    server = make_server([DelayedThreadedCore] * 2)
+    server.submit([req(i) for i in range(6)], recorder)
+    assert server.num_pending == 6
+    t0 = time.monotonic()
+    server.flush(5.0)
+    assert time.monotonic() - t0 < 1.0  # woken by the completions, not by the deadline
+    assert server.num_pending == 0 and len(recorder.completed) == 6
+
+
+def test_flush_with_nothing_pending_returns_at_once(make_server):
+    server = make_server([HoldCore])
+    t0 = time.monotonic()
+    server.flush(5.0)
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_flush_timeout_names_the_pending_ids(make_server, recorder):
+    server = make_server([HoldCore])
+    server.submit([req(41), req(42), req(43)], recorder)
+    server.cores[0].finish(42)
+    t0 = time.monotonic()
+    with pytest.raises(FlushTimeoutError) as info:
+        server.flush(0.15)
+    assert 0.14 <= time.monotonic() - t0 < 1.0
+    assert sorted(info.value.pending_ids) == [41, 43]
+    assert "41" in str(info.value) and "43" in str(info.value) and "42" not in str(info.value)
+    assert "2 request(s)" in str(info.value)
+
+
+def test_attach_rejects_no_cores_and_a_second_attach(make_server):
+    with pytest.raises(ConfigError):
+        LLMServer().attach([])
+    server = make_server([HoldCore])
+    with pytest.raises(RuntimeError):
+        server.attach(server.cores)
