@@ -89,6 +89,8 @@ class ResolvedConfig:
         object.__setattr__(self, "_sources", sources)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # slots not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
@@ -99,6 +101,9 @@ class ResolvedConfig:
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
+
+    def __reduce__(self):
+        return (ResolvedConfig, (self._values, self._sources))
 
     def source(self, name: str) -> str:
         return self._sources[name]
@@ -179,7 +184,7 @@ def resolve(*, explicit: Mapping[str, Any] | None = None, cli: Mapping[str, Any]
             value, source = explicit[name], "explicit"
         elif name in cli:
             value, source = cli[name], "command line"
-        elif field.env and field.env in env and name not in FLAG_STRING_FIELDS:
+        elif field.env and env.get(field.env, "") != "" and name not in FLAG_STRING_FIELDS:
             value, source = env[field.env], f"env {field.env}"
         else:
             value, source = field.default, "default"
@@ -252,7 +257,17 @@ def system_layers(config_dir: Path, system: str, benchmark: str, scenario: str,
         layers.append(Layer(_check_mapping(doc["default"], f"{path}: default"), f"{path.name}: default"))
     if scenario in doc:
         layers.append(Layer(_check_mapping(doc[scenario], f"{path}: {scenario}"), f"{path.name}: {scenario}"))
-    bench = (doc.get("benchmarks") or {}).get(benchmark) or {}
+    benchmarks = doc.get("benchmarks") or {}
+    if not isinstance(benchmarks, Mapping):
+        raise ConfigError(f"{path}: benchmarks: expected a mapping of benchmark name to sections")
+    for bench_name, sections in benchmarks.items():
+        if not isinstance(sections, Mapping):
+            raise ConfigError(f"{path}: benchmarks.{bench_name}: expected a mapping of sections")
+        for key in sections:
+            if key not in ("default", *SCENARIOS):
+                raise ConfigError(f"{path}: benchmarks.{bench_name}: unknown section {key!r} "
+                                  f"(expected default or {', '.join(SCENARIOS)})")
+    bench = benchmarks.get(benchmark) or {}
     for section in ("default", scenario):
         if section in bench:
             where = f"{path.name}: benchmarks.{benchmark}.{section}"

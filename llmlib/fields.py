@@ -54,7 +54,7 @@ class Field:
                         f"{source}: --{self.name}={item!r} is not one of: {', '.join(self.choices)}"
                     )
         if self.minimum is not None and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-            if parsed < self.minimum:
+            if not parsed >= self.minimum:  # also rejects NaN
                 raise ConfigError(f"{source}: --{self.name}={parsed} must be >= {self.minimum:g}")
         return parsed
 
@@ -216,7 +216,7 @@ declare(name="test_mode", kind="str", default="PerformanceOnly", group="run",
 declare(name="system_name", kind="str", default="local", env="SYSTEM_NAME", group="run",
         help="System whose settings apply (configs/systems/<name>.yaml); also names the results folder.")
 declare(name="core_type", kind="str", default="dummy", group="run",
-        help="Backend core (see `python -m llmlib --list_cores`).")
+        help="Backend core (see `python -m llmlib --list`).")
 declare(name="config_dir", kind="str", default="configs", group="run",
         help="Folder holding benchmarks/, systems/ and user.conf.")
 declare(name="results_dir", kind="str", default="results", group="run",

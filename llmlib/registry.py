@@ -56,6 +56,11 @@ class Registry:
                 raise CoreUnavailableError(
                     f"{self.what} {name!r} needs a package that is not installed ({err}).{hint}"
                 ) from err
-            target = getattr(module, attr)
+            try:
+                target = getattr(module, attr)
+            except AttributeError as err:
+                raise CoreUnavailableError(
+                    f"{self.what} {name!r}: module {module_name!r} has no attribute {attr!r}"
+                ) from err
         self._loaded[name] = target
         return target

@@ -286,7 +286,7 @@ class LLMServer:
     def _expire(self, rid: int, ci: int, reason: str) -> None:
         core = self.cores[ci]
         try:
-            core.cancel(rid)
+            core.cancel(rid, reason)
         except Exception:  # a broken cancel must not stop us from failing the request ourselves
             pass
         if rid in self._pending:  # the core did not deliver an outcome: fail it here

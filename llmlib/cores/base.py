@@ -128,9 +128,10 @@ class LLMCore(ABC):
             finally:
                 self._flushing = False
 
-    def cancel(self, request_id: int) -> None:
-        """Stop working on a request; it still ends with one outcome (an error if nothing else)."""
-        self._fail(request_id, BackendError(self.address, "cancelled"))
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        """Stop working on a request; it still ends with one outcome (an error naming `reason`
+        if nothing else)."""
+        self._fail(request_id, BackendError(self.address, reason))
 
     def stop(self) -> None:
         """Release the backend. Requests still pending fail."""

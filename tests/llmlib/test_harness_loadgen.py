@@ -123,7 +123,7 @@ class _SilentCore(LLMCore):
     def health_check(self):
         pass
 
-    def cancel(self, request_id):  # a broken cancel: the server must fail the request itself
+    def cancel(self, request_id, reason=""):  # a broken cancel: the server must fail the request itself
         pass
 
 

@@ -229,6 +229,17 @@ def test_load_balancing_picks_least_pending_requests(make_server, recorder):
     assert sorted(cores_of(server, [11, 12, 13])) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("policy", ["load_balancing", "token_aware"])
+def test_ties_between_idle_cores_rotate(make_server, recorder, policy):
+    """At low load every request finds all cores idle: they must share the work, not core 0."""
+    server = make_server([HoldCore] * 3, policy=policy)
+    for rid in range(6):
+        server.submit([req(rid)], recorder)
+        ci = cores_of(server, [rid])[0]
+        server.cores[ci].finish(rid)
+    assert cores_of(server, range(6)) == [0, 1, 2, 0, 1, 2]
+
+
 def test_load_balancing_ignores_request_size_token_aware_does_not(make_server, recorder):
     long = req(0, input_len=1000, max_new=100)
     shorts = [req(i, input_len=10, max_new=10) for i in range(1, 7)]

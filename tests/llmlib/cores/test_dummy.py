@@ -116,7 +116,7 @@ def test_first_token_not_before_ttft_and_final_after_the_tokens(make_dummy, reco
     assert recorder.wait_final(2, timeout_s=5.0)
     first, done = recorder.times("first"), recorder.times("complete")
     assert first[1] - t0 >= 0.099
-    assert done[1] - first[1] >= 0.039  # 4 more tokens at 10 ms
+    assert done[1] - t0 >= 0.139 and done[1] > first[1]  # then 4 more tokens at 10 ms
     assert done[2] - t0 >= 0.139 and 2 not in first  # non-streaming: no first token
     assert done[1] - t0 < 1.0  # and no wild overshoot
     assert [recorder.completed[r][1] for r in (1, 2)] == [5, 5]
