@@ -283,7 +283,10 @@ class LLMServer:
             self._expire(rid, ci, reason)
         return len(stuck)
 
-    def _expire(self, rid: int, ci: int, reason: str) -> None:
+    def _expire(self, rid: int, ci: int, reason: str) -> bool:
+        """Fail a request that is still pending; False if it finished meanwhile."""
+        if rid not in self._pending:
+            return False
         core = self.cores[ci]
         try:
             core.cancel(rid, reason)
@@ -291,6 +294,7 @@ class LLMServer:
             pass
         if rid in self._pending:  # the core did not deliver an outcome: fail it here
             self.on_error(rid, BackendError(core.address, reason))
+        return True
 
     def _watchdog_loop(self) -> None:
         interval = min(max(self._timeout_ns / 1e9 / 10, 0.05), 1.0)
@@ -302,9 +306,10 @@ class LLMServer:
                     if entry[2] > cutoff:
                         break
                     expired.append((rid, entry[1]))
+            reason = f"timed out after {self._timeout_ns / 1e9:g}s (--request_timeout_s)"
             for rid, ci in expired:
-                self.counts.timed_out += 1
-                self._expire(rid, ci, f"timed out after {self._timeout_ns / 1e9:g}s (--request_timeout_s)")
+                if self._expire(rid, ci, reason):
+                    self.counts.timed_out += 1
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -97,8 +96,21 @@ class WarmupManager:
         """Return when every core is healthy; raise HealthCheckError naming those that are not."""
         cores = list(self.server.cores if cores is None else cores)
         deadline = self._clock() + self.health_timeout_s
-        with ThreadPoolExecutor(max_workers=max(1, min(len(cores), 32)), thread_name_prefix="health") as pool:
-            results = list(pool.map(lambda c: self._check_one(c, deadline), cores))
+        # One daemon thread per core, joined against a wall-clock deadline: a probe that blocks
+        # (a connect that never answers) cannot hold the run past the timeout, nor its exit.
+        no_answer = f"health check did not return within {self.health_timeout_s:g}s"
+        results: list[str | None] = [no_answer] * len(cores)
+
+        def probe(i: int, core: LLMCore) -> None:
+            results[i] = self._check_one(core, deadline)
+
+        threads = [threading.Thread(target=probe, args=(i, c), name=f"health-{c.address}", daemon=True)
+                   for i, c in enumerate(cores)]
+        for t in threads:
+            t.start()
+        give_up = time.monotonic() + self.health_timeout_s + 0.1
+        for t in threads:
+            t.join(max(give_up - time.monotonic(), 0.0))
         failures = {core.address: cause for core, cause in zip(cores, results) if cause is not None}
         if failures:
             raise HealthCheckError(failures, self.health_timeout_s)

@@ -130,8 +130,9 @@ class LLMCore(ABC):
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
         """Stop working on a request; it still ends with one outcome (an error naming `reason`
-        if nothing else)."""
-        self._fail(request_id, BackendError(self.address, reason))
+        if nothing else). A request no longer pending is left alone."""
+        if request_id in self._pending:
+            self._fail(request_id, BackendError(self.address, reason))
 
     def stop(self) -> None:
         """Release the backend. Requests still pending fail."""

@@ -257,6 +257,30 @@ def test_load_balancing_ignores_request_size_token_aware_does_not(make_server, r
     assert ta.core_pending_tokens == [1100, 6 * 20]
 
 
+def test_submit_one_applies_the_policy_like_submit(make_server, recorder):
+    """LoadGen's Server scenario issues one sample at a time through submit_one."""
+    lb = make_server([HoldCore] * 2, policy="load_balancing")
+    ta = make_server([HoldCore] * 2, policy="token_aware")
+    rr = make_server([HoldCore] * 3, policy="round_robin")
+    for server in (lb, ta, rr):
+        server.submit_one(req(0, input_len=1000, max_new=100), recorder)
+        for i in range(1, 5):
+            server.submit_one(req(i, input_len=10, max_new=10), recorder)
+    assert cores_of(lb, range(5)) == [0, 1, 0, 1, 0]
+    assert cores_of(ta, range(5)) == [0, 1, 1, 1, 1]
+    assert cores_of(rr, range(5)) == [0, 1, 2, 0, 1]
+    assert lb.counts.issued == 5 and lb.core_pending == [3, 2] and ta.core_pending_tokens == [1100, 80]
+
+
+def test_submit_one_outcomes_exactly_once(make_server, recorder):
+    server = make_server([FailingCore, DuplicatingCore, RaisingEnqueueCore, DelayedThreadedCore])
+    for i in range(80):
+        server.submit_one(req(i, streaming=bool(i % 2)), recorder)
+    server.flush(5.0)
+    assert_exactly_once(recorder, range(80))
+    assert server.counts.issued == 80 and server.counts.accounted
+
+
 def test_token_aware_counts_input_plus_max_new_tokens(make_server, recorder):
     server = make_server([HoldCore] * 2, policy="token_aware")
     # core 0: 50 input + 10 new = 60; core 1: 5 input + 50 new = 55 -> next goes to core 1

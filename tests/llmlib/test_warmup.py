@@ -51,6 +51,15 @@ class SlowHealthCore(EchoCore):
         time.sleep(0.3)  # the backend takes its time to answer the probe
 
 
+class HangingHealthCore(EchoCore):
+    """Its probe blocks (a connect to a black-holed address with no timeout of its own)."""
+
+    name = "hanging"
+
+    def health_check(self):
+        time.sleep(1.0)
+
+
 class FlakyCore(EchoCore):
     """Unhealthy for the first `failures` checks (forever if None)."""
 
@@ -191,6 +200,15 @@ def test_health_check_error_from_a_plain_exception_names_its_type(make_server):
     manager = WarmupManager(server, health_timeout_s=1, sleep=clock.sleep, clock=clock.now)
     with pytest.raises(HealthCheckError, match=r"oserror\[0\]: ConnectionRefusedError.*Connection refused"):
         manager.health_check()
+
+
+def test_a_health_check_that_blocks_past_the_deadline_fails_at_the_deadline(make_server):
+    server = make_server([EchoCore, HangingHealthCore])
+    t0 = time.monotonic()
+    with pytest.raises(HealthCheckError) as info:
+        WarmupManager(server, health_timeout_s=0.2).health_check()
+    assert time.monotonic() - t0 < 0.8, "the deadline did not hold against a blocking probe"
+    assert list(info.value.failures) == ["hanging[1]"]
 
 
 def test_health_check_error_is_a_harness_error():
