@@ -306,6 +306,9 @@ def format_summary(o: RunOutcome) -> str:
         lines.append(f"RUN FAILED          : {o.run_error}")
     elif o.failed or o.lost:
         lines.append(f"RUN FAILED          : {o.failed} failed, {o.lost} lost")
+    if o.failed:
+        lines.append("note                : failed samples were completed in LoadGen with no output; "
+                     "its latency figures include them")
     lines.append(f"wall time           : {o.wall_s:.1f} s")
     lines.append(f"results             : {o.outdir}")
     return "\n".join(lines)
