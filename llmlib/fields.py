@@ -303,3 +303,52 @@ declare(name="dummy_fail_rate", kind="float", default=0.0, minimum=0, group="dum
         help="Fraction of requests the simulated engine fails (fault injection).")
 declare(name="dummy_seed", kind="int", default=0, group="dummy",
         help="Seed for the simulated engine's failures and tokens.")
+
+# --- sampling (defaults: the benchmark's generation config) ----------------------------------------
+declare(name="temperature", kind="float", default=None, minimum=0, group="sampling",
+        help="Sampling temperature (0 = greedy). Default: the benchmark's generation config.")
+declare(name="top_p", kind="float", default=None, minimum=0, group="sampling",
+        help="Nucleus sampling mass. Default: the benchmark's generation config.")
+declare(name="top_k", kind="int", default=None, minimum=0, group="sampling",
+        help="Top-k sampling (0 = off). Default: the benchmark's generation config.")
+declare(name="max_tokens", kind="int", default=None, minimum=1, group="sampling",
+        help="Maximum output tokens per request. Default: the benchmark's max_output_tokens.")
+declare(name="frequency_penalty", kind="float", default=None, group="sampling",
+        help="OpenAI-style frequency penalty. Default: 0.")
+declare(name="presence_penalty", kind="float", default=None, group="sampling",
+        help="OpenAI-style presence penalty. Default: 0.")
+declare(name="stop", kind="list", default=[], group="sampling",
+        help="Extra stop token ids, comma-separated, on top of the benchmark's EOS and stop tokens.")
+declare(name="seed", kind="int", default=0, group="sampling",
+        help="Seed for sampled (non-greedy) generation.")
+
+# --- hf core (PyTorch through transformers) ----------------------------------------------------------
+declare(name="hf_model_path", kind="str", default="", group="hf",
+        help="A transformers checkpoint folder (config.json, weights, tokenizer). Empty: the project's "
+             "tiny model, built on first use.")
+declare(name="hf_device", kind="str", default="auto", group="hf",
+        help="cpu, cuda, cuda:N, or auto (CUDA when present, else CPU).")
+declare(name="hf_dtype", kind="str", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        group="hf", help="Model dtype; auto = float32 on CPU, bfloat16 on CUDA.")
+declare(name="hf_max_batch_size", kind="int", default=16, minimum=1, group="hf",
+        help="Sequences decoded together in one engine step (in-flight batching).")
+declare(name="hf_max_num_tokens", kind="int", default=2048, minimum=1, group="hf",
+        help="Most tokens one engine step processes (prefill of joining requests plus one per decoding one).")
+declare(name="hf_num_workers", kind="int", default=1, minimum=1, group="hf",
+        help="Data-parallel cores, each a separate process with its own copy of the model.")
+declare(name="hf_threads_per_worker", kind="int", default=0, minimum=0, group="hf",
+        help="CPU threads per worker process (0 = the machine's cores split evenly between workers).")
+declare(name="hf_trust_remote_code", kind="bool", default=False, group="hf",
+        help="Pass trust_remote_code to transformers when loading the model.")
+
+# --- TensorRT-LLM in-process cores ---------------------------------------------------------------------
+declare(name="engine_dir", kind="str", default="", group="trtllm",
+        help="TensorRT-LLM engine folder (trtllm_executor core).")
+declare(name="trtllm_model_path", kind="str", default="", group="trtllm",
+        help="Checkpoint folder or model name for the LLM API (trtllm_hlapi core).")
+declare(name="trtllm_backend", kind="str", default="pytorch", choices=("pytorch", "trt"), group="trtllm",
+        help="LLM API backend (trtllm_hlapi core).")
+declare(name="llm_gen_config_path", kind="str", default="", group="trtllm",
+        help="generation_config.json written during engine generation.")
+declare(name="num_gpus", kind="int", default=None, minimum=1, group="trtllm",
+        help="GPUs to use (default: all visible). Data-parallel ranks = num_gpus / (TP x PP).")

@@ -18,6 +18,7 @@ from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
 from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
 from llmlib.factory import build_server, repo_root
+from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import LoadgenResult, parse_detail_log, summarize
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import Progress
@@ -81,15 +82,15 @@ class LoadgenSUT:
     """LoadGen's issue/flush callbacks (a "fast" SUT: LoadGen passes sample ids and indices as
     two lists, so no QuerySample object is built per sample). Each sample becomes a request."""
 
-    def __init__(self, server, reporter: LoadgenReporter, inputs, *, max_new_tokens: int, streaming: bool,
-                 min_new_tokens: int = 0, stop_token_ids: tuple[int, ...] = ()):
+    def __init__(self, server, reporter: LoadgenReporter, inputs, *, gen: GenerationParams, streaming: bool):
         self.server = server
         self.reporter = reporter
         self.inputs = inputs
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = gen.max_new_tokens
         self.streaming = streaming
-        self.min_new_tokens = min_new_tokens
-        self.stop_token_ids = stop_token_ids
+        self.min_new_tokens = gen.min_new_tokens
+        self.stop_token_ids = gen.stop_token_ids
+        self.sampling = gen.sampling()  # one dict shared by every request
         self.issued = 0
         self.issue_errors = 0
         self._submit_one = server.submit_one
@@ -100,11 +101,11 @@ class LoadgenSUT:
             if len(ids) == 1:  # Server: one sample per call
                 idx = indices[0]
                 self._submit_one(Request(ids[0], self.inputs[idx], self.max_new_tokens, self.streaming, idx,
-                                         self.min_new_tokens, self.stop_token_ids), self.reporter)
+                                         self.min_new_tokens, self.stop_token_ids, self.sampling), self.reporter)
                 return
             inputs, max_new, streaming = self.inputs, self.max_new_tokens, self.streaming
-            min_new, stops = self.min_new_tokens, self.stop_token_ids
-            requests = [Request(rid, inputs[idx], max_new, streaming, idx, min_new, stops)
+            min_new, stops, sampling = self.min_new_tokens, self.stop_token_ids, self.sampling
+            requests = [Request(rid, inputs[idx], max_new, streaming, idx, min_new, stops, sampling)
                         for rid, idx in zip(ids, indices)]
             self.server.submit(requests, self.reporter)
         except Exception as err:  # never let an exception escape into LoadGen's thread
@@ -180,6 +181,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
                          ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
     settings = build_test_settings(lg, config, benchmark, scenario)
+    gen = generation_params(config, benchmark)
     bundle = build_server(config, benchmark)
     server, dataset = bundle.server, bundle.dataset
     lg_streaming = scenario.loadgen_scenario == "Server"
@@ -190,15 +192,13 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     try:
         bundle.warmup.health_check()
         if config.warmup_queries:
-            shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, benchmark.max_output_tokens,
+            shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, gen.max_new_tokens,
                                    config.warmup_queries * len(server.cores))
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
         counts = server.counts
         before = (counts.completed, counts.output_tokens)
-        sut = LoadgenSUT(server, reporter, dataset.input_tokens, max_new_tokens=benchmark.max_output_tokens,
-                         streaming=scenario.streaming, min_new_tokens=benchmark.min_output_tokens or 0,
-                         stop_token_ids=tuple(benchmark.stop_token_ids))
+        sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming)
         sut_handle = lg.ConstructFastSUT(sut.issue_queries, sut.flush_queries)
         perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
         qsl_handle = lg.ConstructQSL(len(dataset), perf_count, _noop, _noop)
