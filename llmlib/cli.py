@@ -49,6 +49,9 @@ def resolve_for(cli: dict, benchmark_name: str, scenario: str, env=None):
     benchmark.scenario(scenario)  # fails early, naming the supported scenarios
     layers = system_layers(config_dir, base.system_name, benchmark.name, scenario, benchmark.harness)
     with Configuration(layers=layers):
+        core_type = resolve(cli=cli, env=env).core_type
+    layers = system_layers(config_dir, base.system_name, benchmark.name, scenario, benchmark.harness, core_type)
+    with Configuration(layers=layers):
         return resolve(cli=cli, env=env), benchmark
 
 

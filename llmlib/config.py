@@ -228,12 +228,25 @@ def _check_mapping(obj: Any, where: str) -> Mapping[str, Any]:
     return obj
 
 
-def system_layers(config_dir: Path, system: str, benchmark: str, scenario: str,
-                  benchmark_defaults: Mapping[str, Any] | None = None) -> list[Layer]:
-    """The file layers for one (system, benchmark, scenario), lowest first.
+def _check_sections(obj: Any, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(allowed)})")
+    for key in obj:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown section {key!r} (expected {', '.join(allowed)})")
+    return obj
 
-    The benchmark file's `harness:` section, then `configs/systems/<system>.yaml`:
-    its `default`, its `<scenario>`, its `<benchmark>.default`, its `<benchmark>.<scenario>`.
+
+def system_layers(config_dir: Path, system: str, benchmark: str, scenario: str,
+                  benchmark_defaults: Mapping[str, Any] | None = None,
+                  core_type: str | None = None) -> list[Layer]:
+    """The file layers for one (system, benchmark, scenario[, core]), lowest first.
+
+    The benchmark file's `harness:` section, then `configs/systems/<system>.yaml`: `default`,
+    `<scenario>`, `cores.<core>.default`, `cores.<core>.<scenario>`, `benchmarks.<benchmark>.default`,
+    `benchmarks.<benchmark>.<scenario>`, `benchmarks.<benchmark>.cores.<core>.default`,
+    `benchmarks.<benchmark>.cores.<core>.<scenario>`. Core sections apply only when `core_type`
+    is given (the caller resolves it first) and may not set `core_type` themselves.
     A missing system file is an error unless the system is the built-in `local`.
     """
     layers = []
@@ -249,27 +262,38 @@ def system_layers(config_dir: Path, system: str, benchmark: str, scenario: str,
     doc = _load_yaml(path)
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key in doc:
-        if key not in ("default", *SCENARIOS, "benchmarks"):
-            raise ConfigError(f"{path}: unknown section {key!r} (expected default, "
-                              f"{', '.join(SCENARIOS)} or benchmarks)")
-    if "default" in doc:
-        layers.append(Layer(_check_mapping(doc["default"], f"{path}: default"), f"{path.name}: default"))
-    if scenario in doc:
-        layers.append(Layer(_check_mapping(doc[scenario], f"{path}: {scenario}"), f"{path.name}: {scenario}"))
+    _check_sections(doc, str(path), ("default", *SCENARIOS, "cores", "benchmarks"))
+    name = path.name
+
+    def add(section: Mapping[str, Any], key: str, where: str, core_section: bool = False) -> None:
+        if key in section:
+            values = _check_mapping(section[key], f"{path}: {where}")
+            if core_section and "core_type" in values:
+                raise ConfigError(f"{path}: {where}: a core's own section cannot set core_type")
+            layers.append(Layer(values, f"{name}: {where}"))
+
+    def add_cores(section: Mapping[str, Any], prefix: str) -> None:
+        cores = section.get("cores") or {}
+        if not isinstance(cores, Mapping):
+            raise ConfigError(f"{path}: {prefix}cores: expected a mapping of core name to sections")
+        for core_name, sections in cores.items():
+            _check_sections(sections, f"{path}: {prefix}cores.{core_name}", ("default", *SCENARIOS))
+        if core_type and core_type in cores:
+            for key in ("default", scenario):
+                add(cores[core_type], key, f"{prefix}cores.{core_type}.{key}", core_section=True)
+
+    add(doc, "default", "default")
+    add(doc, scenario, scenario)
+    add_cores(doc, "")
     benchmarks = doc.get("benchmarks") or {}
     if not isinstance(benchmarks, Mapping):
         raise ConfigError(f"{path}: benchmarks: expected a mapping of benchmark name to sections")
     for bench_name, sections in benchmarks.items():
         if not isinstance(sections, Mapping):
             raise ConfigError(f"{path}: benchmarks.{bench_name}: expected a mapping of sections")
-        for key in sections:
-            if key not in ("default", *SCENARIOS):
-                raise ConfigError(f"{path}: benchmarks.{bench_name}: unknown section {key!r} "
-                                  f"(expected default or {', '.join(SCENARIOS)})")
+        _check_sections(sections, f"{path}: benchmarks.{bench_name}", ("default", *SCENARIOS, "cores"))
     bench = benchmarks.get(benchmark) or {}
-    for section in ("default", scenario):
-        if section in bench:
-            where = f"{path.name}: benchmarks.{benchmark}.{section}"
-            layers.append(Layer(_check_mapping(bench[section], where), where))
+    add(bench, "default", f"benchmarks.{benchmark}.default")
+    add(bench, scenario, f"benchmarks.{benchmark}.{scenario}")
+    add_cores(bench, f"benchmarks.{benchmark}.")
     return layers

@@ -7,6 +7,7 @@ from llmlib.registry import Registry
 
 CORES = Registry("core")
 CORES.register("dummy", "llmlib.cores.dummy:DummyCore")
+CORES.register("hf", "llmlib.cores.hf_core:HFCore", extra="hf")
 
 
 def get_core_class(name: str):

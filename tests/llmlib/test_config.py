@@ -551,3 +551,50 @@ def test_resolved_config_survives_pickle_and_deepcopy(cfg):
     for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), copy.copy(cfg)):
         assert clone.as_dict() == cfg.as_dict()
         assert clone.source("system_name") == "env SYSTEM_NAME"
+
+
+CORE_YAML = """
+default:
+  warmup_queries: 1
+cores:
+  dummy:
+    default: {warmup_queries: 2}
+    Server: {warmup_queries: 3}
+  hf:
+    default: {warmup_queries: 50}
+benchmarks:
+  tiny:
+    Server: {warmup_queries: 4}
+    cores:
+      dummy:
+        Server: {warmup_queries: 5}
+"""
+
+
+def test_system_layers_core_sections_apply_only_to_their_core(tmp_path):
+    write_system(tmp_path, "box", CORE_YAML)
+    layers = system_layers(tmp_path, "box", "tiny", "Server", core_type="dummy")
+    assert [layer.source for layer in layers] == [
+        "box.yaml: default",
+        "box.yaml: cores.dummy.default",
+        "box.yaml: cores.dummy.Server",
+        "box.yaml: benchmarks.tiny.Server",
+        "box.yaml: benchmarks.tiny.cores.dummy.Server",
+    ]
+    assert resolve(env=NO_ENV, layers=layers).warmup_queries == 5
+    hf = system_layers(tmp_path, "box", "tiny", "Offline", core_type="hf")
+    assert resolve(env=NO_ENV, layers=hf).warmup_queries == 50
+    # without a core, no core section applies
+    assert resolve(env=NO_ENV, layers=system_layers(tmp_path, "box", "tiny", "Offline")).warmup_queries == 1
+
+
+def test_a_core_section_cannot_choose_the_core(tmp_path):
+    write_system(tmp_path, "box", "cores:\n  dummy:\n    default: {core_type: hf}\n")
+    with pytest.raises(ConfigError, match="cannot set core_type"):
+        system_layers(tmp_path, "box", "tiny", "Server", core_type="dummy")
+
+
+def test_core_sections_are_checked(tmp_path):
+    write_system(tmp_path, "box", "cores:\n  dummy:\n    Sever: {warmup_queries: 1}\n")
+    with pytest.raises(ConfigError, match="box.yaml.*Sever"):
+        system_layers(tmp_path, "box", "tiny", "Server", core_type="dummy")

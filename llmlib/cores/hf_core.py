@@ -1,0 +1,290 @@
+"""The `hf` core: a transformers model behind the in-flight batching engine, in its own process.
+
+Data-parallel cores are separate processes with the CPU threads split between them; the parent
+talks to each over a pipe, with a sender and a receiver thread (no polling on either side).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from llmlib.config import ResolvedConfig
+from llmlib.cores.base import LLMCore, Request
+from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+_STOP = ("stop",)
+
+
+def resolve_model_path(config: ResolvedConfig) -> Path:
+    """The checkpoint folder: --hf_model_path, or the project's tiny model (built on first use)."""
+    if config.hf_model_path:
+        path = Path(config.hf_model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--hf_model_path={config.hf_model_path}: no config.json there "
+                              "(expected a transformers checkpoint folder)")
+        return path
+    from llmlib.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+def threads_per_worker(config: ResolvedConfig) -> int:
+    if config.hf_threads_per_worker:
+        return config.hf_threads_per_worker
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // config.hf_num_workers)
+
+
+class HFCore(LLMCore):
+    """One worker process running HFEngine over the model."""
+
+    name = "hf"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            import torch  # noqa: F401  (fail here, in the parent, with the install hint)
+            import transformers  # noqa: F401
+        except ImportError as err:
+            raise CoreUnavailableError(f"core 'hf' needs torch and transformers ({err}). "
+                                       "Install them with: pip install -e '.[hf]'") from err
+        cfg = self.config
+        self.model_path = resolve_model_path(cfg)
+        self.threads = threads_per_worker(cfg)
+        worker_cfg = {
+            "model_path": str(self.model_path), "device": _pick_device(cfg.hf_device, self.rank),
+            "dtype": cfg.hf_dtype, "max_batch_size": cfg.hf_max_batch_size,
+            "max_num_tokens": cfg.hf_max_num_tokens, "threads": self.threads,
+            "trust_remote_code": cfg.hf_trust_remote_code, "rank": self.rank,
+            "inject_oom_every": cfg.hf_inject_oom_every,
+        }
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_worker_main, args=(child_conn, worker_cfg), name=f"hf-worker-{self.rank}",
+                                 daemon=True)
+        self._proc.start()
+        child_conn.close()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._dead: str | None = None
+        self.info: dict = {}
+        self._send_lock = threading.Lock()
+        self._sender = threading.Thread(target=self._send_loop, name=f"hf-send-{self.rank}", daemon=True)
+        self._receiver = threading.Thread(target=self._recv_loop, name=f"hf-recv-{self.rank}", daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    @classmethod
+    def num_cores(cls, config: ResolvedConfig) -> int:
+        return config.hf_num_workers
+
+    @property
+    def address(self) -> str:
+        return f"hf[{self.rank}] pid {self._proc.pid}" if hasattr(self, "_proc") else f"hf[{self.rank}]"
+
+    # --- parent side ---------------------------------------------------------------------------------
+    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
+        if self._dead is not None:
+            raise BackendError(self.address, self._dead)
+        self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.max_new_tokens,
+                           tuple(r.stop_token_ids), r.streaming, r.sampling) for r in requests])
+
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        if request_id in self._pending:
+            self._outbox.put([("cancel", request_id)])
+            super().cancel(request_id, reason)
+
+    def health_check(self) -> None:
+        if self._dead is not None:
+            raise BackendError(self.address, self._dead)
+        if not self._ready.is_set():
+            raise BackendError(self.address, f"model {self.model_path} still loading")
+
+    def _send_loop(self) -> None:
+        while True:
+            batch = self._outbox.get()
+            if batch is _STOP:
+                return
+            while True:  # coalesce whatever else is waiting into one pipe message
+                try:
+                    more = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._send(batch)
+                    return
+                batch.extend(more)
+            self._send(batch)
+
+    def _send(self, batch: list) -> None:
+        try:
+            self._conn.send(batch)
+        except (OSError, ValueError) as err:
+            self._die(f"worker pipe closed: {err!r}")
+
+    def _recv_loop(self) -> None:
+        while True:
+            try:
+                msgs = self._conn.recv()
+            except (EOFError, OSError) as err:
+                code = self._proc.exitcode
+                self._die(f"worker process ended (exit code {code}): {err!r}" if code else
+                          f"worker connection closed: {err!r}")
+                return
+            for msg in msgs:
+                kind = msg[0]
+                if kind == "first":
+                    self._first_token(msg[1], np.array([msg[2]], dtype=np.uint32))
+                elif kind == "done":
+                    tokens = np.frombuffer(msg[2], dtype=np.uint32).copy()
+                    self._complete(msg[1], tokens, len(tokens))
+                elif kind == "error":
+                    self._fail(msg[1], BackendError(self.address, msg[2]))
+                elif kind == "ready":
+                    self.info = msg[1]
+                    self._ready.set()
+                elif kind == "fatal":
+                    self._die(msg[1])
+                    return
+                elif kind == "stopped":
+                    return
+
+    def _die(self, why: str) -> None:
+        """The worker is gone: every pending request fails, new ones are refused."""
+        if self._dead is None:
+            self._dead = why
+            log.error("%s: %s", self.address, why)
+        for rid in list(self._pending):
+            self._fail(rid, BackendError(self.address, why))
+
+    def stop(self) -> None:
+        if self._dead is None:
+            self._outbox.put([("stop",)])
+        self._outbox.put(_STOP)
+        self._sender.join(timeout=5)
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+        self._receiver.join(timeout=5)
+        self._dead = self._dead or "core stopped"
+        super().stop()
+        self._conn.close()
+
+
+def _pick_device(device: str, rank: int) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{rank % torch.cuda.device_count()}"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def _oom_every(n: int):
+    """A fault hook raising an out-of-memory error on every nth model call (tests)."""
+    calls = [0]
+
+    def fault(phase: str, rids: list[int]) -> None:
+        calls[0] += 1
+        if calls[0] % n == 0:
+            import torch
+
+            raise torch.OutOfMemoryError(f"simulated out of memory in {phase} ({len(rids)} request(s))")
+
+    return fault
+
+
+# --- worker process ---------------------------------------------------------------------------------------
+def _worker_main(conn, cfg: dict) -> None:
+    """Load the model, then loop: take requests from the pipe (a receiver thread), step the engine,
+    send outcomes. Blocks on its own queue when idle."""
+    os.environ["OMP_NUM_THREADS"] = str(cfg["threads"])
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from llmlib.hf_engine import EngineEvents, HFEngine, engine_request_from
+
+        torch.set_num_threads(cfg["threads"])
+        device = cfg["device"]
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg["dtype"]]
+        model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype,
+                                                     trust_remote_code=cfg["trust_remote_code"])
+        model.to(device).eval()
+    except Exception as err:  # noqa: BLE001 - anything here means the worker cannot serve
+        try:
+            conn.send([("fatal", f"loading {cfg['model_path']} failed: {err!r}")])
+        finally:
+            return
+
+    out: list = []
+
+    class Events(EngineEvents):
+        def first_token(self, rid, token):
+            out.append(("first", rid, int(token)))
+
+        def complete(self, rid, tokens):
+            out.append(("done", rid, np.asarray(tokens, dtype=np.uint32).tobytes()))
+
+        def fail(self, rid, message):
+            out.append(("error", rid, message))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive():
+        while True:
+            try:
+                msgs = conn.recv()
+            except (EOFError, OSError):
+                inbox.put([("stop",)])
+                return
+            inbox.put(msgs)
+            if any(m[0] == "stop" for m in msgs):
+                return
+
+    threading.Thread(target=receive, name="hf-worker-recv", daemon=True).start()
+    engine = HFEngine(model, Events(), max_batch_size=cfg["max_batch_size"],
+                      max_num_tokens=cfg["max_num_tokens"], device=device,
+                      fault=_oom_every(cfg["inject_oom_every"]) if cfg.get("inject_oom_every") else None)
+    conn.send([("ready", {"device": device, "dtype": str(dtype), "threads": cfg["threads"],
+                          "model": cfg["model_path"]})])
+    stopping = False
+    with torch.inference_mode():
+        while not stopping:
+            batches = [inbox.get()] if engine.idle else []  # block only when there is nothing to do
+            while True:
+                try:
+                    batches.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for msgs in batches:
+                for m in msgs:
+                    if m[0] == "req":
+                        _, rid, ids, max_new, stops, streaming, sampling = m
+                        engine.add(engine_request_from(rid, ids, max_new, stops, streaming, sampling))
+                    elif m[0] == "cancel":
+                        engine.cancel(m[1])
+                    elif m[0] == "stop":
+                        stopping = True
+            if not stopping and not engine.idle:
+                engine.step()
+            if out:
+                conn.send(out)
+                out = []
+    conn.send([("stopped",)])
