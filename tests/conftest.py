@@ -4,6 +4,11 @@ dummy cores that are stopped after the test, and a target / sink that record eve
 from __future__ import annotations
 
 import collections
+import os
+
+# Tests that run a model in this process use one CPU thread: OpenMP spinning on a shared 2-core
+# machine (pytest, LoadGen, worker processes) costs far more than it gains.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import threading
 import time
 

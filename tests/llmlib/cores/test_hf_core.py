@@ -1,0 +1,162 @@
+"""The `hf` core: a real worker process with a small random Llama, driven through the LLMServer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llmlib.benchmarks import load_benchmark  # noqa: E402
+from llmlib.config import resolve  # noqa: E402
+from llmlib.cores.base import Request  # noqa: E402
+from llmlib.cores.hf_core import HFCore  # noqa: E402
+from llmlib.errors import BackendError, ConfigError  # noqa: E402
+from llmlib.server import LLMServer  # noqa: E402
+from llmlib.warmup import WarmupManager  # noqa: E402
+
+EOS = 2
+pytestmark = pytest.mark.slow  # each test starts worker processes (torch import, model load)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(30)
+    path = tmp_path_factory.mktemp("randllama")
+    m.save_pretrained(path)
+    return path, m
+
+
+class Target:
+    def __init__(self):
+        self.first, self.done, self.failed = {}, {}, {}
+
+    def first_token(self, rid, tokens):
+        self.first[rid] = int(tokens[0])
+
+    def complete(self, rid, tokens, n, first_sent):
+        assert rid not in self.done and rid not in self.failed
+        assert tokens.dtype == np.uint32 and len(tokens) == n
+        self.done[rid] = tokens.tolist()
+
+    def fail(self, rid, error, first_sent):
+        assert rid not in self.done and rid not in self.failed
+        self.failed[rid] = str(error)
+
+
+def make_server(model_dir, workers=1, **cli):
+    cli = {"hf_model_path": str(model_dir), "hf_num_workers": str(workers), "hf_threads_per_worker": "1",
+           "hf_max_batch_size": "4", **{k: str(v) for k, v in cli.items()}}
+    config = resolve(cli=cli, env={}, layers=())
+    server = LLMServer(policy="load_balancing", request_timeout_s=60)
+    cores = [HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=r, sink=server)
+             for r in range(workers)]
+    server.attach(cores)
+    WarmupManager(server, health_timeout_s=120, backoff_s=0.1).health_check()
+    return server
+
+
+def prompts(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, 300, size=int(rng.integers(3, 30))).astype(np.int32) for _ in range(n)]
+
+
+def greedy(model, prompt, max_new):
+    ids = torch.tensor(prompt[None].astype(np.int64))
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=EOS, pad_token_id=0)[0, len(prompt):].tolist()
+    return out[: out.index(EOS)] if EOS in out else out
+
+
+def requests_for(ps, max_new=12, streaming=True, start=1):
+    return [Request(start + i, p, max_new, streaming, i, 0, (EOS,)) for i, p in enumerate(ps)]
+
+
+def test_two_worker_processes_match_generate(model_dir):
+    path, model = model_dir
+    server = make_server(path, workers=2)
+    try:
+        target = Target()
+        ps = prompts(16)
+        server.submit(requests_for(ps), target)
+        server.flush(120)
+        assert not target.failed
+        for i, p in enumerate(ps):
+            assert target.done[1 + i] == greedy(model, p, 12)
+            if target.done[1 + i]:
+                assert target.first[1 + i] == target.done[1 + i][0]
+        stats = server.core_stats()
+        assert all(s["completed"] > 0 for s in stats)  # both processes served
+        assert {c.info["threads"] for c in server.cores} == {1}
+    finally:
+        server.stop()
+
+
+def test_simulated_out_of_memory_fails_requests_not_the_run(model_dir):
+    path, model = model_dir
+    server = make_server(path, hf_inject_oom_every=25)
+    try:
+        target = Target()
+        ps = prompts(12, seed=3)
+        server.submit(requests_for(ps), target)
+        server.flush(120)
+        assert len(target.done) + len(target.failed) == 12
+        assert target.failed and target.done
+        assert all("out of memory" in msg for msg in target.failed.values())
+        for rid, tokens in target.done.items():
+            assert tokens == greedy(model, ps[rid - 1], 12)
+    finally:
+        server.stop()
+
+
+def test_a_killed_worker_fails_what_it_held_and_refuses_more(model_dir):
+    path, _ = model_dir
+    server = make_server(path)
+    core = server.cores[0]
+    try:
+        target = Target()
+        server.submit(requests_for(prompts(4), max_new=400), target)
+        os.kill(core._proc.pid, signal.SIGKILL)
+        server.flush(30)
+        assert len(target.failed) == 4 and all("worker" in m for m in target.failed.values())
+        server.submit(requests_for(prompts(1), start=100), target)
+        server.flush(5)
+        assert "worker" in target.failed[100]
+        with pytest.raises(BackendError):
+            core.health_check()
+    finally:
+        server.stop()
+
+
+def test_health_check_says_loading_until_ready_and_stop_is_clean(model_dir):
+    path, _ = model_dir
+    config = resolve(cli={"hf_model_path": str(path), "hf_threads_per_worker": "1"}, env={}, layers=())
+    server = LLMServer()
+    core = HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=server)
+    server.attach([core])
+    with pytest.raises(BackendError, match="loading"):
+        core.health_check()
+    deadline = time.monotonic() + 120
+    while not core._ready.is_set() and time.monotonic() < deadline:
+        core._ready.wait(0.5)
+    core.health_check()
+    server.stop()
+    assert not core._proc.is_alive()
+
+
+def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
+    config = resolve(cli={"hf_model_path": str(tmp_path)}, env={}, layers=())
+    with pytest.raises(ConfigError, match="config.json"):
+        HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=LLMServer())
