@@ -5,6 +5,7 @@ Everything is built and loaded here, before any timing starts.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,27 @@ def repo_root() -> Path:
 
 
 def load_benchmark_dataset(benchmark: BenchmarkSpec) -> LLMDataset:
-    """The benchmark's dataset, fully in memory; relative paths resolve against the repository."""
-    dataset = load_dataset(benchmark.dataset, base_dir=repo_root(), name=benchmark.name)
+    """The benchmark's dataset, fully in memory; relative paths resolve against the repository.
+
+    A `builder: "module:function"` key names a function that makes the file when it is missing
+    (the tiny benchmark builds its model and dataset on first use)."""
+    spec = dict(benchmark.dataset)
+    builder = spec.pop("builder", None)
+    if builder:
+        path = Path(spec.get("path", ""))
+        if not path.is_absolute():
+            path = repo_root() / path
+        if not path.exists():
+            module_name, _, attr = str(builder).partition(":")
+            try:
+                build = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as err:
+                raise ConfigError(f"benchmark {benchmark.name}: dataset builder {builder!r} unavailable "
+                                  f"({err}); install the extra it needs (pip install -e '.[hf]')") from err
+            build()
+            if not path.exists():
+                raise ConfigError(f"benchmark {benchmark.name}: dataset builder {builder!r} did not make {path}")
+    dataset = load_dataset(spec, base_dir=repo_root(), name=benchmark.name)
     if len(dataset) < benchmark.total_sample_count:
         raise ConfigError(
             f"benchmark {benchmark.name}: dataset {dataset.source} has {len(dataset)} samples, "

@@ -215,7 +215,7 @@ declare(name="test_mode", kind="str", default="PerformanceOnly", group="run",
         choices=("PerformanceOnly", "AccuracyOnly"), help="LoadGen test mode.")
 declare(name="system_name", kind="str", default="local", env="SYSTEM_NAME", group="run",
         help="System whose settings apply (configs/systems/<name>.yaml); also names the results folder.")
-declare(name="core_type", kind="str", default="dummy", group="run",
+declare(name="core_type", kind="str", default="hf", group="run",
         help="Backend core (see `python -m llmlib --list`).")
 declare(name="config_dir", kind="str", default="configs", group="run",
         help="Folder holding benchmarks/, systems/ and user.conf.")
@@ -337,7 +337,8 @@ declare(name="hf_max_num_tokens", kind="int", default=2048, minimum=1, group="hf
 declare(name="hf_num_workers", kind="int", default=1, minimum=1, group="hf",
         help="Data-parallel cores, each a separate process with its own copy of the model.")
 declare(name="hf_threads_per_worker", kind="int", default=0, minimum=0, group="hf",
-        help="CPU threads per worker process (0 = the machine's cores split evenly between workers).")
+        help="CPU threads per worker process (0 = the machine's cores but one, for the harness, split "
+             "evenly between workers).")
 declare(name="hf_trust_remote_code", kind="bool", default=False, group="hf",
         help="Pass trust_remote_code to transformers when loading the model.")
 

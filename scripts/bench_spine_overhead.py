@@ -2,7 +2,7 @@
 zero-latency dummy core, the reporter) against a bare inline LoadGen SUT, side by side in one run.
 
 Both SUTs send FirstTokenComplete and QuerySamplesComplete with n_tokens for every sample, under
-the same TestSettings (the `tiny` benchmark's Interactive scenario: TTFT 450 ms / TPOT 40 ms
+the same TestSettings (the `tiny-synthetic` benchmark's Interactive scenario: TTFT 450 ms / TPOT 40 ms
 limits). Each LoadGen test runs in its own process. The search climbs a QPS ladder until a run
 is INVALID, then bisects. Prints a table and the ratio harness / bare.
 
@@ -28,7 +28,7 @@ def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
     from llmlib.config import resolve
 
     cli = {
-        "benchmarks": "tiny", "scenarios": "Interactive", "core_type": "dummy", "dummy_zero_latency": "true",
+        "benchmarks": "tiny-synthetic", "scenarios": "Interactive", "core_type": "dummy", "dummy_zero_latency": "true",
         "server_target_qps": str(qps), "min_duration_ms": str(duration_ms),
         "min_query_count": str(int(qps * duration_ms / 1000)), "warmup_queries": "0",
         "show_progress": str(progress).lower(), "results_dir": str(outdir), "request_timeout_s": "60",
@@ -45,7 +45,7 @@ def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: boo
     from llmlib.loadgen_log import parse_detail_log, summarize
 
     config = _config(qps, duration_ms, outdir / kind, progress)
-    benchmark = load_benchmark("tiny")
+    benchmark = load_benchmark("tiny-synthetic")
     t0 = time.monotonic()
     if kind == "harness":
         outcome = run_scenario(config, benchmark, "Interactive")

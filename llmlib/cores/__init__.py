@@ -8,6 +8,8 @@ from llmlib.registry import Registry
 CORES = Registry("core")
 CORES.register("dummy", "llmlib.cores.dummy:DummyCore")
 CORES.register("hf", "llmlib.cores.hf_core:HFCore", extra="hf")
+CORES.register("trtllm_executor", "llmlib.cores.trtllm_executor_core:TrtllmExecutorCore", extra="trtllm")
+CORES.register("trtllm_hlapi", "llmlib.cores.trtllm_hlapi_core:TrtllmHlapiCore", extra="trtllm")
 
 
 def get_core_class(name: str):

@@ -32,7 +32,9 @@ SHIPPED = [
     "llama3.1-8b-interactive",
     "mixtral-8x7b",
     "tiny",
+    "tiny-synthetic",
 ]
+PROJECT_OWN = ("tiny", "tiny-synthetic")  # not MLPerf benchmarks: LoadGen's mlperf.conf has no entries
 
 # Lines of LoadGen's built-in mlperf.conf (mlcommons-loadgen 6.0), reduced to what the YAML repeats.
 # <model>.*.performance_sample_count_override
@@ -120,10 +122,11 @@ def test_every_shipped_benchmark_loads_and_is_consistent(name):
         if scenario_name == "Interactive":
             assert scenario.loadgen_model.endswith("-interactive")
     if spec.dataset["format"] != "synthetic":
-        assert spec.dataset["path"].startswith("datasets/")
+        # real datasets go under datasets/; the tiny model's is built under build/
+        assert spec.dataset["path"].startswith("build/" if "builder" in spec.dataset else "datasets/")
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "tiny"])
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in PROJECT_OWN])
 def test_sample_counts_match_loadgen_mlperf_conf(name):
     spec = load_benchmark(name)
     for scenario in spec.scenarios.values():
@@ -132,7 +135,7 @@ def test_sample_counts_match_loadgen_mlperf_conf(name):
         assert spec.total_sample_count == LOADGEN_OFFLINE_MIN_QUERY_COUNT[spec.scenarios["Offline"].loadgen_model]
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "tiny"])
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in PROJECT_OWN])
 def test_latency_limits_match_loadgen_mlperf_conf(name):
     spec = load_benchmark(name)
     checked = 0
@@ -206,15 +209,24 @@ def test_llama3_1_models():
     )
 
 
-def test_tiny_is_synthetic_and_small():
-    spec = load_benchmark("tiny")
+def test_tiny_synthetic_is_synthetic_and_small():
+    spec = load_benchmark("tiny-synthetic")
     assert spec.dataset["format"] == "synthetic"
     assert spec.dataset["num_samples"] == spec.total_sample_count == 256
-    assert spec.loadgen_model == "tiny"
-    assert spec.scenario("Interactive").loadgen_model == "tiny-interactive"
+    assert spec.loadgen_model == "tiny-synthetic"
+    assert spec.scenario("Interactive").loadgen_model == "tiny-synthetic-interactive"
     assert spec.accuracy.metrics == ()
     assert (spec.accuracy.tokens_per_sample_min, spec.accuracy.tokens_per_sample_max) == (8.0, 64.0)
     assert spec.harness == {"min_duration_ms": 2000}
+
+
+def test_tiny_is_the_project_model_with_reproduction_targets():
+    spec = load_benchmark("tiny")
+    assert spec.dataset["format"] == "pickle" and spec.dataset["builder"] == "llmlib.tiny_model:tiny_dataset_path"
+    assert spec.loadgen_model == "tiny" and spec.scenario("Interactive").loadgen_model == "tiny-interactive"
+    assert {m.name: m.threshold for m in spec.accuracy.metrics} == pytest.approx(
+        {"rouge1": 99.0, "rouge2": 99.0, "rougeL": 99.0})
+    assert spec.accuracy.tokens_per_sample_min == pytest.approx(32.484375 * 0.99)
 
 
 # -- names, aliases, scenarios --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""End-to-end LoadGen runs of the `tiny` benchmark on the dummy core (seconds each).
+"""End-to-end LoadGen runs of the `tiny-synthetic` benchmark on the dummy core (seconds each).
 
 They check VALID results, the logged sample counts, the summary, and the exactly-once ledger
 under injected faults (failing requests, a backend that never answers).
@@ -34,7 +34,7 @@ FAST = {
 
 def run(tmp_path, scenario, **overrides):
     cli = dict(FAST, results_dir=str(tmp_path), **{k: str(v) for k, v in overrides.items()})
-    config, benchmark = resolve_for(cli, "tiny", scenario, env={})
+    config, benchmark = resolve_for(cli, "tiny-synthetic", scenario, env={})
     return run_scenario(config, benchmark, scenario)
 
 
@@ -51,7 +51,7 @@ def test_offline_valid_and_counts_match_loadgen(tmp_path):
     assert o.issued >= 900  # 1500 QPS x 0.6 s (LoadGen adds a margin)
     assert lg.result_tokens_per_second and lg.result_tokens_per_second > 0
     out = Path(o.outdir)
-    assert out == tmp_path / "local" / "tiny" / "Offline" / "performance"
+    assert out == tmp_path / "local" / "tiny-synthetic" / "Offline" / "performance"
     summary = (out / "summary.txt").read_text()
     assert "VALID" in summary and f"issued {o.issued} = completed {o.completed} + failed 0" in summary
     assert json.loads((out / "summary.json").read_text())["ok"] is True
@@ -166,21 +166,21 @@ def test_accuracy_mode_logs_every_sample(tmp_path):
 
 def test_cli_runs_each_scenario_and_prints_the_ledger(tmp_path):
     args = [f"--{k}={v}" for k, v in FAST.items()] + [
-        "--benchmarks=tiny", "--scenarios=Offline,Server", f"--results_dir={tmp_path}"]
+        "--benchmarks=tiny-synthetic", "--scenarios=Offline,Server", f"--results_dir={tmp_path}"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = proc.stdout.split("=" * 72)[-1]
     assert table.count("VALID") == 2 and "[ok]" in table
     for scenario in ("Offline", "Server"):
-        assert (tmp_path / "local" / "tiny" / scenario / "performance" / "mlperf_log_detail.txt").is_file()
-        detail = (tmp_path / "local" / "tiny" / scenario / "performance" / "mlperf_log_detail.txt").read_text()
+        assert (tmp_path / "local" / "tiny-synthetic" / scenario / "performance" / "mlperf_log_detail.txt").is_file()
+        detail = (tmp_path / "local" / "tiny-synthetic" / scenario / "performance" / "mlperf_log_detail.txt").read_text()
         assert "Multiple conf files" not in detail
 
 
 def test_cli_exit_code_reports_failures(tmp_path):
     args = [f"--{k}={v}" for k, v in FAST.items()] + [
-        "--benchmarks=tiny", "--scenarios=Server", f"--results_dir={tmp_path}", "--dummy_fail_rate=0.1"]
+        "--benchmarks=tiny-synthetic", "--scenarios=Server", f"--results_dir={tmp_path}", "--dummy_fail_rate=0.1"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1

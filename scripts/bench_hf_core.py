@@ -1,0 +1,134 @@
+"""`hf` core tokens/s through the harness (LoadGen Offline, LLMServer, worker process) against raw
+transformers `generate` of the same model, prompts and batch size, side by side in one run.
+
+Raw: the prompts in static batches of `--batch` (left padding, greedy, stop at EOS), one process
+with all CPU threads. Harness: the same prompts as a LoadGen Offline run on the `hf` core with
+`hf_max_batch_size=--batch` and the same threads. Output tokens/s of each and their ratio.
+
+    .venv/bin/python scripts/bench_hf_core.py                 # the project's tiny model, 64 prompts
+    .venv/bin/python scripts/bench_hf_core.py --prompts=128 --batch=16 --model=/path/to/checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _prompts(n: int):
+    from llmlib.benchmarks import load_benchmark
+    from llmlib.factory import load_benchmark_dataset
+
+    benchmark = load_benchmark("tiny")
+    dataset = load_benchmark_dataset(benchmark)
+    return benchmark, [dataset.input_tokens[i] for i in range(min(n, len(dataset)))]
+
+
+def run_raw(model_path: str, n: int, batch: int, max_new: int) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(_threads())
+    benchmark, prompts = _prompts(n)
+    eos = benchmark.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    generated = 0
+    with torch.inference_mode():
+        warm = torch.tensor(np.asarray(prompts[0], dtype=np.int64)[None])
+        model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, do_sample=False,
+                       pad_token_id=0)
+        t0 = time.perf_counter()
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start:start + batch]
+            width = max(len(p) for p in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p):] = torch.from_numpy(np.asarray(p, dtype=np.int64))
+                mask[i, width - len(p):] = 1
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=0)[:, width:]
+            for row in out.tolist():
+                generated += row.index(eos) if eos in row else len(row)
+        dt = time.perf_counter() - t0
+    return {"kind": "raw", "tokens": generated, "seconds": dt, "tokens_per_s": generated / dt}
+
+
+def run_harness(model_path: str, n: int, batch: int, max_new: int, outdir: str) -> dict:
+    from llmlib.cli import resolve_for
+    from llmlib.harness import run_scenario
+
+    cli = {"core_type": "hf", "hf_model_path": model_path, "hf_max_batch_size": str(batch),
+           "hf_threads_per_worker": str(_threads()), "max_tokens": str(max_new),
+           "performance_sample_count": str(n), "min_query_count": str(n), "min_duration_ms": "0",
+           "offline_expected_qps": "1", "warmup_queries": "2", "show_progress": "false", "results_dir": outdir}
+    config, benchmark = resolve_for(cli, "tiny", "Offline", env={})
+    t0 = time.perf_counter()
+    outcome = run_scenario(config, benchmark, "Offline")
+    lg = outcome.loadgen or {}
+    return {"kind": "harness", "tokens": outcome.output_tokens, "seconds": time.perf_counter() - t0,
+            "tokens_per_s": lg.get("result_tokens_per_second"), "samples": outcome.issued,
+            "failed": outcome.failed, "validity": lg.get("validity")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", choices=("raw", "harness"), help=argparse.SUPPRESS)
+    p.add_argument("--model", default="", help="checkpoint folder (default: the project's tiny model)")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max_new", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=2, help="alternating raw/harness pairs")
+    p.add_argument("--outdir", default=str(REPO / "results" / "bench_hf"))
+    args = p.parse_args()
+    if not args.model:
+        from llmlib.tiny_model import ensure_tiny_model
+
+        args.model = str(ensure_tiny_model())
+    if args.one:
+        fn = run_raw if args.one == "raw" else run_harness
+        extra = (args.outdir,) if args.one == "harness" else ()
+        print(json.dumps(fn(args.model, args.prompts, args.batch, args.max_new, *extra)))
+        return 0
+    rows = []
+    for _ in range(args.repeat):
+        for kind in ("raw", "harness"):
+            cmd = [sys.executable, __file__, f"--one={kind}", f"--model={args.model}", f"--prompts={args.prompts}",
+                   f"--batch={args.batch}", f"--max_new={args.max_new}", f"--outdir={args.outdir}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                                  env=dict(os.environ, OMP_NUM_THREADS=str(_threads())))
+            line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+            if proc.returncode != 0 or line is None:
+                raise SystemExit(f"{kind} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            r = json.loads(line)
+            rows.append(r)
+            print(f"  {kind:<8} {r['tokens']:>7} tokens  {r['tokens_per_s']:>9,.1f} tok/s"
+                  + (f"  ({r['validity']}, failed {r['failed']})" if kind == "harness" else ""), flush=True)
+    best = {k: max(r["tokens_per_s"] for r in rows if r["kind"] == k) for k in ("raw", "harness")}
+    ratio = best["harness"] / best["raw"]
+    print(f"\nmodel {args.model}, {args.prompts} prompts, batch {args.batch}, max_new {args.max_new}, "
+          f"{_threads()} threads")
+    print(f"raw transformers generate : {best['raw']:>9,.1f} tok/s (best of {args.repeat})")
+    print(f"hf core through harness   : {best['harness']:>9,.1f} tok/s (best of {args.repeat})")
+    print(f"ratio harness / raw       : {ratio:9.3f}   (goal >= 0.9)")
+    Path(args.outdir).mkdir(parents=True, exist_ok=True)
+    (Path(args.outdir) / "bench_hf_core.json").write_text(json.dumps({"rows": rows, "best": best, "ratio": ratio},
+                                                                    indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
