@@ -223,6 +223,9 @@ declare(name="results_dir", kind="str", default="results", group="run",
         help="Where run outputs go: <results_dir>/<system>/<benchmark>/<scenario>/<mode>/.")
 declare(name="user_conf", kind="str", default="", group="run",
         help="LoadGen user.conf (default: <config_dir>/user.conf).")
+declare(name="tokenizer_path", kind="str", default="", group="run",
+        help="Tokenizer folder for decoding outputs in accuracy mode (default: --hf_model_path, or a "
+             "tokenizer found next to the dataset file).")
 declare(name="print_config", kind="bool", default=False, group="run",
         help="Print the resolved configuration with the source of every value, and exit.")
 

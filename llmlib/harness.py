@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmlib.accuracy import AccuracyReport, evaluate, load_tokenizer, read_accuracy_log
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
@@ -141,6 +142,8 @@ class RunOutcome:
     core_stats: list[dict[str, Any]] = field(default_factory=list)
     tokens_per_sample: float | None = None
     tokens_per_sample_bounds: tuple[float | None, float | None] = (None, None)
+    accuracy: dict[str, Any] | None = None
+    accuracy_lines: list[str] = field(default_factory=list)
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
 
@@ -243,6 +246,12 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
         outcome.tokens_per_sample = outcome.output_tokens / outcome.completed
         outcome.tokens_per_sample_bounds = (benchmark.accuracy.tokens_per_sample_min,
                                             benchmark.accuracy.tokens_per_sample_max)
+    if config.test_mode == "AccuracyOnly" and sut_handle is not None and outcome.run_error is None:
+        try:
+            report = evaluate_run(config, benchmark, dataset, outdir)
+            outcome.accuracy, outcome.accuracy_lines = report.to_json(), report.lines()
+        except HarnessError as err:
+            outcome.accuracy_lines = [f"not evaluated: {err}"]
     detail = outdir / "mlperf_log_detail.txt"
     if detail.is_file() and sut_handle is not None:
         try:
@@ -253,6 +262,30 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     (outdir / "summary.txt").write_text(text + "\n")
     (outdir / "summary.json").write_text(json.dumps(outcome.to_json(), indent=1, default=str) + "\n")
     return outcome
+
+
+def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path | None:
+    """--tokenizer_path, else the hf core's checkpoint, else a tokenizer saved next to the dataset."""
+    if config.tokenizer_path:
+        return Path(config.tokenizer_path)
+    if config.core_type == "hf" and config.hf_model_path:
+        return Path(config.hf_model_path)
+    data_path = benchmark.dataset.get("path")
+    if data_path:
+        folder = Path(data_path) if Path(data_path).is_absolute() else repo_root() / data_path
+        folder = folder if folder.is_dir() else folder.parent
+        if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+            return folder
+    return None
+
+
+def evaluate_run(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset, outdir: Path) -> AccuracyReport:
+    """Score mlperf_log_accuracy.json; writes accuracy.json next to it."""
+    tok_path = tokenizer_path_for(config, benchmark)
+    tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
+    report = evaluate(read_accuracy_log(outdir / "mlperf_log_accuracy.json"), dataset, benchmark, tokenizer)
+    (outdir / "accuracy.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return report
 
 
 def _noop(_samples) -> None:
@@ -267,11 +300,15 @@ def format_summary(o: RunOutcome) -> str:
     """One screen: the verdict, throughput, TTFT/TPOT p99 against the limits, the sample ledger."""
     lgr: dict[str, Any] = o.loadgen or {}
     lines = [f"=== {o.benchmark} | {o.scenario} | {o.mode} | core={o.core_type} | system={o.system} ==="]
-    verdict = lgr.get("validity") or "no LoadGen result"
-    lines.append(f"LoadGen result      : {verdict}")
-    for reason in lgr.get("invalid_reasons") or ():
-        lines.append(f"  reason            : {reason}")
-    if lgr:
+    accuracy_mode = o.mode == "AccuracyOnly"
+    if accuracy_mode:
+        lines.append("LoadGen result      : AccuracyOnly run (no performance verdict); outputs in "
+                     "mlperf_log_accuracy.json")
+    else:
+        lines.append(f"LoadGen result      : {lgr.get('validity') or 'no LoadGen result'}")
+        for reason in lgr.get("invalid_reasons") or ():
+            lines.append(f"  reason            : {reason}")
+    if lgr and not accuracy_mode:
         sps, tps = lgr.get("result_samples_per_second"), lgr.get("result_tokens_per_second")
         lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
         lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
@@ -285,11 +322,18 @@ def format_summary(o: RunOutcome) -> str:
                 verdict = "  OK" if value <= limit * 1e6 else "  OVER LIMIT"
             limit_text = f"limit {limit:,.0f} ms" if limit is not None else "no limit"
             lines.append(f"{name} p99            : {_ms(value):>14}   {limit_text}{verdict}")
-    if o.tokens_per_sample is not None:
+    if o.tokens_per_sample is not None and not o.accuracy:
         lo, hi = o.tokens_per_sample_bounds
         inside = (lo is None or o.tokens_per_sample >= lo) and (hi is None or o.tokens_per_sample <= hi)
         bounds = f"[{'-inf' if lo is None else f'{lo:.2f}'}, {'inf' if hi is None else f'{hi:.2f}'}]"
         lines.append(f"tokens/sample       : {o.tokens_per_sample:.2f} within {bounds}: {'PASS' if inside else 'FAIL'}")
+    if o.accuracy_lines:
+        verdict = "PASS" if (o.accuracy or {}).get("passed") else "FAIL or incomplete"
+        lines.append(f"accuracy            : {verdict}")
+        lines.extend(f"  {line}" for line in o.accuracy_lines)
+        match = (o.accuracy or {}).get("metrics", {}).get("exact_token_match")
+        if match is not None:
+            lines.append(f"  {'exact_token_match':<18}: {match:10.4f}  % of samples identical to the reference tokens")
     lines.append(f"samples             : issued {o.issued} = completed {o.completed} + failed {o.failed}"
                  + ("" if o.lost == 0 else f"   LOST {o.lost}"))
     if o.short_outputs:

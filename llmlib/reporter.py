@@ -78,8 +78,6 @@ class LoadgenReporter:
         self._first_bufs = _FirstTokenBuffers()
         self.short_outputs = 0
         self.failed = 0
-        #: accuracy mode keeps outputs here, for the run report (LoadGen also logs them)
-        self.outputs: dict[int, np.ndarray] | None = {} if accuracy else None
 
     def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         if not len(token_ids):
@@ -107,8 +105,6 @@ class LoadgenReporter:
             token_ids = as_u32(token_ids)
             address = buffer_address(token_ids)
         self._qsc([self._qsr(request_id, address, token_ids.nbytes, n_tokens)])
-        if self.outputs is not None:
-            self.outputs[request_id] = token_ids
 
     def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
         """A failed request still completes in LoadGen (or it would wait forever), with no
