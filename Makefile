@@ -29,7 +29,7 @@ print_config: install  ## print the resolved configuration with the source of ev
 test: install  ## run every test tier
 	$(PY) -m pytest -q $(TEST_ARGS)
 
-test_quick: install  ## the quick tier (no LoadGen end-to-end runs)
+test_quick: install  ## the quick tier (no LoadGen end-to-end runs, no model processes)
 	$(PY) -m pytest -q -m "not loadgen and not slow" $(TEST_ARGS)
 
 bench_spine: install  ## harness overhead vs a bare LoadGen SUT (Server, zero-latency dummy core)

@@ -67,6 +67,29 @@ def run_raw(model_path: str, n: int, batch: int, max_new: int) -> dict:
     return {"kind": "raw", "tokens": generated, "seconds": dt, "tokens_per_s": generated / dt}
 
 
+def run_transformers_cb(model_path: str, n: int, batch: int, max_new: int) -> dict:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    torch.set_num_threads(_threads())
+    benchmark, prompts = _prompts(n)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation="paged|sdpa").eval()
+    gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=benchmark.eos_token_id,
+                          pad_token_id=0, max_batch_tokens=2048)
+    inputs = [[int(t) for t in p] for p in prompts]
+    model.generate_batch(inputs=inputs[:2], generation_config=gc)  # warm up
+    t0 = time.perf_counter()
+    out = model.generate_batch(inputs=inputs, generation_config=gc)
+    dt = time.perf_counter() - t0
+    generated = 0
+    for result in out.values():
+        toks = list(result.generated_tokens)
+        generated += toks.index(benchmark.eos_token_id) if benchmark.eos_token_id in toks else len(toks)
+    return {"kind": "transformers_cb", "tokens": generated, "seconds": dt, "tokens_per_s": generated / dt}
+
+
 def run_harness(model_path: str, n: int, batch: int, max_new: int, outdir: str) -> dict:
     from llmlib.cli import resolve_for
     from llmlib.harness import run_scenario
@@ -86,7 +109,9 @@ def run_harness(model_path: str, n: int, batch: int, max_new: int, outdir: str) 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--one", choices=("raw", "harness"), help=argparse.SUPPRESS)
+    p.add_argument("--one", choices=("raw", "harness", "transformers_cb"), help=argparse.SUPPRESS)
+    p.add_argument("--transformers_cb", action="store_true",
+                   help="also measure transformers' own continuous batching (generate_batch)")
     p.add_argument("--model", default="", help="checkpoint folder (default: the project's tiny model)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
@@ -99,13 +124,14 @@ def main() -> int:
 
         args.model = str(ensure_tiny_model())
     if args.one:
-        fn = run_raw if args.one == "raw" else run_harness
+        fn = {"raw": run_raw, "harness": run_harness, "transformers_cb": run_transformers_cb}[args.one]
         extra = (args.outdir,) if args.one == "harness" else ()
         print(json.dumps(fn(args.model, args.prompts, args.batch, args.max_new, *extra)))
         return 0
     rows = []
+    kinds = ("raw", "harness") + (("transformers_cb",) if args.transformers_cb else ())
     for _ in range(args.repeat):
-        for kind in ("raw", "harness"):
+        for kind in kinds:
             cmd = [sys.executable, __file__, f"--one={kind}", f"--model={args.model}", f"--prompts={args.prompts}",
                    f"--batch={args.batch}", f"--max_new={args.max_new}", f"--outdir={args.outdir}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
@@ -117,12 +143,14 @@ def main() -> int:
             rows.append(r)
             print(f"  {kind:<8} {r['tokens']:>7} tokens  {r['tokens_per_s']:>9,.1f} tok/s"
                   + (f"  ({r['validity']}, failed {r['failed']})" if kind == "harness" else ""), flush=True)
-    best = {k: max(r["tokens_per_s"] for r in rows if r["kind"] == k) for k in ("raw", "harness")}
+    best = {k: max(r["tokens_per_s"] for r in rows if r["kind"] == k) for k in kinds}
     ratio = best["harness"] / best["raw"]
     print(f"\nmodel {args.model}, {args.prompts} prompts, batch {args.batch}, max_new {args.max_new}, "
           f"{_threads()} threads")
     print(f"raw transformers generate : {best['raw']:>9,.1f} tok/s (best of {args.repeat})")
     print(f"hf core through harness   : {best['harness']:>9,.1f} tok/s (best of {args.repeat})")
+    if args.transformers_cb:
+        print(f"transformers generate_batch: {best['transformers_cb']:>8,.1f} tok/s (its own continuous batching)")
     print(f"ratio harness / raw       : {ratio:9.3f}   (goal >= 0.9)")
     Path(args.outdir).mkdir(parents=True, exist_ok=True)
     (Path(args.outdir) / "bench_hf_core.json").write_text(json.dumps({"rows": rows, "best": best, "ratio": ratio},
