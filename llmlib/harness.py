@@ -188,7 +188,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     bundle = build_server(config, benchmark)
     server, dataset = bundle.server, bundle.dataset
     lg_streaming = scenario.loadgen_scenario == "Server"
-    reporter = LoadgenReporter(lg, streaming=lg_streaming, accuracy=config.test_mode == "AccuracyOnly")
+    reporter = LoadgenReporter(lg, streaming=lg_streaming)
     sut_handle = qsl_handle = before = None
     progress = None
     t0 = time.monotonic()

@@ -65,13 +65,12 @@ class LoadgenReporter:
     without a first token.
     """
 
-    def __init__(self, lg, *, streaming: bool, accuracy: bool = False):
+    def __init__(self, lg, *, streaming: bool):
         self._lg = lg
         self._qsr = lg.QuerySampleResponse
         self._ftc = lg.FirstTokenComplete
         self._qsc = lg.QuerySamplesComplete
         self.streaming = streaming
-        self.accuracy = accuracy
         # Completed samples and tokens are counted by the LLMServer (under its lock); the
         # reporter counts only its rare paths, under its own lock.
         self._lock = threading.Lock()

@@ -155,13 +155,11 @@ def test_counts_are_exact_across_threads(lg):
 @pytest.mark.parametrize("streaming", [False, True])
 def test_any_integer_array_is_reported_as_contiguous_uint32(lg, make, streaming):
     values = [3, 1000, 70000, 5]
-    rep = LoadgenReporter(lg, streaming=streaming, accuracy=True)
+    rep = LoadgenReporter(lg, streaming=streaming)
     rep.complete(1, make(values), 4, first_sent=False)
     assert lg.last("QSC") == (1, u32_bytes(values), 16, 4)
     if streaming:
         assert lg.last("FTC") == (1, u32_bytes(values[:1]), 4, 1)
-    kept = rep.outputs[1]
-    assert kept.dtype == np.uint32 and kept.flags.c_contiguous and list(kept) == values
 
 
 def test_read_only_uint32_output_is_reported_unchanged(lg):
