@@ -393,6 +393,9 @@ class Progress:
             post["p99 TTFT ms"] = f"{lat['ttft_p99_ms']:.1f}"
         if lat["tpot_p99_ms"] is not None:
             post["p99 TPOT ms"] = f"{lat['tpot_p99_ms']:.2f}"
+        kv = [u for u in (core.kv_cache_utilisation() for core in self.server.cores) if u is not None]
+        if kv:
+            post["KV cache"] = f"{100 * sum(kv) / len(kv):.0f}%"
         if c.failed:
             post["failed"] = c.failed
         self._bar.set_postfix(post, refresh=False)

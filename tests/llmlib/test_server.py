@@ -503,3 +503,40 @@ def test_attach_rejects_no_cores_and_a_second_attach(make_server):
     server = make_server([HoldCore])
     with pytest.raises(RuntimeError):
         server.attach(server.cores)
+
+
+class KvCore(EchoCore):
+    def kv_cache_utilisation(self):
+        return 0.25 * (self.rank + 1)
+
+
+def test_progress_display_shows_throughput_latency_and_kv_cache(make_server, recorder):
+    from llmlib.server import Progress
+
+    server = make_server([KvCore, KvCore])
+    issued = {"n": 0}
+    progress = Progress(server, total=lambda: issued["n"], desc="t", interval_s=60)
+    try:
+        reqs = [req(i, streaming=True) for i in range(1, 41)]
+        issued["n"] = len(reqs)
+        server.submit(reqs, recorder)
+        progress._refresh()
+        bar = progress._bar
+        assert bar.n == 40 and bar.total == 40
+        post = bar.postfix
+        assert "tok/s" in post and "p99 TTFT ms" in post and "KV cache=38%" in post  # mean of 25% and 50%
+    finally:
+        progress.close()
+
+
+def test_progress_shows_no_kv_column_for_cores_without_it(make_server, recorder):
+    from llmlib.server import Progress
+
+    server = make_server([EchoCore])
+    progress = Progress(server, total=None, desc="t", interval_s=60)
+    try:
+        server.submit([req(1)], recorder)
+        progress._refresh()
+        assert "KV cache" not in (progress._bar.postfix or "")
+    finally:
+        progress.close()
