@@ -108,6 +108,15 @@ def evaluate(outputs: dict[int, np.ndarray], dataset: LLMDataset, benchmark: Ben
     if tokenizer is not None:
         predictions = [tokenizer.decode(outputs[i].tolist(), skip_special_tokens=True) for i in indices]
         report.metrics["gen_len"] = sum(len(p) for p in predictions)
+    answers = dataset.extra.get("answer")
+    if answers is not None and predictions is not None:
+        from scaffolding.math_utils import extract_answer, numeric_equal
+
+        right = 0
+        for i, pred in zip(indices, predictions):
+            got = extract_answer(pred)
+            right += int(got is not None and numeric_equal(got, str(answers[i])))
+        report.metrics["answer_accuracy"] = round(100.0 * right / len(indices), 4)
     wanted = {m.name for m in benchmark.accuracy.metrics}
     if wanted & set(ROUGE_METRICS):
         if predictions is None or dataset.reference_texts is None:
@@ -134,6 +143,11 @@ def evaluate(outputs: dict[int, np.ndarray], dataset: LLMDataset, benchmark: Ben
 
 
 def load_tokenizer(path: str | Path):
+    """A transformers tokenizer from a folder, or `char`: the math dataset's character tokenizer."""
+    if str(path) == "char":
+        from llmlib.math_dataset import CharTokenizer
+
+        return CharTokenizer()
     try:
         from transformers import AutoTokenizer
     except ImportError as err:

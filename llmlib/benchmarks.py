@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from llmlib.dataset import FORMATS
 from llmlib.errors import ConfigError
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 # Harness scenario names. Interactive is LoadGen's Server scenario run with the `<model>-interactive` key.
 SCENARIOS: tuple[str, ...] = ("Offline", "Server", "Interactive")
 LOADGEN_SCENARIOS: tuple[str, ...] = ("Offline", "Server")
-DATASET_FORMATS: tuple[str, ...] = ("pickle", "npy", "synthetic")
+DATASET_FORMATS: tuple[str, ...] = FORMATS
 
 # Short names people type, mapped to the benchmark file they mean.
 ALIASES: dict[str, str] = {

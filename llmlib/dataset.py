@@ -27,7 +27,7 @@ __all__ = [
     "write_npy_dataset",
 ]
 
-FORMATS = ("npy", "pickle", "synthetic")
+FORMATS = ("npy", "pickle", "synthetic", "math")
 
 NPY_INPUT_IDS = "input_ids_padded.npy"
 NPY_INPUT_LENS = "input_lens.npy"
@@ -155,6 +155,7 @@ def load_dataset(spec: Mapping, *, base_dir: Path | None = None, name: str = "")
                  required_columns, extra_columns
       npy:       path (a directory with input_ids_padded.npy, input_lens.npy[, stop_ids_padded.npy])
       synthetic: num_samples, seed, vocab_size, input_len, output_len, reserved_ids
+      math:      num_samples, seed, max_operand, ops (llmlib/math_dataset.py: problems with answers)
     A relative `path` resolves against `base_dir` (the current directory when None). `name`
     defaults to the file stem, directory name or "synthetic". Every problem raises DatasetError.
     """
@@ -170,6 +171,10 @@ def load_dataset(spec: Mapping, *, base_dir: Path | None = None, name: str = "")
         return _load_npy(spec, base_dir, name)
     if fmt == "synthetic":
         return _load_synthetic(spec, name)
+    if fmt == "math":
+        from llmlib.math_dataset import load_math_dataset
+
+        return load_math_dataset(spec, name or "math")
     got = "no 'format' key" if fmt is None else f"unknown format {fmt!r}"
     raise DatasetError(f"dataset '{label}': {got}; expected one of: {', '.join(FORMATS)}")
 

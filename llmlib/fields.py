@@ -224,8 +224,13 @@ declare(name="results_dir", kind="str", default="results", group="run",
 declare(name="user_conf", kind="str", default="", group="run",
         help="LoadGen user.conf (default: <config_dir>/user.conf).")
 declare(name="tokenizer_path", kind="str", default="", group="run",
-        help="Tokenizer folder for decoding outputs in accuracy mode (default: --hf_model_path, or a "
-             "tokenizer found next to the dataset file).")
+        help="Tokenizer folder for decoding outputs (default: --hf_model_path, or a tokenizer found "
+             "next to the dataset file); `char` is the math dataset's character tokenizer.")
+declare(name="scaffolding", kind="str", default="", group="run",
+        help="Run each sample through a test-time-compute method: native, majority_vote:samples=8, "
+             "token_budget:budget=512,batch=2, dynasor:probe_interval=16,certainty=3. Empty: off.")
+declare(name="scaffolding_max_parallel", kind="int", default=256, minimum=1, group="run",
+        help="Samples whose controllers run at once (the rest wait their turn).")
 declare(name="print_config", kind="bool", default=False, group="run",
         help="Print the resolved configuration with the source of every value, and exit.")
 
@@ -304,6 +309,9 @@ declare(name="dummy_zero_latency", kind="bool", default=False, group="dummy",
         help="Complete every request inline at enqueue, for measuring harness overhead.")
 declare(name="dummy_fail_rate", kind="float", default=0.0, minimum=0, group="dummy",
         help="Fraction of requests the simulated engine fails (fault injection).")
+declare(name="dummy_oracle_accuracy", kind="float", default=None, minimum=0, group="dummy",
+        help="Arithmetic oracle mode (the `math` dataset): answer each problem in the prompt correctly "
+             "with this probability, else with a nearby wrong number; seeded per request seed.")
 declare(name="dummy_seed", kind="int", default=0, group="dummy",
         help="Seed for the simulated engine's failures and tokens.")
 

@@ -18,6 +18,7 @@ from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
 from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
+from llmlib.expander import ExpanderSUT, parse_scaffolding
 from llmlib.factory import build_server, repo_root
 from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import LoadgenResult, parse_detail_log, summarize
@@ -144,6 +145,8 @@ class RunOutcome:
     tokens_per_sample_bounds: tuple[float | None, float | None] = (None, None)
     accuracy: dict[str, Any] | None = None
     accuracy_lines: list[str] = field(default_factory=list)
+    scaffolding: dict[str, Any] | None = None
+    scaffolding_lines: list[str] = field(default_factory=list)
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
 
@@ -189,7 +192,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     server, dataset = bundle.server, bundle.dataset
     lg_streaming = scenario.loadgen_scenario == "Server"
     reporter = LoadgenReporter(lg, streaming=lg_streaming)
-    sut_handle = qsl_handle = before = None
+    sut_handle = qsl_handle = before = expander = None
     progress = None
     t0 = time.monotonic()
     try:
@@ -201,7 +204,15 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
         counts = server.counts
         before = (counts.completed, counts.output_tokens)
-        sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming)
+        if config.scaffolding:
+            method, params = parse_scaffolding(config.scaffolding)
+            tok_path = tokenizer_path_for(config, benchmark)
+            expander = ExpanderSUT(server, reporter, dataset, gen=gen, method=method, params=params,
+                                   tokenizer=load_tokenizer(tok_path) if tok_path is not None else None,
+                                   max_parallel=config.scaffolding_max_parallel)
+            sut = expander
+        else:
+            sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming)
         sut_handle = lg.ConstructFastSUT(sut.issue_queries, sut.flush_queries)
         perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
         qsl_handle = lg.ConstructQSL(len(dataset), perf_count, _noop, _noop)
@@ -225,6 +236,8 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     except HarnessError as err:
         outcome.run_error = str(err)
     finally:
+        if expander is not None:
+            expander.close()
         if progress is not None:
             progress.close()
         if sut_handle is not None:
@@ -237,6 +250,11 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
         outcome.completed = server.counts.completed - before[0]
         outcome.output_tokens = server.counts.output_tokens - before[1]
     outcome.failed = reporter.failed
+    if expander is not None:  # the server counted sub-requests; LoadGen's samples are the expander's
+        outcome.completed = expander.stats.completed
+        outcome.output_tokens = expander.stats.answer_tokens
+        outcome.scaffolding = expander.stats.report()
+        outcome.scaffolding_lines = expander.stats.lines()
     outcome.short_outputs = reporter.short_outputs
     outcome.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
     outcome.timed_out = server.counts.timed_out
@@ -264,10 +282,10 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     return outcome
 
 
-def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path | None:
+def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path | str | None:
     """--tokenizer_path, else the hf core's checkpoint, else a tokenizer saved next to the dataset."""
     if config.tokenizer_path:
-        return Path(config.tokenizer_path)
+        return Path(config.tokenizer_path) if config.tokenizer_path != "char" else "char"
     if config.core_type == "hf" and config.hf_model_path:
         return Path(config.hf_model_path)
     data_path = benchmark.dataset.get("path")
@@ -327,6 +345,9 @@ def format_summary(o: RunOutcome) -> str:
         inside = (lo is None or o.tokens_per_sample >= lo) and (hi is None or o.tokens_per_sample <= hi)
         bounds = f"[{'-inf' if lo is None else f'{lo:.2f}'}, {'inf' if hi is None else f'{hi:.2f}'}]"
         lines.append(f"tokens/sample       : {o.tokens_per_sample:.2f} within {bounds}: {'PASS' if inside else 'FAIL'}")
+    if o.scaffolding_lines:
+        lines.append("scaffolding:")
+        lines.extend(f"  {line}" for line in o.scaffolding_lines)
     if o.accuracy_lines:
         verdict = "PASS" if (o.accuracy or {}).get("passed") else "FAIL or incomplete"
         lines.append(f"accuracy            : {verdict}")

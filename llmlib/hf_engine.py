@@ -293,10 +293,10 @@ def _sample_one(logits: torch.Tensor, req: EngineRequest, generator: torch.Gener
 
 
 def engine_request_from(rid: int, input_ids: np.ndarray, max_new_tokens: int, stop_ids, streaming: bool,
-                        sampling: dict[str, Any] | None) -> EngineRequest:
+                        sampling: dict[str, Any] | None, min_new_tokens: int = 0) -> EngineRequest:
     s = sampling or {}
     return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=max_new_tokens,
-                         min_new_tokens=int(s.get("min_new_tokens", 0) or 0), stop_ids=frozenset(stop_ids),
+                         min_new_tokens=int(min_new_tokens), stop_ids=frozenset(stop_ids),
                          streaming=streaming, temperature=float(s.get("temperature", 0.0) or 0.0),
                          top_p=float(s.get("top_p", 1.0) or 1.0), top_k=int(s.get("top_k", 0) or 0),
                          frequency_penalty=float(s.get("frequency_penalty", 0.0) or 0.0),

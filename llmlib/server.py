@@ -275,6 +275,14 @@ class LLMServer:
             finally:
                 self._flushing = False
 
+    def cancel(self, request_id: int, reason: str = "cancelled") -> bool:
+        """Cancel one pending request on its core; it ends with exactly one outcome (an error
+        naming `reason` unless it finished first). False if it was not pending."""
+        with self._lock:
+            entry = self._pending.get(request_id)
+            ci = entry[1] if entry is not None else None
+        return ci is not None and self._expire(request_id, ci, reason)
+
     def fail_pending(self, reason: str) -> int:
         """Fail every request still pending (asking its core to cancel first). Returns how many."""
         with self._lock:

@@ -86,6 +86,7 @@ class RewardTask(Task):
     """Scores one candidate output for a prompt; the worker sets `score`."""
 
     input_str: str | None = None
+    input_tokens: list[int] | None = None
     candidate: str | None = None
     candidate_tokens: list[int] | None = None
     score: float | None = None

@@ -62,6 +62,10 @@ class TaskTimer(TaskCollection):
 
 
 def _n_tokens(task: GenerationTask) -> int:
+    """Tokens generated for the task, including a sub-controller's own (e.g. probes) when it says."""
+    total = task.customized_result_fields.get("generated_tokens")
+    if isinstance(total, int):
+        return total
     if task.completion_tokens is not None:
         return task.completion_tokens
     return len(task.output_tokens or ())

@@ -10,6 +10,7 @@ import itertools
 import random
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
 
@@ -63,7 +64,26 @@ class DummyCore(LLMCore):
             raise BackendError(self.address, "engine stopped")
 
     # --- output model --------------------------------------------------------------------------
+    def _oracle_output(self, req: Request) -> np.ndarray:
+        """Oracle mode: solve the prompt's arithmetic, answer right with probability p."""
+        from llmlib.math_dataset import CharTokenizer, solve
+
+        tok = CharTokenizer()
+        answer = solve(tok.decode(req.input_tokens))
+        seed = (req.sampling or {}).get("seed") or 0
+        rng = random.Random(zlib.crc32(np.asarray(req.input_tokens).tobytes()) * 7919 + int(seed) * 104729
+                            + self.config.dummy_seed)
+        if answer is None:
+            text = "I cannot tell."
+        elif rng.random() < self.config.dummy_oracle_accuracy:
+            text = f"Let me compute. The final answer is {answer}"
+        else:
+            text = f"Let me compute. The final answer is {answer + rng.choice([-1, 1]) * rng.randint(1, 20)}"
+        return np.asarray(tok.encode(text)[: req.max_new_tokens], dtype=np.uint32)
+
     def _output_for(self, req: Request) -> np.ndarray:
+        if self.config.dummy_oracle_accuracy is not None:
+            return self._oracle_output(req)
         idx = req.sample_index
         cached = self._token_cache.get(idx) if idx >= 0 else None
         if cached is None:

@@ -99,7 +99,7 @@ class HFCore(LLMCore):
         if self._dead is not None:
             raise BackendError(self.address, self._dead)
         self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.max_new_tokens,
-                           tuple(r.stop_token_ids), r.streaming, r.sampling) for r in requests])
+                           tuple(r.stop_token_ids), r.streaming, r.sampling, r.min_new_tokens) for r in requests])
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
         if request_id in self._pending:
@@ -281,8 +281,8 @@ def _worker_main(conn, cfg: dict) -> None:
             for msgs in batches:
                 for m in msgs:
                     if m[0] == "req":
-                        _, rid, ids, max_new, stops, streaming, sampling = m
-                        engine.add(engine_request_from(rid, ids, max_new, stops, streaming, sampling))
+                        _, rid, ids, max_new, stops, streaming, sampling, min_new = m
+                        engine.add(engine_request_from(rid, ids, max_new, stops, streaming, sampling, min_new))
                     elif m[0] == "cancel":
                         engine.cancel(m[1])
                     elif m[0] == "stop":

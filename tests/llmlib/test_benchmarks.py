@@ -30,11 +30,12 @@ SHIPPED = [
     "llama3.1-405b-interactive",
     "llama3.1-8b",
     "llama3.1-8b-interactive",
+    "math-tiny",
     "mixtral-8x7b",
     "tiny",
     "tiny-synthetic",
 ]
-PROJECT_OWN = ("tiny", "tiny-synthetic")  # not MLPerf benchmarks: LoadGen's mlperf.conf has no entries
+PROJECT_OWN = ("math-tiny", "tiny", "tiny-synthetic")  # not MLPerf benchmarks: LoadGen's mlperf.conf has no entries
 
 # Lines of LoadGen's built-in mlperf.conf (mlcommons-loadgen 6.0), reduced to what the YAML repeats.
 # <model>.*.performance_sample_count_override
@@ -121,7 +122,7 @@ def test_every_shipped_benchmark_loads_and_is_consistent(name):
             assert scenario.ttft_ms > 0 and scenario.tpot_ms > 0
         if scenario_name == "Interactive":
             assert scenario.loadgen_model.endswith("-interactive")
-    if spec.dataset["format"] != "synthetic":
+    if spec.dataset["format"] in ("pickle", "npy"):
         # real datasets go under datasets/; the tiny model's is built under build/
         assert spec.dataset["path"].startswith("build/" if "builder" in spec.dataset else "datasets/")
 
@@ -361,7 +362,7 @@ def test_missing_key_in_child_names_the_extends_chain(tmp_path):
         ("stop_token_ids: []", "stop_token_ids: 5", "stop_token_ids", "a list of non-negative integer"),
         ("ttft_ms: 100", "ttft_ms: -1", "scenarios.Server.ttft_ms", "a positive number"),
         ("streaming: true", "streaming: yes please", "scenarios.Server.streaming", "true or false"),
-        ("format: npy", "format: csv", "dataset.format", "one of pickle, npy, synthetic"),
+        ("format: npy", "format: csv", "dataset.format", "one of npy, pickle, synthetic, math"),
         ("performance_sample_count: 10", "performance_sample_count: 11", "performance_sample_count", "<= total"),
         ("generation: {temperature: 0.0}", "generation: greedy", "generation", "a mapping"),
     ],

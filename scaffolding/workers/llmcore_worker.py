@@ -1,0 +1,258 @@
+"""LLMCoreWorker: generation tasks through an llmlib LLMServer (shared load balancing, every core);
+outcomes reach the worker's event loop from the server's threads via call_soon_threadsafe."""
+
+from __future__ import annotations
+
+import asyncio
+import numbers
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from llmlib.cores.base import Request
+from llmlib.server import LLMServer, next_internal_request_id
+from scaffolding.task import GenerationTask, StreamGenerationTask
+from scaffolding.worker import Worker
+from scaffolding.workers import TaskInputError, check_supported, describe, split_stops
+
+#: sampling fields a task may leave unset for the worker's defaults (GenerationTask names)
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")
+#: defaults the worker accepts: the sampling fields and stop
+DEFAULT_FIELDS = (*SAMPLING_FIELDS, "stop")
+
+
+class RequestOutcome:
+    """The LLMServer Target of one request: records first-token and final times (in the thread
+    that delivers them) and resolves two futures on the worker's loop. `first` resolves to
+    `[first token]`, or to None when the request ended without a separate first token; `final`
+    to `(output token ids, n_tokens)` or the request's error."""
+
+    __slots__ = ("loop", "request", "first", "final", "issued_ns", "first_ns", "final_ns")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: Request):
+        self.loop = loop
+        self.request = request
+        self.first: asyncio.Future = loop.create_future()
+        self.final: asyncio.Future = loop.create_future()
+        self.issued_ns = time.monotonic_ns()
+        self.first_ns = 0
+        self.final_ns = 0
+
+    # --- Target: called from the server's / cores' threads (or inline, from submit) ---
+    def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+        now = time.monotonic_ns()
+        first = [int(token_ids[0])] if len(token_ids) else None
+        self._post(self._resolve_first, first, now)
+
+    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
+        now = time.monotonic_ns()
+        self._post(self._resolve_final, (np.asarray(token_ids).tolist(), int(n_tokens)), None, now)
+
+    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
+        self._post(self._resolve_final, None, error, time.monotonic_ns())
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this outcome any more
+            pass
+
+    # --- on the loop ---
+    def _resolve_first(self, first: list[int] | None, now: int) -> None:
+        if not self.first.done():
+            self.first_ns = now if first is not None else 0
+            self.first.set_result(first)
+
+    def _resolve_final(self, result: tuple[list[int], int] | None, error: BaseException | None, now: int) -> None:
+        if not self.first.done():
+            self.first.set_result(None)
+        if self.final.done():
+            return
+        self.final_ns = now
+        if error is not None:
+            self.final.set_exception(error)
+        else:
+            self.final.set_result(result)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return (self.first_ns - self.issued_ns) / 1e9 if self.first_ns else None
+
+    @property
+    def latency_s(self) -> float | None:
+        return (self.final_ns - self.issued_ns) / 1e9 if self.final_ns else None
+
+
+class LLMCoreWorker(Worker):
+    """Runs GenerationTask and StreamGenerationTask through `server` (an llmlib LLMServer whose
+    cores are attached). Request ids are negative (`next_internal_request_id`), so they never
+    collide with LoadGen's sample ids.
+
+    - Prompts: `input_tokens`, else `input_str` encoded with `tokenizer` (needed then). Encoding
+      and decoding run on the loop: short CPU work, no waiting.
+    - `default_max_tokens` applies where a task has no max_tokens; `stop_token_ids` (e.g. EOS)
+      apply to every request; a task's `stop` adds token ids, or strings that the tokenizer maps
+      to exactly one token each (a core stops on tokens only).
+    - `default_sampling`: values for the sampling fields (and `stop`) a task leaves
+      unset; with nothing set at all the request carries no sampling and the core uses the run's.
+    - `streaming`: whether plain GenerationTasks are sent as streaming requests (then they get a
+      TTFT; otherwise `ttft_s` stays None).
+    - Results: output_tokens, output_str (decoded when there is a tokenizer), completion_tokens,
+      prompt_tokens, ttft_s, latency_s, finish_reason ('length' when max_tokens was reached,
+      else 'stop').
+
+    Streaming granularity: a core reports a first token and then the whole output, nothing in
+    between. So a StreamGenerationTask with streaming_step <= 1 returns from its first step when
+    the first token arrives (output_tokens = [it]) and from its next step when the output is
+    complete; with a larger streaming_step the first step already waits for the whole output
+    (the task's "at least streaming_step tokens" is kept). Setting `cancel_flag` cannot stop the
+    backend (LLMServer has no public cancel): the step waits for the output and truncates it to
+    the tokens the controller had already seen, with finish_reason 'cancelled'; what the backend
+    really generated (the cost) is in `customized_result_fields['generated_tokens']`, and how
+    many were cut in `['discarded_tokens']`.
+    """
+
+    name = "llmcore"
+
+    def __init__(self, server: LLMServer, tokenizer: Any = None, *, default_max_tokens: int,
+                 stop_token_ids: Iterable[int] = (), streaming: bool = False,
+                 default_sampling: Mapping[str, Any] | None = None):
+        super().__init__()
+        if not callable(getattr(server, "submit", None)):
+            raise TypeError(f"LLMCoreWorker: server={server!r}; expected an llmlib LLMServer")
+        if isinstance(default_max_tokens, bool) or not isinstance(default_max_tokens, numbers.Integral) \
+                or default_max_tokens < 1:
+            raise ValueError(f"LLMCoreWorker: default_max_tokens={default_max_tokens!r}; expected an integer >= 1")
+        stops = []
+        for t in stop_token_ids:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+                raise ValueError(f"LLMCoreWorker: stop_token_ids entry {t!r}; expected token ids (integers >= 0)")
+            stops.append(int(t))
+        defaults = dict(default_sampling or {})
+        unknown = sorted(set(defaults) - set(DEFAULT_FIELDS))
+        if unknown:
+            raise ValueError(f"LLMCoreWorker: default_sampling has unknown fields {unknown}; expected some of "
+                             f"{', '.join(DEFAULT_FIELDS)}")
+        self.server = server
+        self.tokenizer = tokenizer
+        self.default_max_tokens = int(default_max_tokens)
+        self.default_stop = defaults.pop("stop", None)
+        self.default_sampling = {k: v for k, v in defaults.items() if v is not None}
+        self.stop_token_ids = tuple(stops)
+        self.streaming = bool(streaming)
+        self._stop_string_ids: dict[str, int] = {}
+        self.register_task_handler(GenerationTask, self.generate)
+        self.register_task_handler(StreamGenerationTask, self.stream_step)
+
+    # --- handlers ------------------------------------------------------------------------------------
+    async def generate(self, task: GenerationTask) -> None:
+        outcome = self._submit(task, streaming=self.streaming)
+        tokens, n_tokens = await outcome.final
+        self._fill(task, outcome, tokens, n_tokens)
+
+    async def stream_step(self, task: StreamGenerationTask) -> None:
+        outcome: RequestOutcome | None = task.request_handle
+        if outcome is None:
+            if task.cancel_flag:  # cancelled before it started: nothing is sent
+                task.output_tokens, task.completion_tokens = [], 0
+                task.finish_reason, task.end_flag = "cancelled", True
+                return
+            outcome = self._submit(task, streaming=True)
+            task.request_handle = outcome
+            if task.streaming_step <= 1:
+                first = await outcome.first
+                if first is not None and not outcome.final.done():
+                    task.output_tokens = first
+                    task.completion_tokens = len(first)
+                    task.prompt_tokens = len(outcome.request.input_tokens)
+                    task.ttft_s = outcome.ttft_s
+                    return
+        seen = list(task.output_tokens or ()) if task.cancel_flag else None
+        tokens, n_tokens = await outcome.final
+        self._fill(task, outcome, tokens, n_tokens)
+        if seen is not None:
+            self._truncate(task, len(seen))
+        task.end_flag = True
+
+    # --- building requests ------------------------------------------------------------------------------
+    def _submit(self, task: GenerationTask, *, streaming: bool) -> RequestOutcome:
+        request = self.build_request(task, streaming=streaming)
+        outcome = RequestOutcome(asyncio.get_running_loop(), request)
+        self.server.submit((request,), outcome)  # never blocks: a core's enqueue returns at once
+        return outcome
+
+    def build_request(self, task: GenerationTask, *, streaming: bool) -> Request:
+        """The llmlib Request for a task (TaskInputError when the task cannot be expressed)."""
+        check_supported(task, "LLMCoreWorker")
+        ids = self._input_ids(task)
+        max_tokens = int(task.max_tokens if task.max_tokens is not None else self.default_max_tokens)
+        stop_strings, stop_ids = split_stops(task.stop if task.stop is not None else self.default_stop, task)
+        stops = list(self.stop_token_ids)
+        for t in [*stop_ids, *(self._stop_string_id(s, task) for s in stop_strings)]:
+            if t not in stops:
+                stops.append(t)
+        sampling = {**self.default_sampling, **task.sampling()}  # a value set on the task wins
+        sampling.pop("max_tokens", None)  # the Request carries it
+        return Request(next_internal_request_id(), ids, max_tokens, streaming, sample_index=-1, min_new_tokens=0,
+                       stop_token_ids=tuple(stops), sampling=sampling or None)
+
+    def _input_ids(self, task: GenerationTask) -> np.ndarray:
+        if task.input_tokens is not None:
+            arr = np.asarray(task.input_tokens)
+            if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+                raise TaskInputError(f"{describe(task)}: input_tokens must be a flat list of token ids (integers)")
+        elif task.input_str is not None:
+            if self.tokenizer is None:
+                raise TaskInputError(f"{describe(task)}: LLMCoreWorker has no tokenizer to encode input_str; "
+                                     "give input_tokens or build the worker with a tokenizer")
+            arr = np.asarray(self.tokenizer.encode(task.input_str))
+        else:
+            raise TaskInputError(f"{describe(task)}: no prompt; set input_str or input_tokens")
+        if arr.size == 0:
+            raise TaskInputError(f"{describe(task)}: the prompt has no tokens")
+        if arr.min() < 0 or arr.max() > np.iinfo(np.int32).max:
+            raise TaskInputError(f"{describe(task)}: input_tokens out of range (token ids are 0..2**31-1)")
+        return arr.astype(np.int32, copy=False)
+
+    def _stop_string_id(self, text: str, task: GenerationTask) -> int:
+        cached = self._stop_string_ids.get(text)
+        if cached is not None:
+            return cached
+        if self.tokenizer is None:
+            raise TaskInputError(f"{describe(task)}: stop string {text!r} needs a tokenizer; LLMCoreWorker has "
+                                 "none (give stop token ids instead)")
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if len(ids) != 1:
+            raise TaskInputError(f"{describe(task)}: stop string {text!r} is {len(ids)} tokens {ids}; the cores "
+                                 "stop on single tokens only (give token ids, or single-token strings)")
+        self._stop_string_ids[text] = int(ids[0])
+        return int(ids[0])
+
+    # --- results --------------------------------------------------------------------------------------
+    def _fill(self, task: GenerationTask, outcome: RequestOutcome, tokens: list[int], n_tokens: int) -> None:
+        task.output_tokens = tokens
+        task.completion_tokens = n_tokens
+        task.prompt_tokens = len(outcome.request.input_tokens)
+        task.finish_reason = "length" if n_tokens >= outcome.request.max_new_tokens else "stop"
+        task.ttft_s = outcome.ttft_s
+        task.latency_s = outcome.latency_s
+        task.output_str = self.decode(tokens)
+
+    def _truncate(self, task: GenerationTask, keep: int) -> None:
+        tokens = task.output_tokens or []
+        task.customized_result_fields["generated_tokens"] = len(tokens)
+        task.customized_result_fields["discarded_tokens"] = max(len(tokens) - keep, 0)
+        task.output_tokens = tokens[:keep]
+        task.completion_tokens = len(task.output_tokens)
+        task.output_str = self.decode(task.output_tokens)
+        task.finish_reason = "cancelled"
+
+    def decode(self, tokens: list[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+__all__ = ["LLMCoreWorker", "RequestOutcome"]
