@@ -24,8 +24,10 @@ METHODS: dict[str, dict[str, tuple[type, Any]]] = {
     "native": {},
     "majority_vote": {"samples": (int, 8)},
     "token_budget": {"budget": (int, 512), "batch": (int, 2)},
-    "dynasor": {"probe_interval": (int, 16), "certainty": (int, 3)},
 }
+# Not offered here: Dynasor-CoT needs tokens streamed every few steps, and the LLMServer cores
+# deliver a first token and then the whole output, so its probes could never interleave; best-of-N
+# needs a reward model. Both controllers exist in scaffolding.controllers for direct use.
 
 
 def parse_scaffolding(spec: str) -> tuple[str, dict[str, Any]]:
@@ -51,10 +53,10 @@ def parse_scaffolding(spec: str) -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def build_controller(method: str, params: dict[str, Any], sampling: dict[str, Any], tokenizer=None):
+def build_controller(method: str, params: dict[str, Any], sampling: dict[str, Any]):
     """The controller for a method, its generations sampled with the run's settings."""
     from scaffolding import NativeGenerationController
-    from scaffolding.controllers import DynasorCoTController, MajorityVoteController, TokenBudgetMajorityVoteController
+    from scaffolding.controllers import MajorityVoteController, TokenBudgetMajorityVoteController
 
     gen = NativeGenerationController(sampling_params=sampling)
     if method == "native":
@@ -63,10 +65,6 @@ def build_controller(method: str, params: dict[str, Any], sampling: dict[str, An
         return MajorityVoteController(gen, default_sample_num=params["samples"])
     if method == "token_budget":
         return TokenBudgetMajorityVoteController(gen, token_budget=params["budget"], batch=params["batch"])
-    if method == "dynasor":
-        return DynasorCoTController(probe_interval=params["probe_interval"],
-                                    certainty_threshold=params["certainty"], sampling_params=sampling,
-                                    tokenizer=tokenizer)
     raise ConfigError(f"--scaffolding: unknown method {method!r}")  # parse_scaffolding checked already
 
 
@@ -126,7 +124,7 @@ class ExpanderSUT:
         sampling["max_tokens"] = gen.max_new_tokens
         worker = LLMCoreWorker(server, tokenizer, default_max_tokens=gen.max_new_tokens,
                                stop_token_ids=tuple(gen.stop_token_ids))
-        self.llm = ScaffoldingLlm(build_controller(method, params, sampling, tokenizer), {"generation": worker},
+        self.llm = ScaffoldingLlm(build_controller(method, params, sampling), {"generation": worker},
                                   max_parallel_requests=max_parallel)
         self._answers = dataset.extra.get("answer")
 

@@ -228,7 +228,7 @@ declare(name="tokenizer_path", kind="str", default="", group="run",
              "next to the dataset file); `char` is the math dataset's character tokenizer.")
 declare(name="scaffolding", kind="str", default="", group="run",
         help="Run each sample through a test-time-compute method: native, majority_vote:samples=8, "
-             "token_budget:budget=512,batch=2, dynasor:probe_interval=16,certainty=3. Empty: off.")
+             "token_budget:budget=512,batch=2. Empty: off.")
 declare(name="scaffolding_max_parallel", kind="int", default=256, minimum=1, group="run",
         help="Samples whose controllers run at once (the rest wait their turn).")
 declare(name="print_config", kind="bool", default=False, group="run",
