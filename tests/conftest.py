@@ -1,16 +1,20 @@
 """Shared fixtures: a resolved config, the `tiny` benchmark, a small synthetic dataset,
-dummy cores that are stopped after the test, and a target / sink that record every call."""
+dummy cores that are stopped after the test, a target / sink that record every call, the fake
+tensorrt_llm."""
 
 from __future__ import annotations
 
 import collections
+import importlib
 import os
+import sys
+import threading
+import time
+from pathlib import Path
 
 # Tests that run a model in this process use one CPU thread: OpenMP spinning on a shared 2-core
 # machine (pytest, LoadGen, worker processes) costs far more than it gains.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -129,3 +133,26 @@ def recorder():
 @pytest.fixture
 def make_recorder():
     return Recorder
+
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def _trtllm_modules() -> list[str]:
+    return [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]
+
+
+@pytest.fixture
+def trtllm_fake(monkeypatch):
+    """The fake tensorrt_llm (tests/fakes) first on sys.path with its state reset; LLMs it made
+    are shut down and the module forgotten after the test."""
+    for name in _trtllm_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(FAKES))
+    control = importlib.import_module("tensorrt_llm._fake")
+    control.reset()
+    yield control
+    for llm in control.CONTROL.llms:
+        llm.shutdown()
+    for name in _trtllm_modules():
+        del sys.modules[name]

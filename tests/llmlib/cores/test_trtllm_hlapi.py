@@ -22,26 +22,14 @@ from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, Flush
 
 pytestmark = pytest.mark.timeout(20)
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _forget_trtllm() -> None:
-    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
-        del sys.modules[name]
-
-
 @pytest.fixture
-def fake(monkeypatch):
-    """The fake tensorrt_llm first on sys.path, its state reset; gone again after the test."""
-    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(FAKES))
-    control = importlib.import_module("tensorrt_llm._fake")
-    control.reset()
-    control.CONTROL.token_delay_s = 0.0002
-    yield control
-    _forget_trtllm()
+def fake(trtllm_fake):
+    """The shared fake tensorrt_llm, generating quickly."""
+    trtllm_fake.CONTROL.token_delay_s = 0.0002
+    return trtllm_fake
 
 
 @pytest.fixture

@@ -19,23 +19,13 @@ from scaffolding.workers.trtllm_worker import TrtllmWorker
 
 pytestmark = pytest.mark.timeout(30)
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    """The fake tensorrt_llm first on sys.path, its state reset; forgotten after the test."""
-    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(FAKES))
-    control = importlib.import_module("tensorrt_llm._fake")
-    control.reset()
-    control.CONTROL.token_delay_s = 0.0005
-    yield control
-    for llm in control.CONTROL.llms:
-        llm.shutdown()
-    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
-        del sys.modules[name]
+def fake(trtllm_fake):
+    """The shared fake tensorrt_llm."""
+    trtllm_fake.CONTROL.token_delay_s = 0.0005
+    return trtllm_fake
 
 
 @pytest.fixture
