@@ -32,7 +32,7 @@ from llmlib.tiny_model import (  # noqa: E402
 
 # The module's first test also builds the default model (about 15 s on an idle 2-core machine, far
 # more on a busy one): more time than the default per-test timeout leaves.
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # builds the model (~15 s, longer on a busy machine)
 
 # A few seconds to build: for the tests that need several builds.
 SMALL = TinyRecipe(
