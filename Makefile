@@ -9,7 +9,7 @@ TEST_ARGS ?=
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
-	@echo "  run_harness RUN_ARGS=\"--benchmarks=tiny --scenarios=Offline,Server --core_type=dummy\""
+	@echo "  e.g. make run_harness RUN_ARGS=\"--benchmarks=tiny-synthetic --scenarios=Offline,Server --core_type=dummy\""
 	@echo "  settings: $(PY) -m llmlib --help"
 
 $(VENV)/.installed: pyproject.toml
