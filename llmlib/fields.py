@@ -293,6 +293,18 @@ declare(name="trtllm_server_urls", kind="endpoints", default=[], group="endpoint
         help="OpenAI-compatible servers, host:port,host:port (one core per URL).")
 declare(name="triton_server_urls", kind="endpoints", default=[], group="endpoints",
         help="Triton gRPC servers, host:port,host:port.")
+declare(name="trtllm_max_concurrency", kind="int", default=256, minimum=1, group="endpoints",
+        help="Most requests in flight per OpenAI-compatible server URL (trtllm_endpoint core).")
+declare(name="trtllm_endpoint_model", kind="str", default="", group="endpoints",
+        help="Model name sent to the server and checked against /v1/models; empty: the first it serves.")
+declare(name="trtllm_use_chat", kind="bool", default=False, group="endpoints",
+        help="Use /v1/chat/completions (needs prompt texts in the dataset); default /v1/completions with token ids.")
+declare(name="trtllm_request_timeout_s", kind="float", default=None, minimum=0, group="endpoints",
+        help="Per-request HTTP deadline in seconds (default: --request_timeout_s; 0: none).")
+declare(name="trtllm_return_token_ids", kind="bool", default=True, group="endpoints",
+        help="Ask the server for output token ids (return_token_ids, vLLM); else counts come from usage.")
+declare(name="openai_api_key_file", kind="str", default="", env="OPENAI_API_KEY_FILE", group="endpoints",
+        help="File whose first line is the API key sent as a Bearer token (none for local servers).")
 
 # --- dummy core --------------------------------------------------------------------------------
 declare(name="dummy_num_cores", kind="int", default=1, minimum=1, group="dummy",

@@ -1,0 +1,570 @@
+"""The `trtllm_endpoint` core: one OpenAI-compatible HTTP server (trtllm-serve, vLLM, SGLang) per URL.
+
+Requests run as owned tasks on the core's asyncio loop thread over one httpx.AsyncClient, capped by a semaphore.
+
+Wire format. POST /v1/completions with the prompt as token ids (never re-tokenized; chat is used only
+when the dataset carries prompt texts). Streaming requests (Server / Interactive) use SSE with
+`stream_options.include_usage`, so the first content chunk gives a real TTFT; others are one JSON reply.
+`return_token_ids: true` asks for output ids (vLLM's extension: `token_ids` in each choice); servers that
+do not return them give the count from `usage.completion_tokens`, and the core then delivers an empty id
+array with that count. `token_sources` counts which source each completed request used
+('token_ids', 'usage', or 'chunks' when a stream had neither and content chunks were counted).
+
+Hot path. A stream costs a constant number of JSON decodes: the chunks up to the first one with content
+are decoded, later ones are only checked for shape (`{...}`) and an `"error"` key; their ids, when the
+server returns them, are cut out with a regex; and, when it does not, only the last chunk (the usage
+chunk) is decoded. The trade-off: a later chunk that is valid-looking JSON but wrong inside (bad field
+types) is not noticed, and per-chunk `finish_reason` is not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmlib.config import ResolvedConfig
+from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
+from llmlib.generation import generation_params
+
+try:
+    import httpx
+except ImportError as _err:  # pragma: no cover - depends on the environment
+    raise CoreUnavailableError(f"core trtllm_endpoint needs httpx ({_err}). "
+                               "Install it with: pip install -e '.[endpoint]'") from _err
+
+log = logging.getLogger(__name__)
+
+#: Longest wait for the core's event loop to start or end.
+LOOP_START_TIMEOUT_S = 10.0
+LOOP_STOP_TIMEOUT_S = 30.0
+#: most characters of a server's reply quoted in an error
+SNIPPET_CHARS = 200
+#: most connections one httpx client pools (see _main)
+CONNECTIONS_PER_CLIENT = 16
+
+_IDS_RE = re.compile(rb'"token_ids"\s*:\s*\[([^\]]*)\]')
+
+
+# --- settings ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointSettings:
+    """The core's settings, from config fields where they are declared (see `endpoint_settings`)."""
+
+    max_concurrency: int = 256  # requests in flight per URL
+    model: str = ""  # empty: the first model /v1/models lists (found by health_check)
+    use_chat: bool = False
+    request_timeout_s: float | None = 600.0  # whole exchange of one request; None: no limit
+    connect_timeout_s: float = 10.0
+    health_timeout_s: float = 5.0
+    return_token_ids: bool = True
+    api_key: str | None = None
+
+
+def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
+    """A field's value, or `default` when the field is not declared (yet) or unset."""
+    try:
+        value = getattr(config, name)
+    except AttributeError:
+        return default
+    return default if value is None else value
+
+
+def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
+    timeout = _opt(config, "trtllm_request_timeout_s", None)
+    if timeout is None:
+        timeout = _opt(config, "request_timeout_s", 600.0)
+    key_file = _opt(config, "openai_api_key_file", "")
+    concurrency = int(_opt(config, "trtllm_max_concurrency", 256))
+    if concurrency < 1:
+        raise ConfigError(f"--trtllm_max_concurrency={concurrency}: expected at least 1")
+    return EndpointSettings(
+        max_concurrency=concurrency,
+        model=str(_opt(config, "trtllm_endpoint_model", "")),
+        use_chat=bool(_opt(config, "trtllm_use_chat", False)),
+        request_timeout_s=float(timeout) if timeout else None,
+        health_timeout_s=min(5.0, float(_opt(config, "health_check_timeout_s", 5.0)) or 5.0),
+        return_token_ids=bool(_opt(config, "trtllm_return_token_ids", True)),
+        api_key=read_api_key(key_file) if key_file else None,
+    )
+
+
+def read_api_key(path: str) -> str:
+    """The first line of `path` (the key itself never appears in a message)."""
+    try:
+        lines = Path(path).expanduser().read_text().strip().splitlines()
+    except OSError as err:
+        raise ConfigError(f"--openai_api_key_file={path!r} cannot be read ({type(err).__name__}); "
+                          "expected a file holding the API key") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"--openai_api_key_file={path!r} is empty; expected the API key on its first line")
+    return lines[0].strip()
+
+
+def base_url(endpoint: str) -> str:
+    """`host:port` (or a URL, with or without a trailing /v1) -> `http://host:port`."""
+    url = endpoint.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    return url[:-3] if url.endswith("/v1") else url
+
+
+# --- payloads and replies (pure) ----------------------------------------------------------------------
+def request_payload(*, model: str | None, prompt: list[int] | str, max_tokens: int, stream: bool,
+                    sampling: dict[str, Any], stop_token_ids: Sequence[int] = (), chat: bool = False,
+                    return_token_ids: bool = True) -> dict[str, Any]:
+    """The JSON body of one request. `top_k`, `min_tokens`, `stop_token_ids` and `return_token_ids`
+    are the extensions vLLM / trtllm-serve / SGLang accept."""
+    body: dict[str, Any] = {}
+    if model:
+        body["model"] = model
+    if chat:
+        if not isinstance(prompt, str):
+            raise ConfigError("the chat endpoint needs a text prompt; token ids need /v1/completions")
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    body["max_tokens"] = int(max_tokens)
+    temperature = float(sampling.get("temperature") or 0.0)
+    body["temperature"] = temperature
+    if temperature > 0:
+        body["top_p"] = float(sampling.get("top_p") or 1.0)
+        if sampling.get("top_k"):
+            body["top_k"] = int(sampling["top_k"])
+    for name in ("frequency_penalty", "presence_penalty"):
+        if sampling.get(name):
+            body[name] = float(sampling[name])
+    if sampling.get("seed") is not None:
+        body["seed"] = int(sampling["seed"])
+    if sampling.get("min_new_tokens"):
+        body["min_tokens"] = int(sampling["min_new_tokens"])
+    if stop_token_ids:
+        body["stop_token_ids"] = [int(t) for t in stop_token_ids]
+    if return_token_ids:
+        body["return_token_ids"] = True
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def snippet(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = text.strip().replace("\n", " ")
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
+
+
+class ReplyError(Exception):
+    """A reply the core cannot use; the message is the BackendError's cause."""
+
+
+def _server_error(obj: Any) -> str | None:
+    if isinstance(obj, dict) and obj.get("error"):
+        err = obj["error"]
+        return snippet(str(err.get("message", err) if isinstance(err, dict) else err))
+    return None
+
+
+def _decode(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ReplyError(f"malformed {what}: {snippet(data)}") from None
+
+
+def _choice_content(choice: dict) -> tuple[Any, list | None]:
+    content = choice.get("text")
+    if content is None:
+        part = choice.get("delta") or choice.get("message") or {}
+        content = part.get("content")
+    return content, choice.get("token_ids")
+
+
+def parse_reply(data: bytes) -> tuple[np.ndarray, int, str]:
+    """A non-streamed reply -> (output ids, their count, source: 'token_ids' | 'usage')."""
+    obj = _decode(data, "JSON reply")
+    err = _server_error(obj)
+    if err:
+        raise ReplyError(f"server error: {err}")
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
+        raise ReplyError(f"reply has no choices: {snippet(data)}")
+    _, ids = _choice_content(obj["choices"][0])
+    if ids is not None:
+        tokens = np.asarray(ids, dtype=np.uint32)
+        return tokens, len(tokens), "token_ids"
+    n = (obj.get("usage") or {}).get("completion_tokens")
+    if not isinstance(n, int):
+        raise ReplyError(f"reply has neither choices[0].token_ids nor usage.completion_tokens: {snippet(data)}")
+    return EMPTY_TOKENS, n, "usage"
+
+
+class StreamState:
+    """Parses one SSE stream of completion chunks (bytes in, as they arrive).
+
+    `feed(data)` returns True when this data brought the first content chunk. After `done`
+    (`data: [DONE]`), `result()` gives (ids, count, source)."""
+
+    __slots__ = ("_buf", "first_seen", "done", "ids_mode", "ids", "chunks", "last", "usage_tokens")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.first_seen = False
+        self.done = False
+        self.ids_mode = False
+        self.ids: list[int] = []
+        self.chunks = 0  # events after the first content chunk, [DONE] excluded
+        self.last = b""  # the last of those
+        self.usage_tokens: int | None = None
+
+    def feed(self, data: bytes) -> bool:
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        events = buf.split(b"\n\n")
+        self._buf = events.pop()
+        first = False
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:") and self._event(line[5:].strip()):
+                    first = True
+        return first
+
+    def _event(self, data: bytes) -> bool:
+        if self.done:
+            return False
+        if data == b"[DONE]":
+            self.done = True
+            return False
+        if not (data.startswith(b"{") and data.endswith(b"}")):
+            raise ReplyError(f"malformed SSE chunk: {snippet(data)}")
+        if b'"error"' in data:
+            err = _server_error(_decode(data, "SSE chunk"))
+            if err:
+                raise ReplyError(f"server error in stream: {err}")
+        if self.first_seen:  # the cheap path
+            self.chunks += 1
+            self.last = data
+            if self.ids_mode:
+                m = _IDS_RE.search(data)
+                if m is not None and m.group(1).strip():
+                    self.ids.extend(map(int, m.group(1).split(b",")))
+            return False
+        obj = _decode(data, "SSE chunk")
+        choices = obj.get("choices") or []
+        if choices:
+            content, ids = _choice_content(choices[0])
+            if ids is not None:
+                self.ids_mode = True
+                self.ids.extend(int(t) for t in ids)
+            if ids or content:
+                self.first_seen = True
+                return True
+        usage = obj.get("usage")
+        if usage:
+            self.usage_tokens = usage.get("completion_tokens")
+        return False
+
+    def first_tokens(self) -> np.ndarray:
+        return np.asarray(self.ids, dtype=np.uint32) if self.ids else EMPTY_TOKENS
+
+    def result(self) -> tuple[np.ndarray, int, str]:
+        if self.ids_mode:
+            tokens = np.asarray(self.ids, dtype=np.uint32)
+            return tokens, len(tokens), "token_ids"
+        content_chunks = self.chunks + (1 if self.first_seen else 0)
+        if self.last:
+            obj = _decode(self.last, "SSE chunk")
+            usage = obj.get("usage")
+            if usage and isinstance(usage.get("completion_tokens"), int):
+                return EMPTY_TOKENS, usage["completion_tokens"], "usage"
+            if not obj.get("choices"):
+                content_chunks -= 1  # a last chunk with no choices carried no tokens
+        elif self.usage_tokens is not None:
+            return EMPTY_TOKENS, int(self.usage_tokens), "usage"
+        return EMPTY_TOKENS, content_chunks, "chunks"
+
+
+# --- the core -----------------------------------------------------------------------------------------
+class TrtllmEndpointCore(LLMCore):
+    """One OpenAI-compatible server, `--trtllm_server_urls[rank]`."""
+
+    name = "trtllm_endpoint"
+
+    def __init__(self, *, settings: EndpointSettings | None = None, **kwargs):
+        super().__init__(**kwargs)
+        urls = list(self.config.trtllm_server_urls)
+        if not urls:
+            raise ConfigError(f"core {self.name}: --trtllm_server_urls is empty; give host:port[,host:port...]")
+        if not 0 <= self.rank < len(urls):
+            raise ConfigError(f"core {self.name}: rank {self.rank} but only {len(urls)} URL(s) in "
+                              f"--trtllm_server_urls={','.join(urls)}")
+        self.url = base_url(urls[self.rank])
+        self.settings = settings or endpoint_settings(self.config)
+        s = self.settings
+        self._path = "/v1/chat/completions" if s.use_chat else "/v1/completions"
+        self._texts = getattr(self.dataset, "input_texts", None) if s.use_chat else None
+        if s.use_chat and self._texts is None:
+            raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
+                              "token ids only (the harness never detokenizes); use /v1/completions")
+        gen = generation_params(self.config, self.benchmark)
+        self._default_sampling = gen.sampling()
+        self._default_stops = gen.stop_token_ids
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        if s.api_key:
+            self._headers["Authorization"] = f"Bearer {s.api_key}"
+        #: the model sent in requests; found by health_check when not configured
+        self.model: str | None = s.model or None
+        self.served_models: list[str] = []
+        #: which source gave each completed request's output length: token_ids / usage / chunks
+        self.token_sources: collections.Counter = collections.Counter()
+
+        self._tasks: dict[int, asyncio.Task] = {}  # touched only on the loop thread
+        self._submit_lock = threading.Lock()
+        self._stopping = False
+        self._fatal: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._sem: asyncio.Semaphore | None = None
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, args=(ready,), name=f"endpoint-{self.rank}",
+                                        daemon=True)
+        self._thread.start()
+        if not ready.wait(LOOP_START_TIMEOUT_S) or self._loop is None or self._fatal:
+            raise BackendError(self.url, self._fatal or f"the event loop did not start within {LOOP_START_TIMEOUT_S:g}s")
+
+    # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def num_cores(cls, config: ResolvedConfig) -> int:
+        n = len(config.trtllm_server_urls)
+        if n == 0:
+            raise ConfigError(f"core {cls.name}: --trtllm_server_urls is empty; give host:port[,host:port...] "
+                              "(one core per URL)")
+        return n
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    @property
+    def token_source(self) -> str | None:
+        """The source most completed requests used ('token_ids', 'usage', 'chunks'), None before any."""
+        common = self.token_sources.most_common(1)
+        return common[0][0] if common else None
+
+    def health_check(self) -> None:
+        """GET /health (a 404 is allowed), then /v1/models: the configured model must be served;
+        without one the first served model is used. Each call is bounded by health_timeout_s."""
+        if self._fatal is not None:
+            raise BackendError(self.url, f"unhealthy: {self._fatal}")
+        if self._stopping:
+            raise BackendError(self.url, "core stopped")
+        timeout = httpx.Timeout(self.settings.health_timeout_s)
+        try:
+            with httpx.Client(timeout=timeout, headers=self._headers) as client:
+                r = client.get(self.url + "/health")
+                if r.status_code >= 400 and r.status_code != 404:
+                    raise BackendError(self.url, f"not ready: GET /health answered HTTP {r.status_code}: "
+                                                 f"{snippet(r.content)}")
+                r = client.get(self.url + "/v1/models")
+        except httpx.TimeoutException as err:
+            raise BackendError(self.url, f"health check timed out after {self.settings.health_timeout_s:g}s "
+                                         f"({type(err).__name__})") from err
+        except httpx.HTTPError as err:
+            raise BackendError(self.url, f"not reachable: {type(err).__name__}: {err}") from err
+        if r.status_code >= 400:
+            raise BackendError(self.url, f"not ready: GET /v1/models answered HTTP {r.status_code}: "
+                                         f"{snippet(r.content)}")
+        try:
+            served = [str(m["id"]) for m in r.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(self.url, f"GET /v1/models: expected {{'data': [{{'id': ...}}]}}, got "
+                                         f"{snippet(r.content)}") from None
+        self.served_models = served
+        if self.settings.model:
+            if self.settings.model not in served:
+                raise BackendError(self.url, f"model {self.settings.model!r} is not served here; it serves: "
+                                             f"{', '.join(served) or '(none)'}")
+        elif not served:
+            raise BackendError(self.url, "GET /v1/models lists no model")
+        else:
+            self.model = served[0]
+
+    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
+        batch = list(requests)
+        with self._submit_lock:
+            if self._stopping:
+                raise BackendError(self.url, "core stopped")
+            if self._fatal is not None:
+                raise BackendError(self.url, f"unhealthy: {self._fatal}")
+            self._loop.call_soon_threadsafe(self._spawn, batch)
+
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        if request_id not in self._pending:
+            return
+        super().cancel(request_id, reason)
+        with self._submit_lock:
+            if not self._stopping:
+                self._call_on_loop(self._abort, request_id)
+
+    def stop(self) -> None:
+        with self._submit_lock:
+            already = self._stopping
+            self._stopping = True
+            if not already and self._stop_event is not None:
+                self._call_on_loop(self._stop_event.set)
+        if not already:
+            self._thread.join(LOOP_STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning("%s: the event loop did not end in time", self.url)
+        super().stop()
+
+    def _call_on_loop(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed: the core died; its requests were failed by _run_loop
+            pass
+
+    # --- the loop thread ------------------------------------------------------------------------------
+    def _run_loop(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(self._main(ready))
+        except Exception as err:
+            self._fatal = f"event loop failed: {err!r}"
+            log.error("%s: %s", self.url, self._fatal)
+        finally:
+            ready.set()
+            if not self._stopping:
+                self._fatal = self._fatal or "event loop ended unexpectedly"
+                for rid in self.pending_ids():
+                    self._fail(rid, BackendError(self.url, self._fatal))
+
+    async def _main(self, ready: threading.Event) -> None:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._sem = asyncio.Semaphore(s.max_concurrency)
+        # httpcore scans every pooled connection per request (cost grows with the pool), so the
+        # connections are split over small clients, each used by the request ids equal mod n.
+        n = -(-s.max_concurrency // CONNECTIONS_PER_CLIENT)
+        per = -(-s.max_concurrency // n)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        timeout = httpx.Timeout(s.request_timeout_s, connect=s.connect_timeout_s, pool=None)
+        async with contextlib.AsyncExitStack() as stack:
+            self._clients = [await stack.enter_async_context(
+                httpx.AsyncClient(base_url=self.url, headers=self._headers, limits=limits, timeout=timeout))
+                for _ in range(n)]
+            ready.set()
+            await self._stop_event.wait()
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, requests: list[Request]) -> None:
+        for req in requests:
+            rid = req.request_id
+            if self._stop_event.is_set():
+                self._fail(rid, BackendError(self.url, "core stopped"))
+                continue
+            if rid not in self._pending:
+                continue
+            task = asyncio.ensure_future(self._run(req))
+            self._tasks[rid] = task
+            task.add_done_callback(lambda t, rid=rid: self._forget_task(rid, t))
+
+    def _forget_task(self, request_id: int, task: asyncio.Task) -> None:
+        if self._tasks.get(request_id) is task:
+            del self._tasks[request_id]
+        if not task.cancelled() and task.exception() is not None and request_id in self._pending:
+            # a core bug: the request still ends
+            self._fail(request_id, BackendError(self.url, f"internal error: {task.exception()!r}"))
+
+    def _abort(self, request_id: int) -> None:
+        task = self._tasks.get(request_id)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, req: Request) -> None:
+        rid = req.request_id
+        timeout_s = self.settings.request_timeout_s
+        try:
+            async with self._sem:
+                if rid not in self._pending:
+                    return
+                body = json.dumps(self._payload(req)).encode()
+                if timeout_s:
+                    await asyncio.wait_for(self._exchange(req, body), timeout_s)
+                else:
+                    await self._exchange(req, body)
+        except asyncio.CancelledError:
+            if rid in self._pending:
+                cause = "core stopped with the request pending" if self._stopping else "cancelled"
+                self._fail(rid, BackendError(self.url, cause))
+            raise
+        except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as err:
+            self._fail(rid, BackendError(self.url, f"request timed out after {timeout_s:g}s "
+                                                   f"({type(err).__name__})"))
+        except ReplyError as err:
+            self._fail(rid, BackendError(self.url, str(err)))
+        except httpx.ConnectError as err:
+            self._fail(rid, BackendError(self.url, f"connection failed: {err}"))
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+            self._fail(rid, BackendError(self.url, f"connection dropped mid-request: {type(err).__name__}: {err}"))
+        except httpx.HTTPError as err:
+            self._fail(rid, BackendError(self.url, f"HTTP error: {type(err).__name__}: {err}"))
+
+    def _payload(self, req: Request) -> dict[str, Any]:
+        prompt: list[int] | str
+        if self._texts is not None:
+            prompt = self._texts[req.sample_index]
+        else:
+            prompt = req.input_tokens.tolist() if isinstance(req.input_tokens, np.ndarray) else list(req.input_tokens)
+        sampling = dict(req.sampling if req.sampling is not None else self._default_sampling)
+        if req.min_new_tokens:
+            sampling["min_new_tokens"] = req.min_new_tokens
+        return request_payload(model=self.model, prompt=prompt, max_tokens=req.max_new_tokens,
+                               stream=bool(req.streaming), sampling=sampling,
+                               stop_token_ids=req.stop_token_ids or self._default_stops,
+                               chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
+
+    async def _exchange(self, req: Request, body: bytes) -> None:
+        rid = req.request_id
+        client = self._clients[rid % len(self._clients)]
+        if not req.streaming:
+            r = await client.post(self._path, content=body)
+            if r.status_code >= 400:
+                raise ReplyError(f"HTTP {r.status_code}: {snippet(r.content)}")
+            tokens, n, source = parse_reply(r.content)
+            self.token_sources[source] += 1
+            self._complete(rid, tokens, n)
+            return
+        async with client.stream("POST", self._path, content=body) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise ReplyError(f"HTTP {r.status_code}: {snippet(r.content)}")
+            state = StreamState()
+            async for data in r.aiter_bytes():
+                if state.feed(data):  # read on past [DONE]: the connection goes back to the pool
+                    self._first_token(rid, state.first_tokens())
+            if not state.done:
+                raise ReplyError("stream ended before 'data: [DONE]'")
+        tokens, n, source = state.result()
+        self.token_sources[source] += 1
+        self._complete(rid, tokens, n)
+
+
+__all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "endpoint_settings",
+           "parse_reply", "request_payload"]

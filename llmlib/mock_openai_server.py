@@ -1,0 +1,406 @@
+"""A fast OpenAI-compatible mock server (completions, chat, models, health) with fault injection.
+
+Raw asyncio HTTP/1.1 (keep-alive, chunked SSE), no dependency; run it as
+`python -m llmlib.mock_openai_server --port 0` (prints the port) or in-process with MockOpenAIServer.
+
+Token ids: like vLLM (`return_token_ids: true` in the request), each choice of a reply or stream chunk
+then carries `token_ids`, the ids it adds; otherwise only `usage` tells the count. Output ids are
+deterministic: id_i = 3 + (sum(prompt ids) + 7 i) mod (vocab_size - 3), count min(max_tokens,
+output_tokens). Faults (rates drawn per request from a seeded RNG; 1.0 = always): HTTP 500,
+a malformed SSE chunk (or non-stream body), the connection dropped after the first chunk, and a slow
+start (every endpoint answers 503 for `startup_delay_s` after start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            411: "Length Required", 500: "Internal Server Error", 503: "Service Unavailable"}
+#: Longest wait for the in-process server to start or stop.
+START_STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True, kw_only=True)
+class MockOptions:
+    """What the mock serves and which faults it injects. Mutable: tests change faults while it runs."""
+
+    model: str = "mock-model"
+    output_tokens: int = 128
+    first_token_delay_ms: float = 0.0
+    per_token_delay_ms: float = 0.0
+    vocab_size: int = 1000
+    #: honour `return_token_ids` in requests (False: only usage, like trtllm-serve / SGLang)
+    token_ids: bool = True
+    fail_rate: float = 0.0  # HTTP 500
+    malformed_rate: float = 0.0
+    drop_rate: float = 0.0
+    startup_delay_s: float = 0.0
+    seed: int = 0
+
+
+def output_ids(prompt_ids: list[int], n: int, vocab_size: int) -> list[int]:
+    base = sum(prompt_ids)
+    span = max(vocab_size - 3, 1)
+    return [3 + (base + 7 * i) % span for i in range(n)]
+
+
+class _Handler:
+    """The HTTP server proper (runs on one event loop)."""
+
+    def __init__(self, options: MockOptions):
+        self.options = options
+        self.stats: collections.Counter = collections.Counter()
+        self._rng = random.Random(options.seed)
+        self._started = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._next_id = 0
+
+    # --- connections ------------------------------------------------------------------------------
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                try:
+                    method, target, _ = lines[0].split(" ", 2)
+                except ValueError:
+                    await self._send_json(writer, 400, _error("malformed request line", 400))
+                    return
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name:
+                        headers[name.strip().lower()] = value.strip()
+                if "chunked" in headers.get("transfer-encoding", ""):
+                    await self._send_json(writer, 411, _error("chunked request bodies are not supported", 411))
+                    return
+                length = int(headers.get("content-length") or 0)
+                try:
+                    body = await reader.readexactly(length) if length else b""
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if not await self._route(method, target.split("?", 1)[0], body, writer):
+                    return
+        except ConnectionError:
+            return
+        finally:
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+
+    async def close_all(self) -> None:
+        """Drop every connection and end their handlers (a killed server)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- routing ----------------------------------------------------------------------------------
+    def _starting(self) -> bool:
+        return time.monotonic() - self._started < self.options.startup_delay_s
+
+    async def _route(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        self.stats["http_requests"] += 1
+        if self._starting():
+            self.stats["starting_503"] += 1
+            return await self._send_json(writer, 503, _error("server is starting", 503))
+        if path == "/health":
+            return await self._send(writer, 200, b"", "text/plain")
+        if path == "/v1/models":
+            return await self._send_json(writer, 200, {"object": "list", "data": [
+                {"id": self.options.model, "object": "model", "created": 0, "owned_by": "mock"}]})
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            if method != "POST":
+                return await self._send_json(writer, 405, _error(f"{path} takes POST", 405))
+            return await self._generate(path == "/v1/chat/completions", body, writer)
+        return await self._send_json(writer, 404, _error(f"no route {path}", 404))
+
+    async def _generate(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        opts = self.options
+        stats = self.stats
+        stats["generate_requests"] += 1
+        stats["in_flight"] += 1
+        stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+        try:
+            return await self._generate_one(chat, body, writer)
+        finally:
+            stats["in_flight"] -= 1
+
+    async def _generate_one(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        opts = self.options
+        try:
+            req = json.loads(body)
+            prompt_ids, prompt_len = _prompt(req, chat)
+        except (ValueError, TypeError, KeyError) as err:
+            return await self._send_json(writer, 400, _error(f"bad request body: {err}", 400))
+        if req.get("model") not in (None, opts.model):
+            return await self._send_json(writer, 404, _error(f"The model `{req.get('model')}` does not exist.", 404))
+        fail, malformed, drop = (self._rng.random() < opts.fail_rate, self._rng.random() < opts.malformed_rate,
+                                 self._rng.random() < opts.drop_rate)
+        if fail:
+            self.stats["injected_500"] += 1
+            return await self._send_json(writer, 500, _error("injected server error", 500))
+        n = opts.output_tokens
+        if req.get("max_tokens") is not None:
+            n = min(n, int(req["max_tokens"]))
+        ids = output_ids(prompt_ids, n, opts.vocab_size)
+        with_ids = opts.token_ids and bool(req.get("return_token_ids"))
+        self._next_id += 1
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._next_id}"
+        usage = {"prompt_tokens": prompt_len, "completion_tokens": n, "total_tokens": prompt_len + n}
+        if req.get("stream"):
+            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+            return await self._stream(writer, chat, rid, ids, with_ids, usage if include_usage else None,
+                                      malformed, drop)
+        if opts.first_token_delay_ms or opts.per_token_delay_ms:
+            await asyncio.sleep((opts.first_token_delay_ms + opts.per_token_delay_ms * max(n - 1, 0)) / 1e3)
+        if drop:
+            self.stats["injected_drop"] += 1
+            writer.transport.abort()
+            return False
+        if malformed:
+            self.stats["injected_malformed"] += 1
+            return await self._send(writer, 200, b'{"id": "' + rid.encode() + b'", "choices": [{"te', "application/json")
+        text = "".join(f"t{i} " for i in ids)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if with_ids:
+            choice["token_ids"] = ids
+        self.stats["completed"] += 1
+        return await self._send_json(writer, 200, {
+            "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": opts.model, "choices": [choice], "usage": usage})
+
+    async def _stream(self, writer: asyncio.StreamWriter, chat: bool, rid: str, ids: list[int], with_ids: bool,
+                      usage: dict | None, malformed: bool, drop: bool) -> bool:
+        opts = self.options
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n")
+        writer.write(head)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        prefix = f'{{"id":"{rid}","object":"{obj}","created":{int(time.time())},"model":{_DUMPS(opts.model)},'
+        if chat:  # like vLLM: a role-only chunk first, no content
+            writer.write(_event(prefix + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                                '"finish_reason":null}]}'))
+        if opts.first_token_delay_ms:
+            await writer.drain()
+            await asyncio.sleep(opts.first_token_delay_ms / 1e3)
+        last = len(ids) - 1
+        for i, tok in enumerate(ids):
+            if i and opts.per_token_delay_ms:
+                await writer.drain()
+                await asyncio.sleep(opts.per_token_delay_ms / 1e3)
+            content = _DUMPS(f"t{tok} ")
+            finish = '"length"' if i == last else "null"
+            id_part = f',"token_ids":[{tok}]' if with_ids else ""
+            if chat:
+                choice = f'{{"index":0,"delta":{{"content":{content}}}{id_part},"finish_reason":{finish}}}'
+            else:
+                choice = f'{{"index":0,"text":{content}{id_part},"finish_reason":{finish}}}'
+            writer.write(_event(prefix + f'"choices":[{choice}]}}'))
+            if i == 0 and malformed:
+                self.stats["injected_malformed"] += 1
+                writer.write(_event(prefix + '"choices":[{"index":0,"text":'))
+            if i == 0 and drop:
+                self.stats["injected_drop"] += 1
+                await writer.drain()
+                writer.transport.abort()
+                return False
+        if usage is not None:
+            writer.write(_event(prefix + f'"choices":[],"usage":{_DUMPS(usage)}}}'))
+        writer.write(_event("[DONE]"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        self.stats["completed"] += 1
+        return True
+
+    # --- replies ----------------------------------------------------------------------------------
+    async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> bool:
+        writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n".encode() + body)
+        await writer.drain()
+        return True
+
+    async def _send_json(self, writer: asyncio.StreamWriter, status: int, obj: Any) -> bool:
+        return await self._send(writer, status, _DUMPS(obj).encode(), "application/json")
+
+
+def _event(data: str) -> bytes:
+    payload = f"data: {data}\n\n".encode()
+    return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
+
+
+def _error(message: str, code: int) -> dict:
+    return {"error": {"message": message, "type": "MockError", "code": code}}
+
+
+def _prompt(req: dict, chat: bool) -> tuple[list[int], int]:
+    """(prompt ids for the output seed, prompt length) from a completions or chat body."""
+    if chat:
+        text = " ".join(str(m.get("content") or "") for m in req["messages"])
+        return [len(text)], len(text.split())
+    prompt = req["prompt"]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        prompt = prompt[0]  # a batch of token-id prompts: the mock answers the first
+    if isinstance(prompt, list):
+        ids = [int(t) for t in prompt]
+        return ids, len(ids)
+    if isinstance(prompt, str):
+        return [len(prompt)], len(prompt.split())
+    raise TypeError(f"prompt must be text or token ids, got {type(prompt).__name__}")
+
+
+class MockOpenAIServer:
+    """The mock on its own event loop thread: `start()` returns the port; `stop()` drops every
+    connection at once (what a killed server does to requests in flight). Bounded: both wait at most
+    START_STOP_TIMEOUT_S."""
+
+    def __init__(self, options: MockOptions | None = None, *, host: str = "127.0.0.1", port: int = 0):
+        self.options = options or MockOptions()
+        self.host = host
+        self.port = port
+        self.handler = _Handler(self.options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stats(self) -> collections.Counter:
+        return self.handler.stats
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> int:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self.handler.connection, self.host, self.port))
+                self.port = self._server.sockets[0].getsockname()[1]
+                self.handler._started = time.monotonic()
+            except OSError as err:
+                failure.append(err)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="mock-openai-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(START_STOP_TIMEOUT_S):
+            raise RuntimeError(f"mock OpenAI server did not start within {START_STOP_TIMEOUT_S:g}s")
+        if failure:
+            raise RuntimeError(f"mock OpenAI server could not listen on {self.host}:{self.port}: {failure[0]}")
+        return self.port
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            self._server.close()
+            await self.handler.close_all()
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        with contextlib.suppress(Exception):
+            fut.result(START_STOP_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(START_STOP_TIMEOUT_S)
+
+    def __enter__(self) -> MockOpenAIServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- command line ---------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions]:
+    p = argparse.ArgumentParser(prog="python -m llmlib.mock_openai_server", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    p.add_argument("--model", default="mock-model")
+    p.add_argument("--output_tokens", type=int, default=128)
+    p.add_argument("--first_token_delay_ms", type=float, default=0.0)
+    p.add_argument("--per_token_delay_ms", type=float, default=0.0)
+    p.add_argument("--vocab_size", type=int, default=1000)
+    p.add_argument("--no_token_ids", action="store_true", help="never return token ids (usage only)")
+    p.add_argument("--fail_rate", type=float, default=0.0, help="fraction of requests answered HTTP 500")
+    p.add_argument("--malformed_rate", type=float, default=0.0, help="fraction with a malformed chunk/body")
+    p.add_argument("--drop_rate", type=float, default=0.0, help="fraction whose connection is dropped")
+    p.add_argument("--startup_delay_s", type=float, default=0.0, help="answer 503 everywhere for this long")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    for name in ("fail_rate", "malformed_rate", "drop_rate"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            p.error(f"--{name}={getattr(a, name)}: expected a fraction in [0, 1]")
+    opts = MockOptions(model=a.model, output_tokens=a.output_tokens, first_token_delay_ms=a.first_token_delay_ms,
+                       per_token_delay_ms=a.per_token_delay_ms, vocab_size=a.vocab_size, token_ids=not a.no_token_ids,
+                       fail_rate=a.fail_rate, malformed_rate=a.malformed_rate, drop_rate=a.drop_rate,
+                       startup_delay_s=a.startup_delay_s, seed=a.seed)
+    return a.host, a.port, opts
+
+
+async def serve(host: str, port: int, options: MockOptions) -> None:
+    handler = _Handler(options)
+    server = await asyncio.start_server(handler.connection, host, port)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await handler.close_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    host, port, options = parse_args(argv)
+    try:
+        asyncio.run(serve(host, port, options))
+    except OSError as err:
+        print(f"mock OpenAI server: cannot listen on {host}:{port}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
