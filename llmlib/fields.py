@@ -303,6 +303,9 @@ declare(name="trtllm_request_timeout_s", kind="float", default=None, minimum=0, 
         help="Per-request HTTP deadline in seconds (default: --request_timeout_s; 0: none).")
 declare(name="trtllm_return_token_ids", kind="bool", default=True, group="endpoints",
         help="Ask the server for output token ids (return_token_ids, vLLM); else counts come from usage.")
+declare(name="trtllm_disagg_config_path", kind="str", default="", env="DISAGG_CONFIG_PATH", group="endpoints",
+        help="Disaggregated-serving YAML (hostname, port, context_servers, generation_servers) for the "
+             "trtllm_disagg core, which drives its router.")
 declare(name="openai_api_key_file", kind="str", default="", env="OPENAI_API_KEY_FILE", group="endpoints",
         help="File whose first line is the API key sent as a Bearer token (none for local servers).")
 
