@@ -21,7 +21,7 @@ from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
 from llmlib.expander import ExpanderSUT, parse_scaffolding
 from llmlib.factory import build_server, repo_root
 from llmlib.generation import GenerationParams, generation_params
-from llmlib.loadgen_log import LoadgenResult, parse_detail_log, summarize
+from llmlib.loadgen_log import parse_detail_log, summarize
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import Progress
 from llmlib.warmup import warmup_shapes

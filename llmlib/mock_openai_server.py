@@ -139,7 +139,6 @@ class _Handler:
         return await self._send_json(writer, 404, _error(f"no route {path}", 404))
 
     async def _generate(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> bool:
-        opts = self.options
         stats = self.stats
         stats["generate_requests"] += 1
         stats["in_flight"] += 1

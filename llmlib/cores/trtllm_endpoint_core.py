@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from llmlib.config import ResolvedConfig
-from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.cores._async_loop import AsyncLoopCore
+from llmlib.cores.base import EMPTY_TOKENS, Request
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
 from llmlib.generation import generation_params
 
@@ -47,8 +47,6 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
 log = logging.getLogger(__name__)
 
 #: Longest wait for the core's event loop to start or end.
-LOOP_START_TIMEOUT_S = 10.0
-LOOP_STOP_TIMEOUT_S = 30.0
 #: most characters of a server's reply quoted in an error
 SNIPPET_CHARS = 200
 #: most connections one httpx client pools (see _main)
@@ -73,11 +71,8 @@ class EndpointSettings:
 
 
 def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
-    """A field's value, or `default` when the field is not declared (yet) or unset."""
-    try:
-        value = getattr(config, name)
-    except AttributeError:
-        return default
+    """A field's value, or `default` when it is unset."""
+    value = getattr(config, name)
     return default if value is None else value
 
 
@@ -296,7 +291,7 @@ class StreamState:
 
 
 # --- the core -----------------------------------------------------------------------------------------
-class TrtllmEndpointCore(LLMCore):
+class TrtllmEndpointCore(AsyncLoopCore):
     """One OpenAI-compatible server, `--trtllm_server_urls[rank]`."""
 
     name = "trtllm_endpoint"
@@ -329,20 +324,9 @@ class TrtllmEndpointCore(LLMCore):
         #: which source gave each completed request's output length: token_ids / usage / chunks
         self.token_sources: collections.Counter = collections.Counter()
 
-        self._tasks: dict[int, asyncio.Task] = {}  # touched only on the loop thread
-        self._submit_lock = threading.Lock()
-        self._stopping = False
-        self._fatal: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
         self._clients: list[httpx.AsyncClient] = []
         self._sem: asyncio.Semaphore | None = None
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run_loop, args=(ready,), name=f"endpoint-{self.rank}",
-                                        daemon=True)
-        self._thread.start()
-        if not ready.wait(LOOP_START_TIMEOUT_S) or self._loop is None or self._fatal:
-            raise BackendError(self.url, self._fatal or f"the event loop did not start within {LOOP_START_TIMEOUT_S:g}s")
+        self._start_loop(f"endpoint-{self.rank}")
 
     # --- the contract -------------------------------------------------------------------------------
     @classmethod
@@ -366,10 +350,7 @@ class TrtllmEndpointCore(LLMCore):
     def health_check(self) -> None:
         """GET /health (a 404 is allowed), then /v1/models: the configured model must be served;
         without one the first served model is used. Each call is bounded by health_timeout_s."""
-        if self._fatal is not None:
-            raise BackendError(self.url, f"unhealthy: {self._fatal}")
-        if self._stopping:
-            raise BackendError(self.url, "core stopped")
+        self.loop_health()
         timeout = httpx.Timeout(self.settings.health_timeout_s)
         try:
             with httpx.Client(timeout=timeout, headers=self._headers) as client:
@@ -401,59 +382,11 @@ class TrtllmEndpointCore(LLMCore):
         else:
             self.model = served[0]
 
-    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
-        batch = list(requests)
-        with self._submit_lock:
-            if self._stopping:
-                raise BackendError(self.url, "core stopped")
-            if self._fatal is not None:
-                raise BackendError(self.url, f"unhealthy: {self._fatal}")
-            self._loop.call_soon_threadsafe(self._spawn, batch)
-
-    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
-        if request_id not in self._pending:
-            return
-        super().cancel(request_id, reason)
-        with self._submit_lock:
-            if not self._stopping:
-                self._call_on_loop(self._abort, request_id)
-
-    def stop(self) -> None:
-        with self._submit_lock:
-            already = self._stopping
-            self._stopping = True
-            if not already and self._stop_event is not None:
-                self._call_on_loop(self._stop_event.set)
-        if not already:
-            self._thread.join(LOOP_STOP_TIMEOUT_S)
-            if self._thread.is_alive():
-                log.warning("%s: the event loop did not end in time", self.url)
-        super().stop()
-
-    def _call_on_loop(self, fn, *args) -> None:
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed: the core died; its requests were failed by _run_loop
-            pass
-
     # --- the loop thread ------------------------------------------------------------------------------
-    def _run_loop(self, ready: threading.Event) -> None:
-        try:
-            asyncio.run(self._main(ready))
-        except Exception as err:
-            self._fatal = f"event loop failed: {err!r}"
-            log.error("%s: %s", self.url, self._fatal)
-        finally:
-            ready.set()
-            if not self._stopping:
-                self._fatal = self._fatal or "event loop ended unexpectedly"
-                for rid in self.pending_ids():
-                    self._fail(rid, BackendError(self.url, self._fatal))
-
-    async def _main(self, ready: threading.Event) -> None:
+    @contextlib.asynccontextmanager
+    async def _loop_resources(self):
+        """The HTTP clients, open while the loop takes requests."""
         s = self.settings
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
         self._sem = asyncio.Semaphore(s.max_concurrency)
         # httpcore scans every pooled connection per request (cost grows with the pool), so the
         # connections are split over small clients, each used by the request ids equal mod n.
@@ -465,37 +398,7 @@ class TrtllmEndpointCore(LLMCore):
             self._clients = [await stack.enter_async_context(
                 httpx.AsyncClient(base_url=self.url, headers=self._headers, limits=limits, timeout=timeout))
                 for _ in range(n)]
-            ready.set()
-            await self._stop_event.wait()
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _spawn(self, requests: list[Request]) -> None:
-        for req in requests:
-            rid = req.request_id
-            if self._stop_event.is_set():
-                self._fail(rid, BackendError(self.url, "core stopped"))
-                continue
-            if rid not in self._pending:
-                continue
-            task = asyncio.ensure_future(self._run(req))
-            self._tasks[rid] = task
-            task.add_done_callback(lambda t, rid=rid: self._forget_task(rid, t))
-
-    def _forget_task(self, request_id: int, task: asyncio.Task) -> None:
-        if self._tasks.get(request_id) is task:
-            del self._tasks[request_id]
-        if not task.cancelled() and task.exception() is not None and request_id in self._pending:
-            # a core bug: the request still ends
-            self._fail(request_id, BackendError(self.url, f"internal error: {task.exception()!r}"))
-
-    def _abort(self, request_id: int) -> None:
-        task = self._tasks.get(request_id)
-        if task is not None:
-            task.cancel()
+            yield
 
     async def _run(self, req: Request) -> None:
         rid = req.request_id

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,8 @@ from llmlib.cores._trtllm_common import (
     scheduler_policy_name,
     stop_values,
 )
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores._async_loop import AsyncLoopCore
+from llmlib.cores.base import Request
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
 from llmlib.generation import generation_params
 
@@ -67,7 +68,6 @@ log = logging.getLogger(__name__)
 _DEVICE_ENV_LOCK = threading.Lock()
 
 #: Longest wait for the core's event loop to start.
-LOOP_START_TIMEOUT_S = 10.0
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def visible_devices(device_ids: list[int]) -> Iterator[str]:
                 os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
-class TrtllmHlapiCore(LLMCore):
+class TrtllmHlapiCore(AsyncLoopCore):
     """One `tensorrt_llm.LLM` (one data-parallel rank: TP x PP GPUs)."""
 
     name = "trtllm_hlapi"
@@ -133,21 +133,12 @@ class TrtllmHlapiCore(LLMCore):
         except Exception as err:
             raise BackendError(self._address, f"could not create the LLM for {model}: {err}") from err
 
-        # The loop and the tasks it owns (_tasks is touched only on the loop thread).
-        self._tasks: dict[int, asyncio.Task] = {}
-        self._submit_lock = threading.Lock()  # orders submissions before the stop signal
-        self._stopping = False
         self._stopped = False
-        self._fatal: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run_loop, args=(ready,), name=f"trtllm-llm-{self.rank}",
-                                        daemon=True)
-        self._thread.start()
-        if not ready.wait(LOOP_START_TIMEOUT_S) or self._loop is None:
+        try:
+            self._start_loop(f"trtllm-llm-{self.rank}")
+        except BackendError:
             self._shutdown_llm()
-            raise BackendError(self._address, f"the event loop did not start within {LOOP_START_TIMEOUT_S:g}s")
+            raise
 
     # --- the contract ---------------------------------------------------------------------------
     @classmethod
@@ -159,106 +150,18 @@ class TrtllmHlapiCore(LLMCore):
         return self._address
 
     def health_check(self) -> None:
-        if self._fatal is not None:
-            raise BackendError(self._address, f"unhealthy: {self._fatal}")
-        if self._stopping:
-            raise BackendError(self._address, "core stopped")
-        if not self._thread.is_alive():
-            raise BackendError(self._address, "the event loop thread is not running")
+        self.loop_health()
 
-    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
-        batch = list(requests)
-        with self._submit_lock:
-            if self._stopping:
-                raise BackendError(self._address, "core stopped")
-            if self._fatal is not None:
-                raise BackendError(self._address, f"unhealthy: {self._fatal}")
-            self._loop.call_soon_threadsafe(self._spawn, batch)
-
-    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
-        if request_id not in self._pending:
-            return
-        super().cancel(request_id, reason)  # the outcome first, so it carries `reason`
-        with self._submit_lock:
-            if not self._stopping:
-                self._call_on_loop(self._abort, request_id)
-
-    def stop(self) -> None:
-        with self._submit_lock:
-            already = self._stopping
-            self._stopping = True
-            if not already:
-                self._call_on_loop(self._stop_event.set)
-        if not already:
-            self._thread.join(timeout=30.0)
-            if self._thread.is_alive():
-                log.warning("%s: the event loop did not end in time", self._address)
-            self._shutdown_llm()
-            self._stopped = True
-        super().stop()
-
-    def _call_on_loop(self, fn, *args) -> None:
-        """Schedule fn on the loop; a loop that already ended (the core died) is not an error here."""
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed
-            pass
+    def _after_stop(self) -> None:
+        self._shutdown_llm()
+        self._stopped = True
 
     def kv_cache_utilisation(self) -> float | None:
         """Not sampled: the LLM API's statistics call blocks for up to its timeout, which the progress
         display should not do. None means unknown."""
         return None
 
-    # --- the loop thread ----------------------------------------------------------------------------
-    def _run_loop(self, ready: threading.Event) -> None:
-        try:
-            asyncio.run(self._main(ready))
-        except Exception as err:  # the loop itself broke: nothing more will be delivered from it
-            self._fatal = f"event loop failed: {err!r}"
-            log.error("%s: %s", self._address, self._fatal)
-        finally:
-            ready.set()
-            if not self._stopping:  # died on its own: fail what it would have delivered
-                self._fatal = self._fatal or "event loop ended unexpectedly"
-                for rid in self.pending_ids():
-                    self._fail(rid, BackendError(self._address, self._fatal))
-
-    async def _main(self, ready: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        ready.set()
-        await self._stop_event.wait()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _spawn(self, requests: list[Request]) -> None:
-        """On the loop: one owned task per request."""
-        for req in requests:
-            rid = req.request_id
-            if self._stop_event.is_set():
-                self._fail(rid, BackendError(self._address, "core stopped"))
-                continue
-            if rid not in self._pending:  # cancelled before it reached the loop
-                continue
-            task = asyncio.ensure_future(self._generate(req))
-            self._tasks[rid] = task
-            # A task cancelled before its first step never runs its body: forget it here, always.
-            task.add_done_callback(lambda t, rid=rid: self._forget_task(rid, t))
-
-    def _forget_task(self, request_id: int, task: asyncio.Task) -> None:
-        if self._tasks.get(request_id) is task:
-            del self._tasks[request_id]
-
-    def _abort(self, request_id: int) -> None:
-        """On the loop: stop generating a request (its outcome was already delivered by cancel)."""
-        task = self._tasks.get(request_id)
-        if task is not None:
-            task.cancel()
-
-    async def _generate(self, req: Request) -> None:
+    async def _run(self, req: Request) -> None:
         rid = req.request_id
         result = None
         try:
