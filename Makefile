@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_ARGS ?=
 TEST_ARGS ?=
 
-.PHONY: help install run_harness print_config test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config test test_quick bench_spine clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,hf,accuracy,endpoint]'
+	$(PY) -m pip install --quiet -e '.[test,hf,accuracy,endpoint,triton]'
 	touch $@
 
 install: $(VENV)/.installed  ## create the virtual environment and install the package (first use)
@@ -26,7 +26,11 @@ run_harness: install  ## run LoadGen: make run_harness RUN_ARGS="--benchmarks=..
 print_config: install  ## print the resolved configuration with the source of every value
 	$(PY) -m llmlib --print_config $(RUN_ARGS)
 
-test: install  ## run every test tier
+test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python)
+	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh
+	PYTHON=$(abspath $(PY)) bash scripts/setup_llamacpp_server_env.sh
+
+test: install test_servers  ## run every test tier
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 test_quick: install  ## the quick tier (no LoadGen end-to-end runs, no model processes)

@@ -293,6 +293,20 @@ declare(name="trtllm_server_urls", kind="endpoints", default=[], group="endpoint
         help="OpenAI-compatible servers, host:port,host:port (one core per URL).")
 declare(name="triton_server_urls", kind="endpoints", default=[], group="endpoints",
         help="Triton gRPC servers, host:port,host:port.")
+declare(name="triton_num_clients_per_server", kind="int", default=1, minimum=1, group="endpoints",
+        help="gRPC clients (each with its own stream) per Triton server; requests are spread over them.")
+declare(name="triton_num_models_per_server", kind="int", default=1, minimum=1, group="endpoints",
+        help="Model copies loaded on each Triton server: one core per (server, model); with N>1 the models "
+             "are named <triton_model_name>_0 .. <triton_model_name>_<N-1>.")
+declare(name="triton_model_name", kind="str", default="tensorrt_llm", group="endpoints",
+        help="Triton model to infer on (the TensorRT-LLM backend's model, or an ensemble with the same tensors).")
+declare(name="triton_tensor_names", kind="flags", default={}, group="endpoints",
+        help="Renames of the TensorRT-LLM Triton model's tensors, harness_name:server_name,... "
+             "(e.g. input_ids:INPUT_ID,output_ids:OUTPUT_IDS).")
+declare(name="triton_max_concurrency", kind="int", default=512, minimum=1, group="endpoints",
+        help="Most requests in flight per Triton core (server x model).")
+declare(name="triton_request_timeout_s", kind="float", default=None, minimum=0, group="endpoints",
+        help="Per-request deadline in seconds for the triton_grpc core (default: --request_timeout_s; 0: none).")
 declare(name="trtllm_max_concurrency", kind="int", default=256, minimum=1, group="endpoints",
         help="Most requests in flight per OpenAI-compatible server URL (trtllm_endpoint core).")
 declare(name="trtllm_endpoint_model", kind="str", default="", group="endpoints",
