@@ -305,8 +305,6 @@ declare(name="triton_tensor_names", kind="flags", default={}, group="endpoints",
              "(e.g. input_ids:INPUT_ID,output_ids:OUTPUT_IDS).")
 declare(name="triton_max_concurrency", kind="int", default=512, minimum=1, group="endpoints",
         help="Most requests in flight per Triton core (server x model).")
-declare(name="triton_request_timeout_s", kind="float", default=None, minimum=0, group="endpoints",
-        help="Per-request deadline in seconds for the triton_grpc core (default: --request_timeout_s; 0: none).")
 declare(name="trtllm_max_concurrency", kind="int", default=256, minimum=1, group="endpoints",
         help="Most requests in flight per OpenAI-compatible server URL (trtllm_endpoint core).")
 declare(name="trtllm_endpoint_model", kind="str", default="", group="endpoints",

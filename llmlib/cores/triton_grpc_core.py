@@ -1,0 +1,477 @@
+"""The `triton_grpc` core: a Triton Inference Server serving the TensorRT-LLM backend's model, over gRPC.
+
+One core per (server, model): `--triton_server_urls` x `--triton_num_models_per_server` (models named
+`<triton_model_name>_<i>` when there are several). Each core spreads its requests over
+`--triton_num_clients_per_server` tritonclient streams (`start_stream` / `async_stream_infer` with
+`enable_empty_final_response=True`); a request ends at the response whose `triton_final_response`
+parameter is true. Responses arrive on each stream's own thread, which delivers them directly.
+
+Wire format (TensorRT-LLM's `tensorrt_llm` model, batch dimension 1): input_ids INT32 [1, L],
+input_lengths / request_output_len / end_id / pad_id / beam_width / min_length INT32 [1, 1],
+streaming BOOL [1, 1], temperature / runtime_top_p / presence_penalty / frequency_penalty FP32 [1, 1],
+runtime_top_k INT32 [1, 1], random_seed UINT64 [1, 1], stop_words_list INT32 [1, 2, N]; outputs
+output_ids INT32 [1, beam, T] and sequence_length INT32 [1, beam]. Optional inputs are sent only when
+the model declares them (read from its metadata by the health check, which also fails on a model that
+lacks a required one). `--triton_tensor_names=input_ids:INPUT_ID,...` renames tensors.
+
+Output tokens: streamed responses carry the new tokens; a non-streamed reply is padded and is cut to
+`sequence_length`. Everything from the first end_id on is dropped (the end id is not output).
+
+Errors. A gRPC failure of the stream itself (UNAVAILABLE when the server dies, CANCELLED) fails every
+request in flight on it, and the next request opens a fresh stream. A model error for one request
+reaches a stream client without the request's id (Triton clears the response it belongs to), so it
+cannot be pinned on one request at once: the stream is then retired (no new requests), and once
+its in-flight count drops to the number of such errors, the requests left are exactly the failed
+ones. That costs the failed requests some latency, never a request that did not fail.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmlib.config import ResolvedConfig
+from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
+from llmlib.generation import generation_params
+
+try:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+except ImportError as _err:  # pragma: no cover - depends on the environment
+    raise CoreUnavailableError(f"core triton_grpc needs tritonclient[grpc] ({_err}). "
+                               "Install it with: pip install -e '.[triton]'") from _err
+
+log = logging.getLogger(__name__)
+
+#: the tensors the harness uses, by their TensorRT-LLM names: (datatype, required)
+INPUTS: dict[str, tuple[str, bool]] = {
+    "input_ids": ("INT32", True),
+    "input_lengths": ("INT32", True),
+    "request_output_len": ("INT32", True),
+    "end_id": ("INT32", False),
+    "pad_id": ("INT32", False),
+    "streaming": ("BOOL", False),
+    "beam_width": ("INT32", False),
+    "temperature": ("FP32", False),
+    "runtime_top_k": ("INT32", False),
+    "runtime_top_p": ("FP32", False),
+    "random_seed": ("UINT64", False),
+    "min_length": ("INT32", False),
+    "presence_penalty": ("FP32", False),
+    "frequency_penalty": ("FP32", False),
+    "stop_words_list": ("INT32", False),
+}
+OUTPUTS = ("output_ids", "sequence_length")
+_NP = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
+FINAL_PARAM = "triton_final_response"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TritonSettings:
+    url: str  # host:port of the gRPC endpoint
+    model: str
+    num_clients: int = 1
+    max_concurrency: int = 512
+    tensor_names: dict[str, str] | None = None  # harness name -> server name
+    health_timeout_s: float = 5.0
+
+
+def triton_settings(config: ResolvedConfig, rank: int) -> TritonSettings:
+    urls = list(config.triton_server_urls)
+    n_models = int(config.triton_num_models_per_server)
+    if not urls:
+        raise ConfigError("core triton_grpc: --triton_server_urls is empty; give host:port[,host:port...]")
+    if not 0 <= rank < len(urls) * n_models:
+        raise ConfigError(f"core triton_grpc: rank {rank} but {len(urls)} server(s) x {n_models} model(s)")
+    names = {str(k): str(v) for k, v in (config.triton_tensor_names or {}).items()}
+    unknown = sorted(set(names) - set(INPUTS) - set(OUTPUTS))
+    if unknown:
+        raise ConfigError(f"--triton_tensor_names: unknown tensor(s) {', '.join(unknown)}; "
+                          f"expected some of: {', '.join(list(INPUTS) + list(OUTPUTS))}")
+    base = str(config.triton_model_name)
+    if not base:
+        raise ConfigError("--triton_model_name is empty; expected the Triton model's name (e.g. tensorrt_llm)")
+    return TritonSettings(
+        url=_host_port(urls[rank // n_models]),
+        model=base if n_models == 1 else f"{base}_{rank % n_models}",
+        num_clients=int(config.triton_num_clients_per_server),
+        max_concurrency=int(config.triton_max_concurrency),
+        tensor_names=names,
+        health_timeout_s=min(5.0, float(config.health_check_timeout_s or 5.0)),
+    )
+
+
+def _host_port(url: str) -> str:
+    url = url.strip()
+    for prefix in ("grpc://", "http://"):
+        if url.startswith(prefix):
+            url = url[len(prefix):]
+    return url.rstrip("/")
+
+
+def stop_words_tensor(stop_ids: Sequence[int]) -> np.ndarray:
+    """TensorRT-LLM's stop_words_list for single-token stop words: [1, 2, N], the flat ids and
+    each word's end offset."""
+    ids = np.asarray(list(stop_ids), dtype=np.int32)
+    offsets = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return np.stack([ids, offsets])[None, :, :]
+
+
+def response_tokens(output_ids: np.ndarray | None, sequence_length: np.ndarray | None) -> np.ndarray:
+    """The tokens of one response (first beam), cut to sequence_length when the server gives it."""
+    if output_ids is None or output_ids.size == 0:
+        return EMPTY_TOKENS
+    ids = output_ids
+    while ids.ndim > 1:  # [batch, beam, T] or [batch, T]: the first of each
+        ids = ids[0]
+    if sequence_length is not None and sequence_length.size:
+        n = int(sequence_length.reshape(-1)[0])
+        if 0 <= n < len(ids):
+            ids = ids[:n]
+    return ids
+
+
+def cut_at_end(tokens: np.ndarray, end_id: int | None) -> np.ndarray:
+    """Drop the end id and everything after it (TensorRT-LLM pads with it).
+
+    The comparison is element-wise on the array: comparing the whole token list to the end id
+    (a list == int) is always False and would keep the padding."""
+    if end_id is None or tokens.size == 0:
+        return tokens
+    hits = np.flatnonzero(tokens == end_id)
+    return tokens[:hits[0]] if hits.size else tokens
+
+
+class _Track:
+    __slots__ = ("parts", "first_sent", "streaming")
+
+    def __init__(self, streaming: bool):
+        self.parts: list[np.ndarray] = []
+        self.first_sent = False
+        self.streaming = streaming
+
+
+class _Stream:
+    """One tritonclient client with its bidirectional stream; responses come on its thread."""
+
+    def __init__(self, core: TritonGrpcCore, index: int):
+        self.core = core
+        self.index = index
+        self.client: Any = None
+        self.in_flight: dict[str, _Track] = {}
+        self.open = False
+        self.retired = False  # took a model error it cannot attribute: no new requests
+        self.orphan_errors: list[str] = []
+
+    def start(self) -> None:
+        self.client = grpcclient.InferenceServerClient(url=self.core.settings.url)
+        self.client.start_stream(callback=self._on_response)
+        self.open = True
+
+    def close(self, cancel: bool) -> None:
+        self.open = False
+        if self.client is not None:
+            try:
+                self.client.stop_stream(cancel_requests=cancel)
+                self.client.close()
+            except Exception as err:  # closing a broken stream must not raise into stop()
+                log.debug("%s: closing stream %d: %r", self.core.address, self.index, err)
+
+    # on the stream's thread ------------------------------------------------------------------------
+    def _on_response(self, result, error) -> None:
+        core = self.core
+        if error is not None:
+            core._stream_error(self, error)
+            return
+        response = result.get_response()
+        rid = response.id
+        track = self.in_flight.get(rid)
+        if track is None:  # a request already failed or cancelled: its late responses are dropped
+            return
+        tokens = response_tokens(result.as_numpy(core.tensor("output_ids")),
+                                 result.as_numpy(core.tensor("sequence_length")))
+        if tokens.size:
+            track.parts.append(tokens)
+            if track.streaming and not track.first_sent:
+                track.first_sent = True
+                core._first_token(int(rid), tokens.astype(np.uint32, copy=False))
+        params = response.parameters
+        if FINAL_PARAM in params and params[FINAL_PARAM].bool_param:
+            core._finish(self, rid, track)
+
+
+class TritonGrpcCore(LLMCore):
+    """One model on one Triton server, `--triton_server_urls` x `--triton_num_models_per_server`."""
+
+    name = "triton_grpc"
+
+    def __init__(self, *, settings: TritonSettings | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = settings or triton_settings(self.config, self.rank)
+        gen = generation_params(self.config, self.benchmark)
+        self._gen = gen
+        self.end_id: int | None = gen.eos_token_id
+        self._names = dict(self.settings.tensor_names or {})
+        #: inputs the model declares (from its metadata); None until the health check reads them
+        self.model_inputs: set[str] | None = None
+        self._lock = threading.Lock()
+        self._streams = [_Stream(self, i) for i in range(self.settings.num_clients)]
+        self._retired: list[_Stream] = []  # replaced streams still draining
+        self._next_stream = itertools.count()
+        self._backlog: collections.deque[Request] = collections.deque()
+        self._in_flight = 0
+        self._stopping = False
+        self._outputs = [grpcclient.InferRequestedOutput(self.tensor(n)) for n in OUTPUTS]
+        self.stream_failures = 0
+        self.model_errors = 0
+
+    # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def num_cores(cls, config: ResolvedConfig) -> int:
+        n = len(config.triton_server_urls)
+        if n == 0:
+            raise ConfigError(f"core {cls.name}: --triton_server_urls is empty; give host:port[,host:port...]")
+        return n * int(config.triton_num_models_per_server)
+
+    @property
+    def address(self) -> str:
+        return f"grpc://{self.settings.url}/{self.settings.model}"
+
+    def tensor(self, name: str) -> str:
+        return self._names.get(name, name)
+
+    def health_check(self) -> None:
+        """Server live and ready, the model ready, and its inputs the ones the harness sends."""
+        s = self.settings
+        timeout = s.health_timeout_s
+        try:
+            client = grpcclient.InferenceServerClient(url=s.url)
+            try:
+                if not client.is_server_ready(client_timeout=timeout):
+                    raise BackendError(self.address, "server not ready")
+                if not client.is_model_ready(s.model, client_timeout=timeout):
+                    raise BackendError(self.address, f"model {s.model!r} not ready (is it loaded? "
+                                                     "--triton_model_name / --triton_num_models_per_server)")
+                meta = client.get_model_metadata(s.model, client_timeout=timeout)
+            finally:
+                client.close()
+        except InferenceServerException as err:
+            raise BackendError(self.address, f"health check failed: {_describe(err)}") from None
+        declared = {t.name for t in meta.inputs}
+        missing = [self.tensor(n) for n, (_, required) in INPUTS.items() if required and self.tensor(n) not in declared]
+        if missing:
+            raise BackendError(self.address, f"model {s.model!r} lacks input(s) {', '.join(missing)} "
+                                             f"(it has: {', '.join(sorted(declared))}); see --triton_tensor_names")
+        self.model_inputs = declared
+
+    def _enqueue_impl(self, requests: Sequence[Request]) -> None:
+        if self._stopping:
+            raise BackendError(self.address, "core stopped")
+        with self._lock:
+            room = self.settings.max_concurrency - self._in_flight
+            now, later = list(requests[:max(room, 0)]), list(requests[max(room, 0):])
+            self._in_flight += len(now)
+            self._backlog.extend(later)
+        for req in now:
+            if not self._send(req):
+                self._release()
+
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        """The request ends now with `reason`; its later responses are dropped. (Triton's stream
+        API has no per-request cancel; the server finishes the generation.)"""
+        super().cancel(request_id, reason)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            backlog, self._backlog = list(self._backlog), collections.deque()
+        for req in backlog:
+            self._fail(req.request_id, BackendError(self.address, "core stopped with the request pending"))
+        with self._lock:
+            streams = self._streams + self._retired
+        for stream in streams:
+            stream.close(cancel=True)
+        super().stop()
+
+    # --- sending --------------------------------------------------------------------------------------
+    def _pick_stream(self) -> _Stream:
+        """Round robin over the streams; a failed or retired one is replaced by a fresh one."""
+        i = next(self._next_stream) % len(self._streams)
+        with self._lock:
+            stream = self._streams[i]
+            if stream.retired or (stream.client is not None and not stream.open):
+                if stream.retired:
+                    self._retired.append(stream)
+                stream = self._streams[i] = _Stream(self, i)
+            if stream.client is None:
+                stream.start()
+            return stream
+
+    def _send(self, req: Request) -> bool:
+        """Send one request into a slot already counted. False when it was not sent (failed, or
+        cancelled meanwhile): the caller frees the slot."""
+        rid = req.request_id
+        if rid not in self._pending:
+            return False
+        key = str(rid)
+        stream = None
+        try:
+            inputs = self._inputs(req)
+            stream = self._pick_stream()
+            stream.in_flight[key] = _Track(bool(req.streaming))
+            stream.client.async_stream_infer(self.settings.model, inputs, outputs=self._outputs, request_id=key,
+                                             enable_empty_final_response=True)
+        except Exception as err:
+            if stream is None or self._take(stream, key):
+                self._fail(rid, BackendError(self.address, f"could not send the request: {_describe(err)}"))
+                return False
+            return True  # the stream's failure already failed it and freed the slot
+        if not stream.open and self._take(stream, key):  # the stream failed while we sent
+            self._fail(rid, BackendError(self.address, "gRPC stream failed while the request was sent"))
+            return False
+        return True
+
+    def _inputs(self, req: Request) -> list:
+        ids = np.asarray(req.input_tokens, dtype=np.int32).reshape(1, -1)
+        sampling = req.sampling if req.sampling is not None else self._gen.sampling()
+        values: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "input_lengths": _scalar(ids.shape[1], np.int32),
+            "request_output_len": _scalar(req.max_new_tokens, np.int32),
+            "streaming": _scalar(bool(req.streaming), np.bool_),
+            "beam_width": _scalar(1, np.int32),
+        }
+        if self.end_id is not None:
+            values["end_id"] = _scalar(self.end_id, np.int32)
+            values["pad_id"] = _scalar(self.end_id, np.int32)
+        temperature = float(sampling.get("temperature") or 0.0)
+        if temperature > 0:
+            values["temperature"] = _scalar(temperature, np.float32)
+            values["runtime_top_p"] = _scalar(float(sampling.get("top_p") or 1.0), np.float32)
+            values["runtime_top_k"] = _scalar(int(sampling.get("top_k") or 0), np.int32)
+        else:
+            values["runtime_top_k"] = _scalar(1, np.int32)  # greedy
+        if sampling.get("seed") is not None:
+            values["random_seed"] = _scalar(int(sampling["seed"]), np.uint64)
+        min_new = req.min_new_tokens or int(sampling.get("min_new_tokens") or 0)
+        if min_new:
+            values["min_length"] = _scalar(min_new, np.int32)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if sampling.get(name):
+                values[name] = _scalar(float(sampling[name]), np.float32)
+        extra_stops = [t for t in (req.stop_token_ids or self._gen.stop_token_ids) if t != self.end_id]
+        if extra_stops:
+            values["stop_words_list"] = stop_words_tensor(extra_stops)
+        declared = self.model_inputs
+        inputs = []
+        for name, array in values.items():
+            wire = self.tensor(name)
+            if declared is not None and wire not in declared:
+                continue  # an optional input this model does not take
+            tensor = grpcclient.InferInput(wire, list(array.shape), INPUTS[name][0])
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    # --- outcomes (on stream threads) -------------------------------------------------------------------
+    def _finish(self, stream: _Stream, key: str, track: _Track) -> None:
+        if not self._take(stream, key):
+            return
+        rid = int(key)
+        if rid not in self._pending:  # cancelled or timed out while the server worked on it
+            self._release()
+            self._settle_orphans(stream)
+            return
+        parts = track.parts
+        tokens = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else EMPTY_TOKENS)
+        tokens = cut_at_end(tokens, self.end_id).astype(np.uint32)
+        self._complete(rid, tokens, len(tokens))
+        self._release()
+        self._settle_orphans(stream)
+
+    def _stream_error(self, stream: _Stream, error) -> None:
+        status = error.status()
+        if status is None:  # a model error for one request; Triton does not say which
+            self.model_errors += 1
+            stream.orphan_errors.append(_describe(error))
+            stream.retired = True
+            self._settle_orphans(stream)
+            return
+        # the stream itself failed (server gone, cancelled): everything on it fails
+        stream.open = False
+        if self._stopping:
+            cause = "core stopped with the request pending"
+        else:
+            self.stream_failures += 1
+            cause = f"gRPC stream failed: {_describe(error)}"
+            log.warning("%s: stream %d: %s", self.address, stream.index, cause)
+        for key in list(stream.in_flight):
+            if self._take(stream, key):
+                self._fail(int(key), BackendError(self.address, cause))
+                self._release()
+
+    def _settle_orphans(self, stream: _Stream) -> None:
+        """On a retired stream: once only as many requests are left as model errors came, they
+        are the failed ones."""
+        if not stream.orphan_errors or len(stream.in_flight) > len(stream.orphan_errors):
+            return
+        message = stream.orphan_errors[0]
+        stream.orphan_errors.clear()
+        for key in list(stream.in_flight):
+            if self._take(stream, key):
+                self._fail(int(key), BackendError(self.address, f"model error: {message}"))
+                self._release()
+        self._close_retired(stream)
+
+    @staticmethod
+    def _take(stream: _Stream, key: str) -> bool:
+        """Remove a request from its stream; True for exactly one caller (its outcome and slot)."""
+        return stream.in_flight.pop(key, None) is not None
+
+    def _release(self) -> None:
+        """One slot freed: send backlogged requests into the free slots, oldest first."""
+        with self._lock:
+            self._in_flight -= 1
+        while True:
+            with self._lock:
+                if not self._backlog or self._stopping or self._in_flight >= self.settings.max_concurrency:
+                    return
+                req = self._backlog.popleft()
+                self._in_flight += 1
+            if not self._send(req):
+                with self._lock:
+                    self._in_flight -= 1
+
+    def _close_retired(self, stream: _Stream) -> None:
+        """Close a drained retired stream, off its own thread (closing joins that thread)."""
+        with self._lock:
+            if stream.in_flight or not stream.open:
+                return
+            stream.open = False
+            if stream in self._retired:
+                self._retired.remove(stream)
+        threading.Thread(target=stream.close, args=(False,), name="triton-retire", daemon=True).start()
+
+
+def _scalar(value: Any, dtype) -> np.ndarray:
+    return np.array([[value]], dtype=dtype)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, InferenceServerException):
+        status = err.status()
+        text = err.message() or str(err)
+        return f"{status}: {text}" if status else text
+    return f"{type(err).__name__}: {err}"
+
+
+__all__ = ["INPUTS", "OUTPUTS", "TritonGrpcCore", "TritonSettings", "cut_at_end", "response_tokens",
+           "stop_words_tensor", "triton_settings"]
