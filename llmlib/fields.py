@@ -311,6 +311,9 @@ declare(name="trtllm_endpoint_model", kind="str", default="", group="endpoints",
         help="Model name sent to the server and checked against /v1/models; empty: the first it serves.")
 declare(name="trtllm_use_chat", kind="bool", default=False, group="endpoints",
         help="Use /v1/chat/completions (needs prompt texts in the dataset); default /v1/completions with token ids.")
+declare(name="trtllm_prompt_text_column", kind="str", default="", group="endpoints",
+        help="Send the prompt as text from this dataset column (one of the benchmark's dataset.extra_columns, "
+             "e.g. input) instead of token ids, for servers that take no token-id prompt (llama-cpp-python).")
 declare(name="trtllm_request_timeout_s", kind="float", default=None, minimum=0, group="endpoints",
         help="Per-request HTTP deadline in seconds (default: --request_timeout_s; 0: none).")
 declare(name="trtllm_return_token_ids", kind="bool", default=True, group="endpoints",

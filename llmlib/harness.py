@@ -24,7 +24,7 @@ from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import parse_detail_log, summarize
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import Progress
-from llmlib.warmup import warmup_shapes
+from llmlib.warmup import warmup_picks, warmup_shapes
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,10 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     try:
         bundle.warmup.health_check()
         if config.warmup_queries:
-            shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, gen.max_new_tokens,
-                                   config.warmup_queries * len(server.cores))
+            n_warmup = config.warmup_queries * len(server.cores)
+            shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, gen.max_new_tokens, n_warmup)
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
+                                  sample_indices=warmup_picks(dataset.input_tokens, n_warmup),
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
         counts = server.counts
         before = (counts.completed, counts.output_tokens)

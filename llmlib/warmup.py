@@ -116,9 +116,11 @@ class WarmupManager:
             raise HealthCheckError(failures, self.health_timeout_s)
 
     def warm_up(self, requests_per_core: int, inputs: Sequence[np.ndarray], max_new_tokens: Sequence[int],
-                *, streaming: bool, timeout_s: float) -> WarmupCollector:
+                *, streaming: bool, timeout_s: float,
+                sample_indices: Sequence[int] | None = None) -> WarmupCollector:
         """Send `requests_per_core` requests to every core, shaped like the dataset (inputs and
-        output budgets given by the caller, e.g. from `warmup_shapes`). Waits for all of them.
+        output budgets given by the caller, e.g. from `warmup_shapes`, and the samples they come
+        from, for cores that send a sample's text instead of its tokens). Waits for all of them.
 
         All failing is an error (the backend is not usable); some failing is logged."""
         for core in self.server.cores:
@@ -131,7 +133,9 @@ class WarmupManager:
             reqs = []
             for k in range(requests_per_core):
                 j = (ci + k * n_cores) % len(inputs)
-                reqs.append(Request(next_internal_request_id(), inputs[j], int(max_new_tokens[j]), streaming))
+                index = int(sample_indices[j]) if sample_indices is not None else -1
+                reqs.append(Request(next_internal_request_id(), inputs[j], int(max_new_tokens[j]), streaming,
+                                    sample_index=index))
             self.server.submit(reqs, collector, core_index=ci)
         if not collector.wait(timeout_s):
             stuck = self.server.fail_pending("warmup did not finish in time")
@@ -145,15 +149,22 @@ class WarmupManager:
         return collector
 
 
+def warmup_picks(input_tokens: Sequence[np.ndarray], count: int) -> np.ndarray:
+    """The indices of `count` samples spread evenly over the input lengths, shortest to longest."""
+    if count <= 0 or not len(input_tokens):
+        return np.zeros(0, dtype=np.int64)
+    lens = np.fromiter((len(t) for t in input_tokens), dtype=np.int64, count=len(input_tokens))
+    order = np.argsort(lens, kind="stable")
+    return order[np.linspace(0, len(order) - 1, num=min(count, len(order))).astype(np.int64)]
+
+
 def warmup_shapes(input_tokens: Sequence[np.ndarray], output_lens: np.ndarray | None, max_output_tokens: int,
                   count: int) -> tuple[list[np.ndarray], list[int]]:
     """Pick `count` dataset samples spread evenly over the input-length distribution (shortest
     to longest), with their output lengths (or the maximum) as the warmup output budgets."""
-    if count <= 0 or not len(input_tokens):
+    picks = warmup_picks(input_tokens, count)
+    if not len(picks):
         return [], []
-    lens = np.fromiter((len(t) for t in input_tokens), dtype=np.int64, count=len(input_tokens))
-    order = np.argsort(lens, kind="stable")
-    picks = order[np.linspace(0, len(order) - 1, num=min(count, len(order))).astype(np.int64)]
     inputs = [input_tokens[i] for i in picks]
     if output_lens is None:
         budgets = [max_output_tokens] * len(picks)

@@ -14,7 +14,7 @@ from llmlib.cores.base import LLMCore, Request
 from llmlib.errors import BackendError, HarnessError
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import LLMServer
-from llmlib.warmup import HealthCheckError, WarmupManager, warmup_shapes
+from llmlib.warmup import HealthCheckError, WarmupManager, warmup_picks, warmup_shapes
 
 
 # --- fake cores ------------------------------------------------------------------------------------
@@ -223,9 +223,12 @@ def test_warmup_reaches_every_core_and_never_loadgen(make_server):
     inputs = [np.full(n, 5, dtype=np.int32) for n in (3, 6, 9, 12, 15, 18)]
     budgets = [2, 4, 6, 8, 10, 12]
     manager = WarmupManager(server)
-    collector = manager.warm_up(2, inputs, budgets, streaming=True, timeout_s=5)
+    collector = manager.warm_up(2, inputs, budgets, streaming=True, timeout_s=5,
+                                sample_indices=[30, 31, 32, 33, 34, 35])
 
     assert (collector.completed, collector.failed) == (6, 0)
+    # each request names the sample it was shaped from (cores that send texts look it up)
+    assert all(r.sample_index == 30 + (len(r.input_tokens) // 3 - 1) for c in server.cores for r in c.received)
     for core in server.cores:
         assert len(core.received) == 2 and core.warm_up_calls == 1
         assert all(r.request_id < 0 for r in core.received)  # never a LoadGen sample id
@@ -309,6 +312,7 @@ def test_warmup_shapes_never_repeats_when_asked_for_more_than_there_are():
 
 def test_warmup_shapes_of_nothing():
     assert warmup_shapes(_inputs([4, 2]), None, 8, 0) == ([], [])
+    assert warmup_picks(_inputs([4, 2, 3]), 2).tolist() == [1, 0]  # the shortest and the longest sample
     assert warmup_shapes([], None, 8, 4) == ([], [])
 
 
