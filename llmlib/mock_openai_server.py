@@ -9,6 +9,15 @@ deterministic: id_i = 3 + (sum(prompt ids) + 7 i) mod (vocab_size - 3), count mi
 output_tokens). Faults (rates drawn per request from a seeded RNG; 1.0 = always): HTTP 500,
 a malformed SSE chunk (or non-stream body), the connection dropped after the first chunk, and a slow
 start (every endpoint answers 503 for `startup_delay_s` after start).
+
+Timing. With a delay, token i of a stream is sent at start + first_token_delay + i * per_token_delay
+(an absolute schedule, so the mean gap is the delay), each SSE event in its own HTTP chunk, and what is
+due at once in one write (the head with the first token; the last token with the usage chunk and
+[DONE]): a client sees the tokens one by one. With no delay at all, the whole stream (every event in its
+own HTTP chunk, the usage chunk, [DONE]) goes out in one write, so that the mock is not what limits a
+client: the client then sees every event of a stream in one read (or a few, for long outputs), and its
+time to first token is the time to the whole reply. `--processes N` runs N server processes on one
+listening socket (the kernel spreads connections over them; fault rates apply per process).
 """
 
 from __future__ import annotations
@@ -17,9 +26,12 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import json
+import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,6 +56,9 @@ class MockOptions:
     vocab_size: int = 1000
     #: honour `return_token_ids` in requests (False: only usage, like trtllm-serve / SGLang)
     token_ids: bool = True
+    #: the text of every output token ("" : "t<id> "); a word the client's tokenizer counts as one token
+    #: (" the") lets tools that count tokens by tokenizing the text agree with `usage`
+    token_text: str = ""
     fail_rate: float = 0.0  # HTTP 500
     malformed_rate: float = 0.0
     drop_rate: float = 0.0
@@ -68,12 +83,19 @@ class _Handler:
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_id = 0
+        #: (token, chat, with ids, token text) -> the choice of a stream chunk for that token (not the last one)
+        self._choices: dict[tuple[int, bool, bool, str], bytes] = {}
 
     # --- connections ------------------------------------------------------------------------------
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
         self._writers.add(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets this only for sockets it made with proto=IPPROTO_TCP, not for ones accepted on
+            # a socket from socket.create_server (--processes): Nagle would hold each token ~40 ms
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 try:
@@ -103,6 +125,8 @@ class _Handler:
                     return
         except ConnectionError:
             return
+        except asyncio.CancelledError:  # close_all: the server is going away (ended quietly: asyncio 3.11's
+            return                      # stream callback logs a traceback for a cancelled handler)
         finally:
             self._writers.discard(writer)
             self._tasks.discard(task)
@@ -183,7 +207,7 @@ class _Handler:
         if malformed:
             self.stats["injected_malformed"] += 1
             return await self._send(writer, 200, b'{"id": "' + rid.encode() + b'", "choices": [{"te', "application/json")
-        text = "".join(f"t{i} " for i in ids)
+        text = opts.token_text * len(ids) if opts.token_text else "".join(f"t{i} " for i in ids)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -201,43 +225,68 @@ class _Handler:
         opts = self.options
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                 b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n")
-        writer.write(head)
         obj = "chat.completion.chunk" if chat else "text_completion"
-        prefix = f'{{"id":"{rid}","object":"{obj}","created":{int(time.time())},"model":{_DUMPS(opts.model)},'
+        prefix = (f'data: {{"id":"{rid}","object":"{obj}","created":{int(time.time())},'
+                  f'"model":{_DUMPS(opts.model)},"choices":[').encode()
+        events = []  # one SSE event per item
         if chat:  # like vLLM: a role-only chunk first, no content
-            writer.write(_event(prefix + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                                '"finish_reason":null}]}'))
-        if opts.first_token_delay_ms:
-            await writer.drain()
-            await asyncio.sleep(opts.first_token_delay_ms / 1e3)
+            events.append(prefix + b'{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
         last = len(ids) - 1
         for i, tok in enumerate(ids):
-            if i and opts.per_token_delay_ms:
-                await writer.drain()
-                await asyncio.sleep(opts.per_token_delay_ms / 1e3)
-            content = _DUMPS(f"t{tok} ")
-            finish = '"length"' if i == last else "null"
-            id_part = f',"token_ids":[{tok}]' if with_ids else ""
-            if chat:
-                choice = f'{{"index":0,"delta":{{"content":{content}}}{id_part},"finish_reason":{finish}}}'
-            else:
-                choice = f'{{"index":0,"text":{content}{id_part},"finish_reason":{finish}}}'
-            writer.write(_event(prefix + f'"choices":[{choice}]}}'))
+            events.append(prefix + self._choice(tok, chat, with_ids, i == last) + b"]}\n\n")
             if i == 0 and malformed:
                 self.stats["injected_malformed"] += 1
-                writer.write(_event(prefix + '"choices":[{"index":0,"text":'))
-            if i == 0 and drop:
-                self.stats["injected_drop"] += 1
-                await writer.drain()
-                writer.transport.abort()
-                return False
+                events.append(prefix + b'{"index":0,"text":\n\n')
+        tail = b""
         if usage is not None:
-            writer.write(_event(prefix + f'"choices":[],"usage":{_DUMPS(usage)}}}'))
-        writer.write(_event("[DONE]"))
-        writer.write(b"0\r\n\r\n")
+            tail = prefix + b'],"usage":' + _DUMPS(usage).encode() + b"}\n\n"
+        tail += b"data: [DONE]\n\n"
+        n_first = 2 if chat else 1  # events up to the first content one
+        if drop:
+            self.stats["injected_drop"] += 1
+            await asyncio.sleep((opts.first_token_delay_ms) / 1e3)
+            writer.write(head + _chunk(b"".join(events[:n_first])))
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        if not (opts.first_token_delay_ms or opts.per_token_delay_ms):  # everything in one write
+            writer.write(b"".join([head, *map(_chunk, events), _chunk(tail), b"0\r\n\r\n"]))
+            await writer.drain()
+            self.stats["completed"] += 1
+            return True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pending = [head, _chunk(events.pop(0))] if chat else [head]  # what is due goes out in one write
+        for i, event in enumerate(events):
+            due = start + (opts.first_token_delay_ms + opts.per_token_delay_ms * i) / 1e3
+            if due > loop.time():
+                if pending:
+                    writer.write(b"".join(pending))
+                    pending = []
+                await writer.drain()
+                await asyncio.sleep(due - loop.time())
+            pending.append(_chunk(event))
+        pending.append(_chunk(tail) + b"0\r\n\r\n")
+        writer.write(b"".join(pending))
         await writer.drain()
         self.stats["completed"] += 1
         return True
+
+    def _choice(self, tok: int, chat: bool, with_ids: bool, last: bool) -> bytes:
+        if not last:
+            cached = self._choices.get((tok, chat, with_ids, self.options.token_text))
+            if cached is not None:
+                return cached
+        content = _DUMPS(self.options.token_text or f"t{tok} ")
+        finish = '"length"' if last else "null"
+        id_part = f',"token_ids":[{tok}]' if with_ids else ""
+        if chat:
+            choice = f'{{"index":0,"delta":{{"content":{content}}}{id_part},"finish_reason":{finish}}}'.encode()
+        else:
+            choice = f'{{"index":0,"text":{content}{id_part},"finish_reason":{finish}}}'.encode()
+        if not last:
+            self._choices[(tok, chat, with_ids, self.options.token_text)] = choice
+        return choice
 
     # --- replies ----------------------------------------------------------------------------------
     async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> bool:
@@ -250,9 +299,9 @@ class _Handler:
         return await self._send(writer, status, _DUMPS(obj).encode(), "application/json")
 
 
-def _event(data: str) -> bytes:
-    payload = f"data: {data}\n\n".encode()
-    return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
+def _chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def _error(message: str, code: int) -> dict:
@@ -265,8 +314,8 @@ def _prompt(req: dict, chat: bool) -> tuple[list[int], int]:
         text = " ".join(str(m.get("content") or "") for m in req["messages"])
         return [len(text)], len(text.split())
     prompt = req["prompt"]
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        prompt = prompt[0]  # a batch of token-id prompts: the mock answers the first
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (list, str)):
+        prompt = prompt[0]  # a batch of prompts (token ids or texts): the mock answers the first
     if isinstance(prompt, list):
         ids = [int(t) for t in prompt]
         return ids, len(ids)
@@ -351,7 +400,7 @@ class MockOpenAIServer:
 
 
 # --- command line ---------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions]:
+def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, int]:
     p = argparse.ArgumentParser(prog="python -m llmlib.mock_openai_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
@@ -361,26 +410,32 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions]:
     p.add_argument("--per_token_delay_ms", type=float, default=0.0)
     p.add_argument("--vocab_size", type=int, default=1000)
     p.add_argument("--no_token_ids", action="store_true", help="never return token ids (usage only)")
+    p.add_argument("--token_text", default="", help="the text of every output token (default: 't<id> ')")
     p.add_argument("--fail_rate", type=float, default=0.0, help="fraction of requests answered HTTP 500")
     p.add_argument("--malformed_rate", type=float, default=0.0, help="fraction with a malformed chunk/body")
     p.add_argument("--drop_rate", type=float, default=0.0, help="fraction whose connection is dropped")
     p.add_argument("--startup_delay_s", type=float, default=0.0, help="answer 503 everywhere for this long")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the listening socket (for clients faster than one process)")
     a = p.parse_args(argv)
     for name in ("fail_rate", "malformed_rate", "drop_rate"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             p.error(f"--{name}={getattr(a, name)}: expected a fraction in [0, 1]")
+    if a.processes < 1:
+        p.error(f"--processes={a.processes}: expected at least 1")
     opts = MockOptions(model=a.model, output_tokens=a.output_tokens, first_token_delay_ms=a.first_token_delay_ms,
                        per_token_delay_ms=a.per_token_delay_ms, vocab_size=a.vocab_size, token_ids=not a.no_token_ids,
+                       token_text=a.token_text,
                        fail_rate=a.fail_rate, malformed_rate=a.malformed_rate, drop_rate=a.drop_rate,
                        startup_delay_s=a.startup_delay_s, seed=a.seed)
-    return a.host, a.port, opts
+    return a.host, a.port, opts, a.processes
 
 
-async def serve(host: str, port: int, options: MockOptions) -> None:
+async def serve(sock: socket.socket, options: MockOptions) -> None:
+    """Serve on a listening socket until SIGINT / SIGTERM."""
     handler = _Handler(options)
-    server = await asyncio.start_server(handler.connection, host, port)
-    print(server.sockets[0].getsockname()[1], flush=True)
+    server = await asyncio.start_server(handler.connection, sock=sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -391,13 +446,39 @@ async def serve(host: str, port: int, options: MockOptions) -> None:
     await handler.close_all()
 
 
+def _die_with_parent() -> None:
+    """A forked server process ends when the one that started it does (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def main(argv: list[str] | None = None) -> int:
-    host, port, options = parse_args(argv)
+    host, port, options, processes = parse_args(argv)
     try:
-        asyncio.run(serve(host, port, options))
+        sock = socket.create_server((host, port), backlog=1024)
     except OSError as err:
         print(f"mock OpenAI server: cannot listen on {host}:{port}: {err}", file=sys.stderr)
         return 1
+    children = []
+    for i in range(1, processes):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            options.seed += i  # each process its own draw of faults
+            asyncio.run(serve(sock, options))
+            os._exit(0)
+        children.append(pid)
+    print(sock.getsockname()[1], flush=True)
+    try:
+        asyncio.run(serve(sock, options))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
     return 0
 
 

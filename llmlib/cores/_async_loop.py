@@ -26,6 +26,9 @@ class AsyncLoopCore(LLMCore):
     through) and may override `_loop_resources()` (an async context entered on the loop before it
     takes requests, e.g. HTTP clients) and `_after_stop()` (release the backend)."""
 
+    #: makes the loop (e.g. uvloop.new_event_loop); None: asyncio's own. Set before `_start_loop`.
+    loop_factory = None
+
     def _start_loop(self, thread_name: str) -> None:
         """Start the loop thread and wait until it takes requests (BackendError if it does not)."""
         self._tasks: dict[int, asyncio.Task] = {}  # touched only on the loop thread
@@ -98,8 +101,13 @@ class AsyncLoopCore(LLMCore):
 
     # --- the loop thread ------------------------------------------------------------------------------
     def _run_loop(self, ready: threading.Event) -> None:
+        factory = self.loop_factory
         try:
-            asyncio.run(self._main(ready))
+            if factory is None or not hasattr(asyncio, "Runner"):  # asyncio.Runner: Python 3.11+
+                asyncio.run(self._main(ready))
+            else:
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    runner.run(self._main(ready))
         except Exception as err:  # the loop itself broke: nothing more will be delivered from it
             self._fatal = f"event loop failed: {err!r}"
             log.error("%s: %s", self.address, self._fatal)

@@ -1,6 +1,7 @@
 """The `trtllm_endpoint` core: one OpenAI-compatible HTTP server (trtllm-serve, vLLM, SGLang) per URL.
 
-Requests run as owned tasks on the core's asyncio loop thread over one httpx.AsyncClient, capped by a semaphore.
+Requests run as owned tasks on the core's asyncio loop thread over one keep-alive connection pool
+(`llmlib.http1`, a lean asyncio HTTP/1.1 client), capped by a semaphore.
 
 Wire format. POST /v1/completions with the prompt as token ids (never re-tokenized; chat is used only
 when the dataset carries prompt texts). Streaming requests (Server / Interactive) use SSE with
@@ -14,13 +15,20 @@ Hot path. A stream costs a constant number of JSON decodes: the chunks up to the
 are decoded, later ones are only checked for shape (`{...}`) and an `"error"` key; their ids, when the
 server returns them, are cut out with a regex; and, when it does not, only the last chunk (the usage
 chunk) is decoded. The trade-off: a later chunk that is valid-looking JSON but wrong inside (bad field
-types) is not noticed, and per-chunk `finish_reason` is not read.
+types) is not noticed, and per-chunk `finish_reason` is not read. The body arrives from the socket
+straight into `StreamState.feed` (one call per read, all the events it brought checked together), and
+the request's task wakes only when the response ends.
+
+Faults: each failed request gets a BackendError naming the URL: connection failed (refused, unknown
+host, connect timeout), connection dropped mid-request, malformed HTTP response, HTTP status >= 400
+(with the server's words), malformed reply or SSE chunk, server error in the stream, request timed out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -35,22 +43,19 @@ import numpy as np
 from llmlib.config import ResolvedConfig
 from llmlib.cores._async_loop import AsyncLoopCore
 from llmlib.cores.base import EMPTY_TOKENS, Request
-from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
+from llmlib.errors import BackendError, ConfigError
 from llmlib.generation import generation_params
-
-try:
-    import httpx
-except ImportError as _err:  # pragma: no cover - depends on the environment
-    raise CoreUnavailableError(f"core trtllm_endpoint needs httpx ({_err}). "
-                               "Install it with: pip install -e '.[endpoint]'") from _err
+from llmlib.http1 import ConnectError, ConnectionDropped, HTTPClient, HTTPError, ProtocolError, RequestTimeout
 
 log = logging.getLogger(__name__)
 
-#: Longest wait for the core's event loop to start or end.
+try:  # optional: about a fifth less client CPU per streamed token (one socket read each); none in bulk
+    import uvloop as _uvloop
+except ImportError:  # pragma: no cover - depends on the environment
+    _uvloop = None
+
 #: most characters of a server's reply quoted in an error
 SNIPPET_CHARS = 200
-#: most connections one httpx client pools (see _main)
-CONNECTIONS_PER_CLIENT = 16
 
 _IDS_RE = re.compile(rb'"token_ids"\s*:\s*\[([^\]]*)\]')
 
@@ -63,11 +68,14 @@ class EndpointSettings:
     max_concurrency: int = 256  # requests in flight per URL
     model: str = ""  # empty: the first model /v1/models lists (found by health_check)
     use_chat: bool = False
+    prompt_text_column: str = ""  # a dataset extra column whose texts are sent instead of token ids
     request_timeout_s: float | None = 600.0  # whole exchange of one request; None: no limit
     connect_timeout_s: float = 10.0
     health_timeout_s: float = 5.0
     return_token_ids: bool = True
     api_key: str | None = None
+    #: run the loop on uvloop where it is installed (see `loop_factory`)
+    use_uvloop: bool = True
 
 
 def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
@@ -88,6 +96,7 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
         max_concurrency=concurrency,
         model=str(_opt(config, "trtllm_endpoint_model", "")),
         use_chat=bool(_opt(config, "trtllm_use_chat", False)),
+        prompt_text_column=str(_opt(config, "trtllm_prompt_text_column", "")),
         request_timeout_s=float(timeout) if timeout else None,
         health_timeout_s=min(5.0, float(_opt(config, "health_check_timeout_s", 5.0)) or 5.0),
         return_token_ids=bool(_opt(config, "trtllm_return_token_ids", True)),
@@ -113,6 +122,21 @@ def base_url(endpoint: str) -> str:
     if not url.startswith(("http://", "https://")):
         url = "http://" + url
     return url[:-3] if url.endswith("/v1") else url
+
+
+def prompt_texts(dataset: Any, settings: EndpointSettings) -> list[str] | None:
+    """The prompt texts sent instead of token ids (None: token ids): the dataset column named by
+    --trtllm_prompt_text_column (for servers that take no token-id prompt, e.g. llama-cpp-python's),
+    else, for chat, the dataset's `input_texts`."""
+    column = settings.prompt_text_column
+    if not column:
+        return getattr(dataset, "input_texts", None) if settings.use_chat else None
+    extra = getattr(dataset, "extra", None) or {}
+    if column not in extra:
+        raise ConfigError(f"--trtllm_prompt_text_column={column!r}: the dataset has no such column (its extra "
+                          f"columns: {', '.join(extra) or 'none'}); list it in the benchmark's "
+                          "dataset.extra_columns")
+    return extra[column]
 
 
 # --- payloads and replies (pure) ----------------------------------------------------------------------
@@ -226,14 +250,58 @@ class StreamState:
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        events = buf.split(b"\n\n")
-        self._buf = events.pop()
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            self._buf = buf
+            return False
+        self._buf = buf[cut + 2:]
+        if self.done:
+            return False
+        # every `data:` line of the complete events, in order (other SSE lines are ignored)
+        datas = [line[5:].strip() for line in buf[:cut].split(b"\n") if line[:5] == b"data:"]
         first = False
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:") and self._event(line[5:].strip()):
+        if not self.first_seen:
+            for i, item in enumerate(datas):
+                if self._event(item):
                     first = True
+                if self.first_seen or self.done:
+                    datas = datas[i + 1:]
+                    break
+            else:
+                return False
+        if datas and not self.done:
+            self._later(datas)
         return first
+
+    def _take_ids(self, data: bytes) -> None:
+        groups = _IDS_RE.findall(data)
+        if groups:
+            try:
+                self.ids.extend(map(int, filter(bytes.strip, b",".join(groups).split(b","))))
+            except ValueError:
+                raise ReplyError(f"malformed token_ids in SSE chunk: {snippet(data)}") from None
+
+    def _later(self, datas: list[bytes]) -> None:
+        """The events after the first content chunk, checked together (no JSON decode)."""
+        if b"[DONE]" in datas:
+            datas = datas[:datas.index(b"[DONE]")]
+            self.done = True
+            if not datas:
+                return
+        bad = [d for d in datas if d[:1] != b"{" or d[-1:] != b"}"]
+        if bad:
+            raise ReplyError(f"malformed SSE chunk: {snippet(bad[0])}")
+        joined = datas[0] if len(datas) == 1 else b"\n".join(datas)
+        if b'"error"' in joined:
+            for item in datas:
+                if b'"error"' in item:
+                    err = _server_error(_decode(item, "SSE chunk"))
+                    if err:
+                        raise ReplyError(f"server error in stream: {err}")
+        self.chunks += len(datas)
+        self.last = datas[-1]
+        if self.ids_mode:
+            self._take_ids(joined)
 
     def _event(self, data: bytes) -> bool:
         if self.done:
@@ -247,14 +315,6 @@ class StreamState:
             err = _server_error(_decode(data, "SSE chunk"))
             if err:
                 raise ReplyError(f"server error in stream: {err}")
-        if self.first_seen:  # the cheap path
-            self.chunks += 1
-            self.last = data
-            if self.ids_mode:
-                m = _IDS_RE.search(data)
-                if m is not None and m.group(1).strip():
-                    self.ids.extend(map(int, m.group(1).split(b",")))
-            return False
         obj = _decode(data, "SSE chunk")
         choices = obj.get("choices") or []
         if choices:
@@ -283,8 +343,9 @@ class StreamState:
             usage = obj.get("usage")
             if usage and isinstance(usage.get("completion_tokens"), int):
                 return EMPTY_TOKENS, usage["completion_tokens"], "usage"
-            if not obj.get("choices"):
-                content_chunks -= 1  # a last chunk with no choices carried no tokens
+            choices = obj.get("choices")
+            if not choices or not _choice_content(choices[0])[0]:
+                content_chunks -= 1  # a last chunk with no choices or no content (finish_reason only) carried no tokens
         elif self.usage_tokens is not None:
             return EMPTY_TOKENS, int(self.usage_tokens), "usage"
         return EMPTY_TOKENS, content_chunks, "chunks"
@@ -308,7 +369,7 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self.settings = settings or endpoint_settings(self.config)
         s = self.settings
         self._path = "/v1/chat/completions" if s.use_chat else "/v1/completions"
-        self._texts = getattr(self.dataset, "input_texts", None) if s.use_chat else None
+        self._texts = prompt_texts(self.dataset, s)
         if s.use_chat and self._texts is None:
             raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
                               "token ids only (the harness never detokenizes); use /v1/completions")
@@ -324,8 +385,10 @@ class TrtllmEndpointCore(AsyncLoopCore):
         #: which source gave each completed request's output length: token_ids / usage / chunks
         self.token_sources: collections.Counter = collections.Counter()
 
-        self._clients: list[httpx.AsyncClient] = []
+        self._http: HTTPClient | None = None
         self._sem: asyncio.Semaphore | None = None
+        #: makes the loop (AsyncLoopCore runs it where it supports a factory): uvloop's, or None for asyncio
+        self.loop_factory = _uvloop.new_event_loop if (_uvloop is not None and s.use_uvloop) else None
         self._start_loop(f"endpoint-{self.rank}")
 
     # --- the contract -------------------------------------------------------------------------------
@@ -351,27 +414,16 @@ class TrtllmEndpointCore(AsyncLoopCore):
         """GET /health (a 404 is allowed), then /v1/models: the configured model must be served;
         without one the first served model is used. Each call is bounded by health_timeout_s."""
         self.loop_health()
-        timeout = httpx.Timeout(self.settings.health_timeout_s)
+        timeout_s = self.settings.health_timeout_s
+        fut = asyncio.run_coroutine_threadsafe(self._health(timeout_s), self._loop)
         try:
-            with httpx.Client(timeout=timeout, headers=self._headers) as client:
-                r = client.get(self.url + "/health")
-                if r.status_code >= 400 and r.status_code != 404:
-                    raise BackendError(self.url, f"not ready: GET /health answered HTTP {r.status_code}: "
-                                                 f"{snippet(r.content)}")
-                r = client.get(self.url + "/v1/models")
-        except httpx.TimeoutException as err:
-            raise BackendError(self.url, f"health check timed out after {self.settings.health_timeout_s:g}s "
-                                         f"({type(err).__name__})") from err
-        except httpx.HTTPError as err:
-            raise BackendError(self.url, f"not reachable: {type(err).__name__}: {err}") from err
-        if r.status_code >= 400:
-            raise BackendError(self.url, f"not ready: GET /v1/models answered HTTP {r.status_code}: "
-                                         f"{snippet(r.content)}")
-        try:
-            served = [str(m["id"]) for m in r.json()["data"]]
-        except (ValueError, KeyError, TypeError):
-            raise BackendError(self.url, f"GET /v1/models: expected {{'data': [{{'id': ...}}]}}, got "
-                                         f"{snippet(r.content)}") from None
+            served = fut.result(2 * timeout_s + 1.0)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise BackendError(self.url, f"health check timed out after {timeout_s:g}s (no answer from "
+                                         "the event loop)") from None
+        except concurrent.futures.CancelledError:  # the loop ended under it (stop)
+            raise BackendError(self.url, "core stopped during the health check") from None
         self.served_models = served
         if self.settings.model:
             if self.settings.model not in served:
@@ -382,22 +434,35 @@ class TrtllmEndpointCore(AsyncLoopCore):
         else:
             self.model = served[0]
 
+    async def _health(self, timeout_s: float) -> list[str]:
+        """On the loop: the two GETs; the models served."""
+        try:
+            r = await self._http.get("/health", timeout_s=timeout_s)
+            if r.status >= 400 and r.status != 404:
+                raise BackendError(self.url, f"not ready: GET /health answered HTTP {r.status}: {snippet(r.body)}")
+            r = await self._http.get("/v1/models", timeout_s=timeout_s)
+        except RequestTimeout as err:
+            raise BackendError(self.url, f"health check timed out after {timeout_s:g}s ({type(err).__name__})") \
+                from err
+        except HTTPError as err:
+            raise BackendError(self.url, f"not reachable: {type(err).__name__}: {err}") from err
+        if r.status >= 400:
+            raise BackendError(self.url, f"not ready: GET /v1/models answered HTTP {r.status}: {snippet(r.body)}")
+        try:
+            return [str(m["id"]) for m in r.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(self.url, f"GET /v1/models: expected {{'data': [{{'id': ...}}]}}, got "
+                                         f"{snippet(r.body)}") from None
+
     # --- the loop thread ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _loop_resources(self):
-        """The HTTP clients, open while the loop takes requests."""
+        """The connection pool, open while the loop takes requests."""
         s = self.settings
         self._sem = asyncio.Semaphore(s.max_concurrency)
-        # httpcore scans every pooled connection per request (cost grows with the pool), so the
-        # connections are split over small clients, each used by the request ids equal mod n.
-        n = -(-s.max_concurrency // CONNECTIONS_PER_CLIENT)
-        per = -(-s.max_concurrency // n)
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        timeout = httpx.Timeout(s.request_timeout_s, connect=s.connect_timeout_s, pool=None)
-        async with contextlib.AsyncExitStack() as stack:
-            self._clients = [await stack.enter_async_context(
-                httpx.AsyncClient(base_url=self.url, headers=self._headers, limits=limits, timeout=timeout))
-                for _ in range(n)]
+        async with HTTPClient(self.url, headers=self._headers, connect_timeout_s=s.connect_timeout_s,
+                              max_idle=s.max_concurrency) as http:
+            self._http = http
             yield
 
     async def _run(self, req: Request) -> None:
@@ -407,26 +472,23 @@ class TrtllmEndpointCore(AsyncLoopCore):
             async with self._sem:
                 if rid not in self._pending:
                     return
-                body = json.dumps(self._payload(req)).encode()
-                if timeout_s:
-                    await asyncio.wait_for(self._exchange(req, body), timeout_s)
-                else:
-                    await self._exchange(req, body)
+                await self._exchange(req, json.dumps(self._payload(req)).encode(), timeout_s)
         except asyncio.CancelledError:
             if rid in self._pending:
                 cause = "core stopped with the request pending" if self._stopping else "cancelled"
                 self._fail(rid, BackendError(self.url, cause))
             raise
-        except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as err:
-            self._fail(rid, BackendError(self.url, f"request timed out after {timeout_s:g}s "
-                                                   f"({type(err).__name__})"))
+        except RequestTimeout as err:
+            self._fail(rid, BackendError(self.url, f"request timed out after {timeout_s:g}s ({type(err).__name__})"))
         except ReplyError as err:
             self._fail(rid, BackendError(self.url, str(err)))
-        except httpx.ConnectError as err:
+        except ConnectError as err:
             self._fail(rid, BackendError(self.url, f"connection failed: {err}"))
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-            self._fail(rid, BackendError(self.url, f"connection dropped mid-request: {type(err).__name__}: {err}"))
-        except httpx.HTTPError as err:
+        except ConnectionDropped as err:
+            self._fail(rid, BackendError(self.url, f"connection dropped mid-request: {err}"))
+        except ProtocolError as err:
+            self._fail(rid, BackendError(self.url, f"malformed HTTP response: {err}"))
+        except HTTPError as err:
             self._fail(rid, BackendError(self.url, f"HTTP error: {type(err).__name__}: {err}"))
 
     def _payload(self, req: Request) -> dict[str, Any]:
@@ -443,31 +505,32 @@ class TrtllmEndpointCore(AsyncLoopCore):
                                stop_token_ids=req.stop_token_ids or self._default_stops,
                                chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
 
-    async def _exchange(self, req: Request, body: bytes) -> None:
+    async def _exchange(self, req: Request, body: bytes, timeout_s: float | None) -> None:
         rid = req.request_id
-        client = self._clients[rid % len(self._clients)]
         if not req.streaming:
-            r = await client.post(self._path, content=body)
-            if r.status_code >= 400:
-                raise ReplyError(f"HTTP {r.status_code}: {snippet(r.content)}")
-            tokens, n, source = parse_reply(r.content)
+            r = await self._http.post(self._path, body, timeout_s=timeout_s)
+            if r.status >= 400:
+                raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
+            tokens, n, source = parse_reply(r.body)
             self.token_sources[source] += 1
             self._complete(rid, tokens, n)
             return
-        async with client.stream("POST", self._path, content=body) as r:
-            if r.status_code >= 400:
-                await r.aread()
-                raise ReplyError(f"HTTP {r.status_code}: {snippet(r.content)}")
-            state = StreamState()
-            async for data in r.aiter_bytes():
-                if state.feed(data):  # read on past [DONE]: the connection goes back to the pool
-                    self._first_token(rid, state.first_tokens())
-            if not state.done:
-                raise ReplyError("stream ended before 'data: [DONE]'")
+        state = StreamState()
+
+        def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
+            if state.feed(data):
+                self._first_token(rid, state.first_tokens())
+
+        # the response is read to its end past [DONE], so the connection goes back to the pool
+        r = await self._http.post(self._path, body, on_body=on_body, timeout_s=timeout_s)
+        if r.status >= 400:
+            raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
+        if not state.done:
+            raise ReplyError("stream ended before 'data: [DONE]'")
         tokens, n, source = state.result()
         self.token_sources[source] += 1
         self._complete(rid, tokens, n)
 
 
 __all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "endpoint_settings",
-           "parse_reply", "request_payload"]
+           "parse_reply", "prompt_texts", "request_payload"]

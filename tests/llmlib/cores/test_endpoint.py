@@ -5,6 +5,7 @@ pure payload / SSE parsing functions."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -137,6 +138,10 @@ def test_stream_state_usage_and_chunk_count_fallback():
     st.feed(_sse('{"choices":[{"text":"a"}]}', '{"choices":[{"text":"b"}]}', '{"choices":[{"text":"c"}]}',
                  "[DONE]"))
     assert st.result()[1:] == (3, "chunks")
+    st = StreamState()  # llama-cpp-python ends with a chunk carrying only finish_reason: not a token
+    st.feed(_sse('{"choices":[{"text":"a"}]}', '{"choices":[{"text":"b"}]}',
+                 '{"choices":[{"text":"","index":0,"finish_reason":"stop"}]}', "[DONE]"))
+    assert st.result()[1:] == (2, "chunks")
 
 
 @pytest.mark.parametrize("data, match", [
@@ -337,6 +342,35 @@ def test_cancel_gives_one_outcome(mock, make_core, recorder):
     assert recorder.final[0] == 1 and error_of(recorder, 0).cause == "cancelled by the test"
 
 
+def test_api_key_goes_in_the_header_only(mock, make_core, recorder):
+    mock.options.fail_rate = 1.0
+    core = make_core(recorder, mock.url, api_key="sk-do-not-log")
+    assert core._headers["Authorization"] == "Bearer sk-do-not-log"
+    core.enqueue([req(0, True), req(1, False)])
+    assert recorder.wait_final(2, 5)
+    for i in (0, 1):
+        err = error_of(recorder, i)
+        assert "HTTP 500" in err.cause and "sk-do-not-log" not in str(err) and "sk-do-not-log" not in repr(err)
+
+
+def test_a_malformed_http_response_fails_its_request(make_core, recorder):
+    """A server that answers garbage (not HTTP) fails each request with the URL and the cause."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(5)
+        url = f"127.0.0.1:{listener.getsockname()[1]}"
+        core = make_core(recorder, url)
+        core.enqueue([req(0, True)])
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+            assert recorder.wait_final(1, 5)
+    err = error_of(recorder, 0)
+    assert err.address == f"http://{url}" and "malformed HTTP response" in err.cause
+
+
 def test_mock_command_line_prints_its_port_and_serves():
     proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0",
                              "--output_tokens", "3"], stdout=subprocess.PIPE, text=True)
@@ -351,3 +385,22 @@ def test_mock_command_line_prints_its_port_and_serves():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_mock_processes_share_the_port_and_end_together():
+    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0", "--processes", "2",
+                             "--output_tokens", "4", "--token_text", " the"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        children = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+        assert len(children) == 1
+        import httpx
+        for _ in range(6):  # new connections: the kernel hands them to either process
+            with httpx.Client(timeout=5) as client:
+                r = client.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": [1], "stream": False})
+                assert r.json()["choices"][0]["text"] == " the" * 4
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # the first process waits for the others before it exits
+    assert not [c for c in children if os.path.exists(f"/proc/{c}")], "a server process outlived the first one"

@@ -1,0 +1,510 @@
+"""A lean asyncio HTTP/1.1 client for the network cores: one keep-alive connection pool per server.
+
+Raw `asyncio.Protocol` (no dependency; runs on uvloop too), Content-Length, chunked and read-to-close
+bodies, the body handed to a callback as it arrives, connect and whole-exchange timeouts.
+
+Why not httpx: httpcore scans its whole pool per request and wakes the caller per body piece; here a
+request costs one write, one future and one timer, and a streamed body is delivered from
+`data_received` straight to the caller's callback, one call per socket read (all the chunks that
+read brought, de-chunked and joined), without waking the awaiting task until the response ends.
+
+Errors (all `HTTPError`, each naming the URL): `ConnectError` (refused, unknown host, connect
+timeout), `ConnectionDropped` (closed or reset before the response ended), `ProtocolError` (not a
+valid HTTP/1.1 response), `RequestTimeout` (also a `TimeoutError`). An exception raised by the body
+callback ends the request with that same exception. A request that fails on a reused keep-alive
+connection before any byte of the response came back (the server closed an idle connection just as
+it was picked) is sent once more on a new connection. Request headers are never put in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl as _ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+#: longest response head accepted (status line and headers)
+MAX_HEAD_BYTES = 64 * 1024
+#: longest chunk-size line accepted
+MAX_CHUNK_LINE = 1024
+
+BodyCallback = Callable[[bytes], None]
+
+_HEAD, _LENGTH, _CHUNKED, _TO_EOF, _DONE = range(5)
+
+
+class HTTPError(Exception):
+    """A request that got no usable response. `url` names the server."""
+
+    def __init__(self, url: str, message: str):
+        super().__init__(message)
+        self.url = url
+
+
+class ConnectError(HTTPError):
+    """The connection could not be opened (refused, unknown host, connect timeout)."""
+
+
+class ConnectionDropped(HTTPError):
+    """The connection closed or broke before the response ended."""
+
+
+class ProtocolError(HTTPError):
+    """The server's bytes are not a valid HTTP/1.1 response."""
+
+
+class RequestTimeout(HTTPError, TimeoutError):
+    """The whole exchange took longer than its timeout."""
+
+
+@dataclass(slots=True)
+class Response:
+    """A finished response. `body` is empty when the body went to a callback (2xx with `on_body`)."""
+
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased; repeats joined by ", "
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def split_url(url: str) -> tuple[str, str, int, bool]:
+    """`http://host:port[/...]` -> (scheme, host, port, tls). Only the origin is used."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: expected an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    tls = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError as err:
+        raise ValueError(f"{url!r}: bad port ({err})") from None
+    return parts.scheme, parts.hostname, port, tls
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one exchange at a time."""
+
+    __slots__ = ("pool", "transport", "closed", "reused", "got_bytes", "_waiter", "_on_body", "_state",
+                 "_buf", "_left", "_crlf", "_trailer", "_status", "_reason", "_headers", "_pieces",
+                 "_keep_alive", "_no_body")
+
+    def __init__(self, pool: HTTPClient):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False  # carried an exchange before this one
+        self.got_bytes = False  # this exchange received something
+        self._waiter: asyncio.Future | None = None
+        self._state = _DONE
+
+    # --- one exchange ------------------------------------------------------------------------------
+    def start(self, waiter: asyncio.Future, data: bytes, on_body: BodyCallback | None, no_body: bool) -> None:
+        self._waiter = waiter
+        self._on_body = on_body
+        self._no_body = no_body
+        self._state = _HEAD
+        self._buf = b""
+        self._pieces: list[bytes] = []
+        self.got_bytes = False
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection (an exchange ended early: it cannot be reused)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, err: BaseException) -> None:
+        waiter, self._waiter = self._waiter, None
+        self._state = _DONE
+        self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+
+    def _finish(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        self._state = _DONE
+        if self._on_body is not None and 200 <= self._status < 300:
+            body = b""
+        else:
+            body = b"".join(self._pieces)
+        self._pieces = []
+        self._on_body = None
+        if self._keep_alive and not self.closed:
+            self.reused = True
+            self.pool._release(self)
+        else:
+            self.closed = True
+            self.transport.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(self._status, self._reason, self._headers, body))
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes while idle (or after the response): unusable
+            self.abort()
+            return
+        self.got_bytes = True
+        try:
+            self._feed(data)
+        except HTTPError as err:
+            self._fail(err)
+        except Exception as err:  # from the body callback: ends this request with it
+            self._fail(err)
+
+    def eof_received(self) -> bool:
+        if self._waiter is not None and self._state == _TO_EOF:
+            self._deliver()
+            self._keep_alive = False
+            self._finish()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if self._waiter is not None:
+            if self._state == _TO_EOF and exc is None:
+                self._deliver_safely()
+                return
+            cause = f"{type(exc).__name__}: {exc}" if exc else "closed by the server"
+            where = "before the response" if not self.got_bytes else "mid-response"
+            self._fail(ConnectionDropped(self.pool.url, f"{cause}, {where}"))
+
+    def _deliver_safely(self) -> None:
+        try:
+            self._deliver()
+        except Exception as err:
+            self._fail(err)
+            return
+        self._keep_alive = False
+        self._finish()
+
+    # --- parsing --------------------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        state = self._state
+        if state == _CHUNKED:
+            self._chunked(data)
+        elif state == _LENGTH:
+            left = self._left
+            if len(data) >= left:
+                if len(data) > left:
+                    raise ProtocolError(self.pool.url, f"{len(data) - left} bytes after the response body")
+                self._pieces.append(data)
+                self._deliver()
+                self._finish()
+            else:
+                self._left = left - len(data)
+                self._pieces.append(data)
+                self._deliver()
+        elif state == _TO_EOF:
+            self._pieces.append(data)
+            self._deliver()
+        elif state == _HEAD:
+            buf = self._buf + data if self._buf else data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise ProtocolError(self.pool.url, f"response head longer than {MAX_HEAD_BYTES} bytes")
+                self._buf = buf
+                return
+            self._buf = b""
+            self._head(buf[:end])
+            rest = buf[end + 4:]
+            if self._state == _DONE:
+                if rest:
+                    raise ProtocolError(self.pool.url, f"{len(rest)} bytes after a response with no body")
+                self._finish()
+            elif self._state == _HEAD:  # an interim 1xx response: the real one follows
+                if rest:
+                    self._feed(rest)
+            elif rest:
+                self._feed(rest)
+        else:
+            raise ProtocolError(self.pool.url, "bytes after the end of the response")
+
+    def _head(self, head: bytes) -> None:
+        url = self.pool.url
+        lines = head.split(b"\r\n")
+        status_line = lines[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise ProtocolError(url, f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        status = int(parts[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise ProtocolError(url, f"malformed header line: {line[:80]!r}")
+            key = name.decode("latin-1").lower()
+            text = value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if 100 <= status < 200:
+            if status == 101:
+                raise ProtocolError(url, "the server switched protocols (HTTP 101)")
+            self._state = _HEAD  # 100 Continue, 103 Early Hints: wait for the final head
+            return
+        self._status = status
+        self._reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+        self._headers = headers
+        conn = headers.get("connection", "").lower()
+        if parts[0] == b"HTTP/1.0":
+            self._keep_alive = "keep-alive" in conn
+        else:
+            self._keep_alive = "close" not in conn
+        if self._no_body or status in (204, 304):
+            self._state = _DONE
+            return
+        te = headers.get("transfer-encoding")
+        if te is not None:
+            if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                raise ProtocolError(url, f"unsupported Transfer-Encoding: {te!r}")
+            self._state = _CHUNKED
+            self._left = 0
+            self._crlf = False
+            self._trailer = False
+            return
+        cl = headers.get("content-length")
+        if cl is not None:
+            if not cl.isdigit():
+                raise ProtocolError(url, f"bad Content-Length: {cl!r}")
+            self._left = int(cl)
+            self._state = _LENGTH if self._left else _DONE
+            return
+        self._state = _TO_EOF
+        self._keep_alive = False
+
+    def _chunked(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        pieces = self._pieces
+        find = data.find
+        pos, n = 0, len(data)
+        left, crlf = self._left, self._crlf
+        while pos < n:
+            if left:  # inside a chunk's data
+                end = pos + left
+                if end > n:
+                    pieces.append(data[pos:])
+                    left -= n - pos
+                    break
+                pieces.append(data[pos:end])
+                pos, left, crlf = end, 0, True
+            if crlf:  # after a chunk's data
+                if n - pos < 2:
+                    self._buf = data[pos:]
+                    break
+                if not data.startswith(b"\r\n", pos):
+                    raise ProtocolError(self.pool.url, "chunk data not followed by CRLF")
+                pos += 2
+                crlf = False
+                continue
+            if self._trailer:  # after the last chunk: trailer lines up to an empty one
+                i = find(b"\r\n", pos)
+                if i < 0:
+                    if n - pos > MAX_HEAD_BYTES:
+                        raise ProtocolError(self.pool.url, "chunked trailer too long")
+                    self._buf = data[pos:]
+                    break
+                if i == pos:
+                    if i + 2 != n:
+                        raise ProtocolError(self.pool.url, f"{n - i - 2} bytes after the response body")
+                    self._left, self._crlf = 0, False
+                    self._deliver()
+                    self._finish()
+                    return
+                pos = i + 2
+                continue
+            i = find(b"\r\n", pos)  # a chunk-size line
+            if i < 0:
+                if n - pos > MAX_CHUNK_LINE:
+                    raise ProtocolError(self.pool.url, "chunk-size line too long")
+                self._buf = data[pos:]
+                break
+            try:
+                size = int(data[pos:i], 16)
+            except ValueError:
+                size = self._size_with_extension(data[pos:i])
+            if size < 0:
+                raise ProtocolError(self.pool.url, f"bad chunk size line {data[pos:i][:40]!r}")
+            pos = i + 2
+            if size == 0:
+                self._trailer = True
+                continue
+            end = pos + size
+            if end + 2 <= n and data.startswith(b"\r\n", end):  # the whole chunk is here (the usual case)
+                pieces.append(data[pos:end])
+                pos = end + 2
+            else:
+                left = size
+        self._left, self._crlf = left, crlf
+        self._deliver()
+
+    def _size_with_extension(self, line: bytes) -> int:
+        try:
+            return int(line.split(b";", 1)[0], 16)
+        except ValueError:
+            raise ProtocolError(self.pool.url, f"bad chunk size line {line[:40]!r}") from None
+
+    def _deliver(self) -> None:
+        """Hand what arrived to the body callback (2xx with a callback) in one call."""
+        on_body = self._on_body
+        if on_body is None or not 200 <= self._status < 300:
+            return
+        pieces = self._pieces
+        if pieces:
+            self._pieces = []
+            on_body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+
+class HTTPClient:
+    """A keep-alive connection pool to one server (`http://host:port` or `https://...`).
+
+    Bound to the event loop of its first request. `headers` go with every request (e.g.
+    Authorization) and are never put in an error message. The caller caps concurrency (one
+    connection per request in flight); at most `max_idle` idle connections are kept."""
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, connect_timeout_s: float = 10.0,
+                 max_idle: int = 1024, ssl_context: _ssl.SSLContext | None = None):
+        scheme, host, port, tls = split_url(url)
+        self.url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+        self.host, self.port = host, port
+        self.connect_timeout_s = connect_timeout_s
+        self.max_idle = max_idle
+        self._ssl = (ssl_context or _ssl.create_default_context()) if tls else None
+        host_header = host if port == (443 if tls else 80) else f"{host}:{port}"
+        if ":" in host:
+            host_header = f"[{host}]" if port == (443 if tls else 80) else f"[{host}]:{port}"
+        fixed = {"Host": host_header, "User-Agent": "llmlib-http1"}
+        fixed.update(headers or {})
+        for name, value in fixed.items():
+            if "\r" in name or "\n" in name or "\r" in str(value) or "\n" in str(value):
+                raise ValueError(f"header {name!r}: CR/LF are not allowed")
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> HTTPClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def num_connections(self) -> int:
+        return len(self._all)
+
+    @property
+    def num_idle(self) -> int:
+        return len(self._idle)
+
+    async def aclose(self) -> None:
+        """Close every connection (requests still running on them fail with ConnectionDropped)."""
+        self._closed = True
+        self._idle.clear()
+        for conn in list(self._all):
+            conn.abort()
+        self._all.clear()
+
+    # --- requests ---------------------------------------------------------------------------------
+    async def get(self, path: str, *, timeout_s: float | None = None) -> Response:
+        return await self.request("GET", path, timeout_s=timeout_s)
+
+    async def post(self, path: str, body: bytes, *, on_body: BodyCallback | None = None,
+                   timeout_s: float | None = None) -> Response:
+        return await self.request("POST", path, body, on_body=on_body, timeout_s=timeout_s)
+
+    async def request(self, method: str, path: str, body: bytes = b"", *, on_body: BodyCallback | None = None,
+                      timeout_s: float | None = None) -> Response:
+        """One exchange. With `on_body`, a 2xx body goes to it as it arrives (one call per socket
+        read) and `Response.body` is empty; other bodies are buffered. `timeout_s` bounds the whole
+        exchange, connecting included."""
+        if self._closed:
+            raise HTTPError(self.url, "client closed")
+        head = self._heads.get((method, path))
+        if head is None:
+            if " " in path or "\r" in path or "\n" in path or not path.startswith("/"):
+                raise ValueError(f"path {path!r}: expected an absolute path without spaces")
+            head = self._heads[(method, path)] = f"{method} {path} HTTP/1.1\r\n".encode() + self._fixed
+        data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body) if body or method == "POST" \
+            else head + b"\r\n"
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        for attempt in (0, 1):
+            conn = await self._acquire(loop, deadline, timeout_s)
+            waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, self._expire, waiter, conn, timeout_s)
+            try:
+                conn.start(waiter, data, on_body, method == "HEAD")
+                return await waiter
+            except ConnectionDropped:
+                if attempt or not conn.reused or conn.got_bytes:
+                    raise
+                # a stale keep-alive connection: once more on a new one
+            except asyncio.CancelledError:
+                if not waiter.done():
+                    conn._waiter = None
+                    conn.abort()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _expire(self, waiter: asyncio.Future, conn: _Connection, timeout_s: float) -> None:
+        if not waiter.done():
+            conn._fail(RequestTimeout(self.url, f"no complete response within {timeout_s:g}s"))
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
+                       timeout_s: float | None) -> _Connection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        limit = self.connect_timeout_s
+        if deadline is not None:
+            limit = min(limit, deadline - loop.time())
+        try:
+            async with asyncio.timeout(max(limit, 0.0)):
+                _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port,
+                                                       ssl=self._ssl)
+        except TimeoutError:
+            if deadline is not None and limit < self.connect_timeout_s:
+                raise RequestTimeout(self.url, f"no complete response within {timeout_s:g}s "
+                                               "(still connecting)") from None
+            raise ConnectError(self.url, f"connect timed out after {self.connect_timeout_s:g}s") from None
+        except OSError as err:
+            raise ConnectError(self.url, f"cannot connect to {self.host}:{self.port}: {err}") from err
+        if self._closed:
+            conn.abort()
+            raise HTTPError(self.url, "client closed")
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed or len(self._idle) >= self.max_idle:
+            conn.closed = True
+            conn.transport.close()
+        else:
+            self._idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        # a closed idle connection stays in _idle until picked (then skipped): no list scan here
+
+
+__all__ = ["ConnectError", "ConnectionDropped", "HTTPClient", "HTTPError", "ProtocolError", "RequestTimeout",
+           "Response", "split_url"]
