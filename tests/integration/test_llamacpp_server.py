@@ -1,0 +1,190 @@
+"""The `trtllm_endpoint` core against a real OpenAI-compatible server written elsewhere:
+llama-cpp-python's, serving the tiny model as a GGUF file (llmlib/tiny_gguf.py) on 127.0.0.1.
+
+Health and model checks; the server's greedy outputs reproduce the `tiny` references (which proves
+the GGUF right); a LoadGen Server run reaches VALID. llama-cpp-python takes no token-id prompt, so
+the core sends the dataset's prompt texts (--trtllm_prompt_text_column=input), the server tokenizes
+them (into exactly the dataset's token ids, checked here), and output lengths come from
+`usage` (non-streamed) or from counting the streamed chunks (one per token).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmlib.cores.base import Request
+from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
+from llmlib.dataset import load_dataset
+from llmlib.errors import BackendError
+from llmlib.tiny_gguf import ensure_tiny_gguf
+from llmlib.tiny_model import tiny_dataset_path
+from tests.servers.llamacpp import MODEL_ALIAS, LlamaCppServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT_COLUMN = "input"  # the tiny dataset's prompt texts
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One server for the module: the tiny model's GGUF (built first if needed), 1 thread."""
+    with LlamaCppServer(ensure_tiny_gguf()) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    """The `tiny` dataset with its prompt texts (as `extra['input']`)."""
+    spec = {"format": "pickle", "path": str(tiny_dataset_path()), "input_column": "tok_input",
+            "reference_column": "output", "reference_tokens_column": "tok_output", "extra_columns": [TEXT_COLUMN]}
+    return load_dataset(spec, name="tiny")
+
+
+@pytest.fixture
+def make_core(make_config, tiny_benchmark):
+    """make_core(sink, url, dataset=None, **settings) -> a TrtllmEndpointCore, stopped after the test."""
+    made = []
+
+    def make(sink, url, dataset=None, **settings):
+        settings.setdefault("request_timeout_s", 60.0)
+        core = TrtllmEndpointCore(config=make_config(trtllm_server_urls=url), benchmark=tiny_benchmark,
+                                  dataset=dataset, rank=0, sink=sink, settings=EndpointSettings(**settings))
+        made.append(core)
+        return core
+
+    yield make
+    for core in made:
+        core.stop()
+
+
+def picked_samples(dataset, n_eos: int = 4, n_max: int = 2) -> list[int]:
+    """A handful of samples: the first `n_eos` whose reference ended with EOS before the 64-token
+    budget, and the first `n_max` that used all of it."""
+    lens = dataset.output_lens
+    return ([int(i) for i in np.flatnonzero(lens < 64)[:n_eos]] +
+            [int(i) for i in np.flatnonzero(lens == 64)[:n_max]])
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never via a proxy
+
+
+def post(url: str, body: dict, timeout_s: float = 60.0) -> tuple[int, str]:
+    """POST a JSON body; the HTTP status and the reply's text (errors included)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with _DIRECT.open(req, timeout=timeout_s) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def requests_for(dataset, indices: list[int], streaming: bool) -> list[Request]:
+    return [Request(k, dataset.input_tokens[i], 64, streaming, sample_index=i) for k, i in enumerate(indices)]
+
+
+# --- (a) health and model checks ---------------------------------------------------------------------
+def test_health_check_finds_the_served_model(server, make_core, recorder):
+    core = make_core(recorder, server.url)
+    core.health_check()  # GET /health is a 404 here (allowed), then GET /v1/models
+    assert core.model == MODEL_ALIAS and core.served_models == [MODEL_ALIAS]
+
+
+def test_a_model_the_server_does_not_serve_is_named(server, make_core, recorder):
+    core = make_core(recorder, server.url, model="llama-405b")
+    with pytest.raises(BackendError) as info:
+        core.health_check()
+    assert f"http://{server.url}" in str(info.value) and "'llama-405b' is not served" in str(info.value)
+    assert MODEL_ALIAS in str(info.value)
+
+
+# --- (b) token ids in, text and usage out ------------------------------------------------------------
+def test_token_id_prompts_are_refused_and_each_fails_as_data(server, make_core, recorder, tiny_dataset):
+    """The server validates `prompt` as str | list[str]: a list of token ids is an error (HTTP 500
+    with pydantic's message), so the core, left to send ids, fails every request, once each."""
+    ids = tiny_dataset.input_tokens[0].tolist()
+    status, text = post(f"http://{server.url}/v1/completions",
+                        {"model": MODEL_ALIAS, "prompt": ids, "max_tokens": 4, "temperature": 0.0})
+    assert status >= 400 and "valid string" in text
+
+    core = make_core(recorder, server.url)  # no text column: token ids
+    core.health_check()
+    core.enqueue(requests_for(tiny_dataset, [0, 1, 2], streaming=False) + [
+        Request(3, tiny_dataset.input_tokens[3], 64, True, sample_index=3)])
+    assert recorder.wait_final(4, 30)
+    assert set(recorder.failed) == {0, 1, 2, 3} and set(recorder.final.values()) == {1}
+    assert all("HTTP 500" in str(err) for err, _ in recorder.failed.values())
+
+
+def test_the_server_tokenizes_every_prompt_text_into_the_dataset_ids(server, tiny_dataset):
+    """The GGUF's tokenizer is the tiny model's: BOS plus the same BPE ids, for all 256 prompts."""
+    for i, text in enumerate(tiny_dataset.extra[TEXT_COLUMN]):
+        status, reply = post(f"http://{server.url}/extras/tokenize", {"input": text})
+        assert status == 200, reply
+        assert json.loads(reply)["tokens"] == tiny_dataset.input_tokens[i].tolist(), f"sample {i}: {text!r}"
+
+
+def test_greedy_texts_reproduce_the_references(server, tiny_dataset):
+    """The server returns text and usage only (no token ids, even when asked for them)."""
+    for i in picked_samples(tiny_dataset):
+        status, text = post(f"http://{server.url}/v1/completions", {
+            "model": MODEL_ALIAS, "prompt": tiny_dataset.extra[TEXT_COLUMN][i], "max_tokens": 64,
+            "temperature": 0.0, "return_token_ids": True})
+        assert status == 200, text
+        reply = json.loads(text)
+        choice = reply["choices"][0]
+        assert "token_ids" not in choice
+        assert choice["text"] == tiny_dataset.reference_texts[i], f"sample {i}"
+        assert reply["usage"]["completion_tokens"] == tiny_dataset.output_lens[i]
+        assert choice["finish_reason"] == ("length" if tiny_dataset.output_lens[i] == 64 else "stop")
+
+
+@pytest.mark.parametrize("streaming, source", [(False, "usage"), (True, "chunks")])
+def test_greedy_lengths_through_the_core(server, make_core, recorder, tiny_dataset, streaming, source):
+    """Through the core: every output has the reference's length (EOS excluded), from `usage` when
+    not streamed and from the count of content chunks (one per token) when streamed."""
+    core = make_core(recorder, server.url, dataset=tiny_dataset, prompt_text_column=TEXT_COLUMN)
+    core.health_check()
+    picks = picked_samples(tiny_dataset)
+    core.enqueue(requests_for(tiny_dataset, picks, streaming))
+    assert recorder.wait_final(len(picks), 60)
+    assert not recorder.failed, recorder.failed
+    got = {k: recorder.completed[k][1] for k in range(len(picks))}
+    assert got == {k: int(tiny_dataset.output_lens[i]) for k, i in enumerate(picks)}
+    assert all(len(recorder.completed[k][0]) == 0 for k in got)  # no ids from this server
+    assert core.token_sources == {source: len(picks)}
+    assert all(recorder.first[k] == (1 if streaming else 0) for k in got)
+
+
+# --- (c) LoadGen Server -------------------------------------------------------------------------------
+#: A load this server meets with room to spare on a busy 2-core machine: it serves one request at a
+#: time, about 10 streamed requests/s when nothing else runs (5/s was already too many next to LoadGen
+#: and other work: TTFT p99 9 s), so LoadGen's Poisson arrivals at 3/s keep TTFT p99 near 0.5 s.
+TARGET_QPS = 3
+#: LoadGen's early stopping at the 99th percentile needs at least 459 queries with none over a limit.
+MIN_QUERIES = 460
+
+
+@pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
+def test_loadgen_server_run_is_valid(server, tmp_path):
+    args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
+            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
+            f"--trtllm_prompt_text_column={TEXT_COLUMN}", f"--server_target_qps={TARGET_QPS}",
+            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2"]
+    proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
+    s = json.loads((tmp_path / "local" / "tiny" / "Server" / "performance" / "summary.json").read_text())
+    assert s["core_type"] == "trtllm_endpoint" and s["validity"] == "VALID", s["loadgen"]
+    assert s["failed"] == 0 and s["lost"] == 0 and s["issued"] == s["completed"] >= MIN_QUERIES, s["errors"]
+    assert s["loadgen"]["ttft_p99_ns"] < s["loadgen"]["ttft_limit_ns"]
+    # streamed outputs are counted one chunk per token: about the references' 32.5 tokens per sample
+    assert 0.8 < s["output_tokens"] / s["completed"] / 32.484375 < 1.2
