@@ -364,6 +364,12 @@ def format_summary(o: RunOutcome) -> str:
         lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
     for cause, count in sorted(o.errors.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  failed x{count:<8}: {cause}")
+    sources: collections.Counter = collections.Counter()
+    for st in o.core_stats:
+        sources.update(st.get("token_sources") or {})
+    if sources:
+        lines.append("output tokens from  : " + ", ".join(f"{k} x {v}" for k, v in sources.most_common())
+                     + "  (server token ids / usage counts / counted stream chunks; warmup included)")
     if len(o.core_stats) > 1:
         for st in o.core_stats:
             lines.append(f"  {st['core']:<16}: completed {st['completed']}, failed {st['failed']}, "

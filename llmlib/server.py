@@ -335,7 +335,7 @@ class LLMServer:
         return [
             {"core": core.address, "completed": self.core_completed[i], "failed": self.core_failed[i],
              "pending": self.core_pending[i], "output_tokens": self.core_tokens[i],
-             "duplicates_dropped": core.dropped_duplicates}
+             "duplicates_dropped": core.dropped_duplicates, **core.report()}
             for i, core in enumerate(self.cores)
         ]
 

@@ -139,6 +139,10 @@ class LLMCore(ABC):
         for rid in list(self._pending):
             self._fail(rid, BackendError(self.address, "core stopped with the request pending"))
 
+    def report(self) -> dict[str, Any]:
+        """Backend-specific facts for the run report (e.g. where output token counts came from)."""
+        return {}
+
     def kv_cache_utilisation(self) -> float | None:
         """Fraction of the backend's KV cache in use, where the backend reports it (progress display)."""
         return None

@@ -248,6 +248,9 @@ class TritonGrpcCore(LLMCore):
     def tensor(self, name: str) -> str:
         return self._names.get(name, name)
 
+    def report(self) -> dict[str, Any]:
+        return {"stream_failures": self.stream_failures, "model_errors": self.model_errors}
+
     def health_check(self) -> None:
         """Server live and ready, the model ready, and its inputs the ones the harness sends."""
         s = self.settings

@@ -410,6 +410,9 @@ class TrtllmEndpointCore(AsyncLoopCore):
         common = self.token_sources.most_common(1)
         return common[0][0] if common else None
 
+    def report(self) -> dict[str, Any]:
+        return {"token_sources": dict(self.token_sources)}
+
     def health_check(self) -> None:
         """GET /health (a 404 is allowed), then /v1/models: the configured model must be served;
         without one the first served model is used. Each call is bounded by health_timeout_s."""

@@ -56,6 +56,9 @@ def test_server_scenario_valid_against_the_mock(tmp_path, endpoint_core, mock_se
     assert o.issued == o.completed == lg.completed_sample_count >= 500
     # outputs are min(32, the benchmark's 64) token ids from the server
     assert o.output_tokens == 32 * o.completed
+    # the run report says where output token counts came from (the server's ids here)
+    assert set(o.core_stats[0]["token_sources"]) == {"token_ids"}
+    assert "output tokens from  : token_ids x" in (Path(o.outdir) / "summary.txt").read_text()
     # TTFT is the first streamed chunk (5 ms in the mock), not 0; the 2 s limit holds (VALID)
     assert 4e6 <= lg.ttft_p99_ns < 2000e6
     assert 0 < lg.tpot_p99_ns < 40e6

@@ -186,5 +186,6 @@ def test_loadgen_server_run_is_valid(server, tmp_path):
     assert s["core_type"] == "trtllm_endpoint" and s["validity"] == "VALID", s["loadgen"]
     assert s["failed"] == 0 and s["lost"] == 0 and s["issued"] == s["completed"] >= MIN_QUERIES, s["errors"]
     assert s["loadgen"]["ttft_p99_ns"] < s["loadgen"]["ttft_limit_ns"]
+    assert set(s["core_stats"][0]["token_sources"]) == {"chunks"}  # no ids and no usage in its streams
     # streamed outputs are counted one chunk per token: about the references' 32.5 tokens per sample
     assert 0.8 < s["output_tokens"] / s["completed"] / 32.484375 < 1.2
