@@ -62,3 +62,21 @@ def test_server_scenario_valid_against_the_mock(tmp_path, endpoint_core, mock_se
     # TTFT is the first streamed chunk (5 ms in the mock), not 0; the 2 s limit holds (VALID)
     assert 4e6 <= lg.ttft_p99_ns < 2000e6
     assert 0 < lg.tpot_p99_ns < 40e6
+
+
+def test_disaggregated_core_runs_through_the_router_in_its_yaml(tmp_path, mock_server):
+    """The trtllm_disagg core reads the YAML and sends everything to its router (the mock here)."""
+    host, port = mock_server.split(":")
+    yaml_path = tmp_path / "disagg.yaml"
+    yaml_path.write_text(f"hostname: {host}\nport: {port}\nbackend: pytorch\n"
+                         "context_servers:\n  num_instances: 1\n  urls: [127.0.0.1:8001]\n"
+                         "generation_servers:\n  num_instances: 1\n  urls: [127.0.0.1:8002]\n")
+    cli = {"core_type": "trtllm_disagg", "trtllm_disagg_config_path": str(yaml_path), "show_progress": "false",
+           "warmup_queries": "2", "min_duration_ms": "1000", "server_target_qps": "80", "min_query_count": "500",
+           "results_dir": str(tmp_path)}
+    config, benchmark = resolve_for(cli, "tiny-synthetic", "Server", env={})
+    o = run_scenario(config, benchmark, "Server")
+    lg = summarize(parse_detail_log(Path(o.outdir) / "mlperf_log_detail.txt"))
+    assert lg.validity == "VALID", lg.invalid_reasons
+    assert o.ok and o.issued == o.completed >= 500 and o.output_tokens == 32 * o.completed
+    assert o.core_stats[0]["core"] == f"http://{mock_server}"

@@ -174,12 +174,17 @@ def _run(tmp_path, server, scenario, **cli):
 def test_loadgen_server_valid(tmp_path):
     """Sized for the emulating server (PyTriton's Python backend costs ~1 ms per streamed response
     on this CPU; 30 QPS x 8 tokens leaves room on a loaded 2-core machine)."""
-    with TritonServer(output_tokens=8, first_token_delay_ms=5, per_token_delay_ms=0.5) as server:
-        o = _run(tmp_path, server, "Server", triton_num_clients_per_server="2", warmup_queries="2",
-                 min_duration_ms="1000", server_target_qps="30", min_query_count="500")
+    with TritonServer(num_models=2, output_tokens=8, first_token_delay_ms=5, per_token_delay_ms=0.5) as server:
+        o = _run(tmp_path, server, "Server", triton_num_clients_per_server="2", triton_num_models_per_server="2",
+                 triton_model_name="tensorrt_llm", warmup_queries="2", min_duration_ms="1000",
+                 server_target_qps="30", min_query_count="500")
+        url = server.url
     lg = summarize(parse_detail_log(Path(o.outdir) / "mlperf_log_detail.txt"))
     assert lg.validity == "VALID", lg.invalid_reasons
     assert o.ok and o.failed == 0 and o.lost == 0, o.errors
     assert o.issued == o.completed == lg.completed_sample_count >= 500
     assert o.output_tokens == 8 * o.completed
+    # one core per model, both used
+    assert [st["core"] for st in o.core_stats] == [f"grpc://{url}/tensorrt_llm_{i}" for i in (0, 1)]
+    assert all(st["completed"] > 0 for st in o.core_stats)
     assert 4e6 <= lg.ttft_p99_ns < 2000e6  # the server's 5 ms first-token delay is seen, not 0
