@@ -418,7 +418,7 @@ class TritonGrpcCore(LLMCore):
             log.warning("%s: stream %d: %s", self.address, stream.index, cause)
         for key in list(stream.in_flight):
             if self._take(stream, key):
-                self._fail(int(key), BackendError(self.address, cause))
+                self._end(int(key), BackendError(self.address, cause))
                 self._release()
 
     def _settle_orphans(self, stream: _Stream) -> None:
@@ -430,9 +430,14 @@ class TritonGrpcCore(LLMCore):
         stream.orphan_errors.clear()
         for key in list(stream.in_flight):
             if self._take(stream, key):
-                self._fail(int(key), BackendError(self.address, f"model error: {message}"))
+                self._end(int(key), BackendError(self.address, f"model error: {message}"))
                 self._release()
         self._close_retired(stream)
+
+    def _end(self, rid: int, error: BackendError) -> None:
+        """Fail a request the server gave up on, unless it already ended (cancelled, timed out)."""
+        if rid in self._pending:
+            self._fail(rid, error)
 
     @staticmethod
     def _take(stream: _Stream, key: str) -> bool:

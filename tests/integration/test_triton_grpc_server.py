@@ -179,6 +179,11 @@ def test_loadgen_server_valid(tmp_path):
                  triton_model_name="tensorrt_llm", warmup_queries="2", min_duration_ms="1000",
                  server_target_qps="30", min_query_count="500")
         url = server.url
+        offline = _run(tmp_path, server, "Offline", triton_num_models_per_server="2",
+                       triton_model_name="tensorrt_llm", warmup_queries="2", offline_expected_qps="200",
+                       min_duration_ms="1000", min_query_count="256")
+    assert offline.ok and offline.issued == offline.completed >= 256, offline.errors
+    assert offline.output_tokens == 8 * offline.completed  # whole replies, padding cut at sequence_length
     lg = summarize(parse_detail_log(Path(o.outdir) / "mlperf_log_detail.txt"))
     assert lg.validity == "VALID", lg.invalid_reasons
     assert o.ok and o.failed == 0 and o.lost == 0, o.errors
