@@ -8,6 +8,12 @@ request costs one write, one future and one timer, and a streamed body is delive
 `data_received` straight to the caller's callback, one call per socket read (all the chunks that
 read brought, de-chunked and joined), without waking the awaiting task until the response ends.
 
+`HTTPClient.start` sends without awaiting: called from a plain loop callback (not only from a task),
+it writes the request at once when an idle connection is at hand, so a request taken from another
+thread goes out in the callback that takes it instead of one loop iteration later, in a new task's
+first step (behind every socket read of that iteration). The Exchange it returns is awaited for the
+response and records when the request was written (`sent_ns`, for client-side queueing figures).
+
 Errors (all `HTTPError`, each naming the URL): `ConnectError` (refused, unknown host, connect
 timeout), `ConnectionDropped` (closed or reset before the response ended), `ProtocolError` (not a
 valid HTTP/1.1 response), `RequestTimeout` (also a `TimeoutError`). An exception raised by the body
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl as _ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +174,7 @@ class _Connection(asyncio.Protocol):
             self._deliver()
             self._keep_alive = False
             self._finish()
+        self.closed = True  # never picked from the pool again (connection_lost comes later)
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -367,6 +375,79 @@ class _Connection(asyncio.Protocol):
             on_body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
+class Exchange:
+    """One request of an HTTPClient (from `start`): already written when an idle connection was at
+    hand, else written when awaited. Await it once for the Response; `abort()` ends it early (needed
+    only for one that will not be awaited). `sent_ns`: time.perf_counter_ns() when the request was
+    last written (0 before; a request sent again on a new connection is timed from there)."""
+
+    __slots__ = ("_client", "_loop", "_data", "_on_body", "_no_body", "_deadline", "_timeout_s", "_conn",
+                 "_waiter", "_timer", "sent_ns")
+
+    def __init__(self, client: HTTPClient, loop: asyncio.AbstractEventLoop, data: bytes,
+                 on_body: BodyCallback | None, no_body: bool, deadline: float | None, timeout_s: float | None):
+        self._client = client
+        self._loop = loop
+        self._data = data
+        self._on_body = on_body
+        self._no_body = no_body
+        self._deadline = deadline
+        self._timeout_s = timeout_s
+        self._conn: _Connection | None = None
+        self._waiter: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.sent_ns = 0
+
+    def _send(self, conn: _Connection) -> None:
+        """Write the request on `conn` (which carries nothing else) and start its deadline."""
+        loop = self._loop
+        waiter = loop.create_future()
+        self._conn, self._waiter = conn, waiter
+        if self._deadline is not None:
+            self._timer = loop.call_at(self._deadline, self._client._expire, waiter, conn, self._timeout_s)
+        self.sent_ns = time.perf_counter_ns()
+        conn.start(waiter, self._data, self._on_body, self._no_body)
+
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self) -> Response:
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._send(await self._client._acquire(self._loop, self._deadline, self._timeout_s))
+            conn, waiter = self._conn, self._waiter
+            try:
+                return await waiter
+            except ConnectionDropped:
+                if attempt or not conn.reused or conn.got_bytes:
+                    raise
+                self._conn = None  # a stale keep-alive connection: once more on a new one
+            except asyncio.CancelledError:
+                self.abort()
+                raise
+            finally:
+                self._stop_timer()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def abort(self) -> None:
+        """End the exchange now: a connection still carrying it is dropped (its response cannot be
+        finished by anyone else). A no-op once the response has ended."""
+        self._stop_timer()
+        conn, waiter = self._conn, self._waiter
+        if conn is None:
+            return
+        if conn._waiter is waiter:  # still on its connection (a cancelled task cancels the waiter only)
+            conn._waiter = None
+            conn.abort()
+        elif waiter.done() and not waiter.cancelled():
+            waiter.exception()  # retrieved: an abandoned failure is not logged as never retrieved
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class HTTPClient:
     """A keep-alive connection pool to one server (`http://host:port` or `https://...`).
 
@@ -431,6 +512,15 @@ class HTTPClient:
         """One exchange. With `on_body`, a 2xx body goes to it as it arrives (one call per socket
         read) and `Response.body` is empty; other bodies are buffered. `timeout_s` bounds the whole
         exchange, connecting included."""
+        return await self.start(method, path, body, on_body=on_body, timeout_s=timeout_s)
+
+    def start(self, method: str, path: str, body: bytes = b"", *, on_body: BodyCallback | None = None,
+              timeout_s: float | None = None) -> Exchange:
+        """`request` without awaiting, on the loop's thread (in a task or a plain callback): the request
+        is written before this returns when an idle connection is at hand, else when the Exchange is
+        awaited (after connecting). Await the Exchange once for the Response (the errors of `request`);
+        an Exchange that will not be awaited must be `abort()`ed. Raises HTTPError if the client is
+        closed, ValueError for a bad path."""
         if self._closed:
             raise HTTPError(self.url, "client closed")
         head = self._heads.get((method, path))
@@ -442,38 +532,29 @@ class HTTPClient:
             else head + b"\r\n"
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        for attempt in (0, 1):
-            conn = await self._acquire(loop, deadline, timeout_s)
-            waiter = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, self._expire, waiter, conn, timeout_s)
-            try:
-                conn.start(waiter, data, on_body, method == "HEAD")
-                return await waiter
-            except ConnectionDropped:
-                if attempt or not conn.reused or conn.got_bytes:
-                    raise
-                # a stale keep-alive connection: once more on a new one
-            except asyncio.CancelledError:
-                if not waiter.done():
-                    conn._waiter = None
-                    conn.abort()
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-        raise AssertionError("unreachable")  # pragma: no cover
+        ex = Exchange(self, loop, data, on_body, method == "HEAD", deadline, timeout_s)
+        conn = self._pop_idle()
+        if conn is not None:
+            ex._send(conn)
+        return ex
 
     def _expire(self, waiter: asyncio.Future, conn: _Connection, timeout_s: float) -> None:
         if not waiter.done():
             conn._fail(RequestTimeout(self.url, f"no complete response within {timeout_s:g}s"))
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
-                       timeout_s: float | None) -> _Connection:
+    def _pop_idle(self) -> _Connection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 return conn
+        return None
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
+                       timeout_s: float | None) -> _Connection:
+        conn = self._pop_idle()
+        if conn is not None:
+            return conn
         limit = self.connect_timeout_s
         if deadline is not None:
             limit = min(limit, deadline - loop.time())
@@ -506,5 +587,5 @@ class HTTPClient:
         # a closed idle connection stays in _idle until picked (then skipped): no list scan here
 
 
-__all__ = ["ConnectError", "ConnectionDropped", "HTTPClient", "HTTPError", "ProtocolError", "RequestTimeout",
-           "Response", "split_url"]
+__all__ = ["ConnectError", "ConnectionDropped", "Exchange", "HTTPClient", "HTTPError", "ProtocolError",
+           "RequestTimeout", "Response", "split_url"]

@@ -16,11 +16,15 @@ report writing cancel out (the total per request is shown too).
     .venv/bin/python scripts/bench_endpoint_peers.py --install          # create the peers' venvs
     .venv/bin/python scripts/bench_endpoint_peers.py [--requests 2000] [--concurrency 32]
         [--tools llmlib,aiperf,guidellm,inference-perf,genai-perf] [--phases throughput,latency]
-    .venv/bin/python scripts/bench_endpoint_peers.py --own_only ...     # only this project's client
+    .venv/bin/python scripts/bench_endpoint_peers.py --tools llmlib,llmlib-uvloop ...  # only this project's client
 
 The own client is the TrtllmEndpointCore driven by a small driver that keeps `--concurrency` requests
-in flight (the next one is enqueued from the completion callback); its TTFT is enqueue -> first token,
-its inter-token latency (end - first token) / (tokens - 1), the definition the peers use.
+in flight (the next one is enqueued from the completion callback); its TTFT is enqueue -> first token
+(what LoadGen sees), its inter-token latency (end - first token) / (tokens - 1), the definition the
+peers use. The latency phase also reports, where a tool gives per-request times (llmlib, genai-perf),
+TTFT p50 and the mean over the requests after the first `--concurrency` (those open the connections and
+reach the mock in one burst), and for llmlib TTFT from the moment its request was written (the core's
+`send_times`, the point genai-perf times from) and the client-side queueing before it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
     rng = np.random.default_rng(0)
     prompts = [rng.integers(10, 30000, prompt_len, dtype=np.int32) for _ in range(64)]
     issued: list[int] = [0] * requests
+    sent: list[int] = [0] * requests
     first: list[int] = [0] * requests
     done: list[int] = [0] * requests
     ntok: list[int] = [0] * requests
@@ -92,6 +97,7 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
 
         def on_complete(self, rid, tokens, n):
             done[rid] = perf()
+            sent[rid] = core.send_times.pop(rid, 0)
             ntok[rid] = n
             self._end()
 
@@ -110,6 +116,7 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
     core = TrtllmEndpointCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=Sink(),
                               settings=EndpointSettings(max_concurrency=concurrency, request_timeout_s=120.0,
                                                         model=MODEL, use_uvloop=uvloop))
+    core.send_times = {}
     try:
         core.health_check()
         t0 = perf()
@@ -120,12 +127,21 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
         wall = (perf() - t0) / 1e9
     finally:
         core.stop()
-    ok = [i for i in range(requests) if first[i] and ntok[i]]
-    ttft = [(first[i] - issued[i]) / 1e6 for i in ok]
+    ok = [i for i in range(requests) if first[i] and ntok[i]]  # in issue order
     itl = [(done[i] - first[i]) / 1e6 / (ntok[i] - 1) for i in ok if ntok[i] > 1]
+    timed = [i for i in ok if sent[i]]
     return {"requests": requests, "ok": len(ok), "errors": len(errors), "first_error": errors[0] if errors else "",
-            "wall_s": wall, "output_tokens": sum(ntok), "ttft_ms": _mean(ttft), "ttft_p50_ms": _pct(ttft, 50),
-            "itl_ms": _mean(itl), "loop": type_of_loop(core)}
+            "wall_s": wall, "output_tokens": sum(ntok), "itl_ms": _mean(itl), "loop": type_of_loop(core),
+            **ttft_summary([(first[i] - issued[i]) / 1e6 for i in ok], concurrency),
+            **ttft_summary([(first[i] - sent[i]) / 1e6 for i in timed], concurrency, "send_ttft"),
+            "queue_ms": _mean([(sent[i] - issued[i]) / 1e6 for i in timed]),
+            "queue_p50_ms": _pct([(sent[i] - issued[i]) / 1e6 for i in timed], 50)}
+
+
+def ttft_summary(ttfts: list[float], skip: int, name: str = "ttft") -> dict:
+    """Mean, p50 and the mean after the first `skip` requests (in issue order) of per-request TTFTs, ms."""
+    return {f"{name}_ms": _mean(ttfts), f"{name}_p50_ms": _pct(ttfts, 50),
+            f"{name}_steady_ms": _mean(ttfts[skip:])}
 
 
 def type_of_loop(core) -> str:
@@ -270,10 +286,12 @@ def run_tool(tool: str, mock: Mock, n: int, args, workdir: Path) -> Run:
         if tool.startswith("llmlib"):
             r = json.loads(result.read_text())
             run.reported = {"req_per_s": n / r["wall_s"], "out_tok_per_s": r["output_tokens"] / r["wall_s"],
-                            "ttft_ms": r["ttft_ms"], "itl_ms": r["itl_ms"], "completed": r["ok"], "loop": r["loop"]}
+                            "completed": r["ok"], **{k: v for k, v in r.items() if k.endswith("_ms") or k == "loop"}}
             run.error = r["first_error"]
         else:
             run.reported = PEER_PARSERS[tool](workdir)
+            if tool == "genai-perf":
+                run.reported.update(_genai_perf_requests(workdir, args.concurrency))
             pa = workdir / "perf_analyzer.rusage"
             if pa.exists():
                 run.extra_cpu["perf_analyzer"] = sum(float(x) for x in pa.read_text().split())
@@ -383,6 +401,16 @@ def _genai_perf_parse(wd: Path) -> dict:
     return {"req_per_s": d["request_throughput"]["avg"], "out_tok_per_s": d["output_token_throughput"]["avg"],
             "ttft_ms": d["time_to_first_token"]["avg"], "itl_ms": d["inter_token_latency"]["avg"],
             "completed": int(d["request_count"]["avg"])}
+
+
+def _genai_perf_requests(wd: Path, skip: int) -> dict:
+    """TTFT p50 and steady mean from perf_analyzer's per-request export (timed from its send)."""
+    path = next((wd / "art").glob("*/profile_export.json"), None)
+    if path is None:
+        return {}
+    reqs = json.loads(path.read_text())["experiments"][0]["requests"]
+    reqs = sorted((r for r in reqs if r.get("response_timestamps")), key=lambda r: r["timestamp"])
+    return ttft_summary([(r["response_timestamps"][0] - r["timestamp"]) / 1e6 for r in reqs], skip, "send_ttft")
 
 
 PEER_COMMANDS = {"aiperf": _aiperf, "guidellm": _guidellm, "inference-perf": _inference_perf, "genai-perf": _genai_perf}
@@ -524,11 +552,40 @@ def report(results: dict, args, versions: dict) -> str:
             for run in (small, big):
                 if run.error:
                     lines.append(f"|   {tool} ({run.requests} requests) error: {run.error[:300]} |||||||||||")
+        if phase == "latency":
+            lines += ttft_table(rows, args.concurrency)
     lines += ["", "CPU ms/req: user+sys of the tool's process tree, (run of N - short run) / (N - short N), so "
                   "start-up, tokenizer loading and report writing cancel out; (total/N) keeps them in. TTFT and "
                   "ITL are each tool's own report (means); llmlib's: enqueue -> first token, (end - first token) / "
                   "(tokens - 1). req/s and tok/s: each tool's own figure."]
     return "\n".join(lines)
+
+
+def ttft_table(rows: dict, concurrency: int) -> list[str]:
+    """The latency phase's TTFT by where it is timed from: llmlib's enqueue (what LoadGen sees) and send
+    (when its bytes were written), and each peer's own point (genai-perf's: just before its send)."""
+    lines = ["", f"TTFT in ms by where it is timed from ('after {concurrency}': the mean over the requests after "
+                 f"the first {concurrency}, which open the connections and reach the mock in one burst; "
+                 "queue: enqueue -> send):", "",
+             f"| tool | timed from | mean | p50 | after {concurrency} | queue mean | queue p50 |",
+             "|---|---|---|---|---|---|---|"]
+    for tool, (small, big) in rows.items():
+        if big is None or not big.reported:
+            continue
+        r = big.reported
+        name = tool + (f" ({r['loop']})" if "loop" in r else "")
+        if tool.startswith("llmlib"):
+            lines.append(f"| {name} | enqueue | {_fmt(r.get('ttft_ms'))} | {_fmt(r.get('ttft_p50_ms'))} "
+                         f"| {_fmt(r.get('ttft_steady_ms'))} | {_fmt(r.get('queue_ms'), '.3f')} "
+                         f"| {_fmt(r.get('queue_p50_ms'), '.3f')} |")
+            lines.append(f"| {name} | send | {_fmt(r.get('send_ttft_ms'))} | {_fmt(r.get('send_ttft_p50_ms'))} "
+                         f"| {_fmt(r.get('send_ttft_steady_ms'))} | | |")
+        elif "send_ttft_ms" in r:
+            lines.append(f"| {name} | send (its own) | {_fmt(r.get('ttft_ms'))} | {_fmt(r.get('send_ttft_p50_ms'))} "
+                         f"| {_fmt(r.get('send_ttft_steady_ms'))} | | |")
+        else:
+            lines.append(f"| {name} | its own | {_fmt(r.get('ttft_ms'))} | - | - | | |")
+    return lines
 
 
 def _ver(tool: str, versions: dict) -> str:

@@ -2,6 +2,13 @@
 
 The loop owns one task per request; submit, cancel and stop are ordered by a lock, a task that
 ends without an outcome still fails its request, and a dying loop fails everything pending.
+
+Latency. Requests from another thread reach the loop through `call_soon_threadsafe` (a wake-up);
+requests enqueued on the loop thread itself (a sink callback issuing the next request) are taken at
+once, not one loop iteration later. `_begin` may start a request synchronously in the callback that
+takes it, before its task's first step (which waits one iteration, behind that iteration's I/O).
+The GIL: the loop thread runs only while no other Python thread holds it, and a busy one gives it up
+only every `sys.getswitchinterval()` (5 ms by default), which then delays every request on the loop.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class AsyncLoopCore(LLMCore):
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,), name=thread_name, daemon=True)
         self._thread.start()
+        self._loop_ident = self._thread.ident
         if not ready.wait(LOOP_START_TIMEOUT_S) or self._loop is None or self._fatal:
             raise BackendError(self.address, self._fatal or
                                f"the event loop did not start within {LOOP_START_TIMEOUT_S:g}s")
@@ -52,6 +60,14 @@ class AsyncLoopCore(LLMCore):
 
     async def _run(self, req: Request) -> None:
         raise NotImplementedError
+
+    def _begin(self, req: Request) -> asyncio.Task:
+        """On the loop, in the callback that takes `req`: its task, running `_run(req)`. An override may
+        first start the request right here (a task's first step comes one loop iteration later, behind
+        every I/O callback of that iteration); it must deliver no outcome here (errors go through the
+        task), and what it starts must also be released when the task is cancelled before its first
+        step, when the coroutine's body never runs (a done callback on the task)."""
+        return asyncio.ensure_future(self._run(req))
 
     # --- the contract -------------------------------------------------------------------------------
     def loop_health(self) -> None:
@@ -70,7 +86,13 @@ class AsyncLoopCore(LLMCore):
                 raise BackendError(self.address, "core stopped")
             if self._fatal is not None:
                 raise BackendError(self.address, f"unhealthy: {self._fatal}")
-            self._loop.call_soon_threadsafe(self._spawn, batch)
+            if threading.get_ident() != self._loop_ident:
+                self._loop.call_soon_threadsafe(self._spawn, batch)
+                return
+        # On the loop thread (a sink callback): taken now, outside the lock (a sink callback from in
+        # here may enqueue again). A stop() from another thread can only set the stop event on the loop,
+        # after this returns; it then cancels these tasks with the others.
+        self._spawn(batch)
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
         if request_id not in self._pending:
@@ -139,7 +161,11 @@ class AsyncLoopCore(LLMCore):
                 continue
             if rid not in self._pending:  # cancelled before it reached the loop
                 continue
-            task = asyncio.ensure_future(self._run(req))
+            try:
+                task = self._begin(req)
+            except Exception as err:  # a core bug: the request still ends, though never inside enqueue
+                self._loop.call_soon(self._fail, rid, BackendError(self.address, f"internal error: {err!r}"))
+                continue
             self._tasks[rid] = task
             # A task cancelled before its first step never runs its body: forget it here, always.
             task.add_done_callback(lambda t, rid=rid: self._forget_task(rid, t))

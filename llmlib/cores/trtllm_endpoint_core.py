@@ -1,7 +1,7 @@
 """The `trtllm_endpoint` core: one OpenAI-compatible HTTP server (trtllm-serve, vLLM, SGLang) per URL.
 
 Requests run as owned tasks on the core's asyncio loop thread over one keep-alive connection pool
-(`llmlib.http1`, a lean asyncio HTTP/1.1 client), capped by a semaphore.
+(`llmlib.http1`, a lean asyncio HTTP/1.1 client), at most `max_concurrency` in flight.
 
 Wire format. POST /v1/completions with the prompt as token ids (never re-tokenized; chat is used only
 when the dataset carries prompt texts). Streaming requests (Server / Interactive) use SSE with
@@ -17,7 +17,9 @@ server returns them, are cut out with a regex; and, when it does not, only the l
 chunk) is decoded. The trade-off: a later chunk that is valid-looking JSON but wrong inside (bad field
 types) is not noticed, and per-chunk `finish_reason` is not read. The body arrives from the socket
 straight into `StreamState.feed` (one call per read, all the events it brought checked together), and
-the request's task wakes only when the response ends.
+the request's task wakes only when the response ends. A request is written in the loop callback that
+takes it (`_begin`) when a concurrency slot and an idle connection are free, not one loop iteration
+later in its task's first step (behind the reads of every other stream); `send_times` records when.
 
 Faults: each failed request gets a BackendError naming the URL: connection failed (refused, unknown
 host, connect timeout), connection dropped mid-request, malformed HTTP response, HTTP status >= 400
@@ -45,7 +47,16 @@ from llmlib.cores._async_loop import AsyncLoopCore
 from llmlib.cores.base import EMPTY_TOKENS, Request
 from llmlib.errors import BackendError, ConfigError
 from llmlib.generation import generation_params
-from llmlib.http1 import ConnectError, ConnectionDropped, HTTPClient, HTTPError, ProtocolError, RequestTimeout
+from llmlib.http1 import (
+    ConnectError,
+    ConnectionDropped,
+    Exchange,
+    HTTPClient,
+    HTTPError,
+    ProtocolError,
+    RequestTimeout,
+    Response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +363,70 @@ class StreamState:
 
 
 # --- the core -----------------------------------------------------------------------------------------
+class _Slots:
+    """The cap on requests in flight: FIFO like asyncio.Semaphore, plus a synchronous `try_take` (for a
+    request started in a plain loop callback). A freed slot goes straight to the longest waiter, so a
+    slot is free only while nobody waits."""
+
+    __slots__ = ("free", "_waiters")
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot as it was cancelled: pass it on
+                self.give()
+            raise
+
+    def give(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # a cancelled waiter is skipped
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+class _Call:
+    """One request on the loop: its exchange once started, its stream parser, whether it holds a slot.
+    `end()` (also the task's done callback) releases what is still held; calling it again is a no-op."""
+
+    __slots__ = ("req", "slots", "held", "ex", "state", "error")
+
+    def __init__(self, req: Request, slots: _Slots):
+        self.req = req
+        self.slots = slots
+        self.held = False
+        self.ex: Exchange | None = None
+        self.state: StreamState | None = None
+        self.error: Exception | None = None  # raised by `_begin`'s start, re-raised in the task
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.give()
+
+    def end(self, _task: asyncio.Task | None = None) -> None:
+        if self.ex is not None:
+            self.ex.abort()  # a no-op once the response ended
+        self.release()
+
+
 class TrtllmEndpointCore(AsyncLoopCore):
     """One OpenAI-compatible server, `--trtllm_server_urls[rank]`."""
 
@@ -384,9 +459,12 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self.served_models: list[str] = []
         #: which source gave each completed request's output length: token_ids / usage / chunks
         self.token_sources: collections.Counter = collections.Counter()
+        #: None, or a dict that gets, per request id, time.perf_counter_ns() when its bytes were written,
+        #: set just before its outcome is delivered (a probe for client-side queueing)
+        self.send_times: dict[int, int] | None = None
 
         self._http: HTTPClient | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._slots = _Slots(s.max_concurrency)
         #: makes the loop (AsyncLoopCore runs it where it supports a factory): uvloop's, or None for asyncio
         self.loop_factory = _uvloop.new_event_loop if (_uvloop is not None and s.use_uvloop) else None
         self._start_loop(f"endpoint-{self.rank}")
@@ -462,37 +540,94 @@ class TrtllmEndpointCore(AsyncLoopCore):
     async def _loop_resources(self):
         """The connection pool, open while the loop takes requests."""
         s = self.settings
-        self._sem = asyncio.Semaphore(s.max_concurrency)
         async with HTTPClient(self.url, headers=self._headers, connect_timeout_s=s.connect_timeout_s,
                               max_idle=s.max_concurrency) as http:
             self._http = http
             yield
 
-    async def _run(self, req: Request) -> None:
+    def _begin(self, req: Request) -> asyncio.Task:
+        """On the loop, as the request is taken: written right here when a slot and an idle connection
+        are free; its task then only awaits the response."""
+        call = _Call(req, self._slots)
+        if self._slots.try_take():
+            call.held = True
+            try:
+                self._send(call)
+            except Exception as err:  # delivered by the task, never inside enqueue
+                call.error = err
+        task = asyncio.ensure_future(self._run(call))
+        task.add_done_callback(call.end)  # cancelled before its first step, or a bug: release the slot
+        return task
+
+    def _send(self, call: _Call) -> None:
+        """Start the request's exchange (written now if an idle connection is at hand)."""
+        req = call.req
+        on_body = None
+        if req.streaming:
+            rid = req.request_id
+            state = call.state = StreamState()
+
+            def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
+                if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
+                    self._first_token(rid, state.first_tokens())
+
+        body = json.dumps(self._payload(req)).encode()
+        call.ex = self._http.start("POST", self._path, body, on_body=on_body,
+                                   timeout_s=self.settings.request_timeout_s)
+
+    async def _run(self, call: _Call) -> None:
+        req = call.req
         rid = req.request_id
         timeout_s = self.settings.request_timeout_s
+        error = None
         try:
-            async with self._sem:
-                if rid not in self._pending:
+            if call.error is not None:
+                raise call.error
+            if call.ex is None:  # no free slot when it was taken
+                await self._slots.take()
+                call.held = True
+                if rid not in self._pending:  # cancelled while it waited
+                    call.release()
                     return
-                await self._exchange(req, json.dumps(self._payload(req)).encode(), timeout_s)
+                self._send(call)
+            # the response is read to its end past [DONE], so the connection goes back to the pool
+            tokens, n, source = self._result(call, await call.ex)
         except asyncio.CancelledError:
+            call.end()
             if rid in self._pending:
                 cause = "core stopped with the request pending" if self._stopping else "cancelled"
                 self._fail(rid, BackendError(self.url, cause))
             raise
         except RequestTimeout as err:
-            self._fail(rid, BackendError(self.url, f"request timed out after {timeout_s:g}s ({type(err).__name__})"))
+            error = f"request timed out after {timeout_s:g}s ({type(err).__name__})"
         except ReplyError as err:
-            self._fail(rid, BackendError(self.url, str(err)))
+            error = str(err)
         except ConnectError as err:
-            self._fail(rid, BackendError(self.url, f"connection failed: {err}"))
+            error = f"connection failed: {err}"
         except ConnectionDropped as err:
-            self._fail(rid, BackendError(self.url, f"connection dropped mid-request: {err}"))
+            error = f"connection dropped mid-request: {err}"
         except ProtocolError as err:
-            self._fail(rid, BackendError(self.url, f"malformed HTTP response: {err}"))
+            error = f"malformed HTTP response: {err}"
         except HTTPError as err:
-            self._fail(rid, BackendError(self.url, f"HTTP error: {type(err).__name__}: {err}"))
+            error = f"HTTP error: {type(err).__name__}: {err}"
+        call.release()  # before the outcome: a request the sink issues from it can take this slot at once
+        if self.send_times is not None and call.ex is not None and call.ex.sent_ns:
+            self.send_times[rid] = call.ex.sent_ns
+        if error is not None:
+            self._fail(rid, BackendError(self.url, error))
+            return
+        self.token_sources[source] += 1
+        self._complete(rid, tokens, n)
+
+    def _result(self, call: _Call, r: Response) -> tuple[np.ndarray, int, str]:
+        """(output ids, their count, source) of a finished response, or ReplyError."""
+        if r.status >= 400:
+            raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
+        if call.state is None:
+            return parse_reply(r.body)
+        if not call.state.done:
+            raise ReplyError("stream ended before 'data: [DONE]'")
+        return call.state.result()
 
     def _payload(self, req: Request) -> dict[str, Any]:
         prompt: list[int] | str
@@ -507,32 +642,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
                                stream=bool(req.streaming), sampling=sampling,
                                stop_token_ids=req.stop_token_ids or self._default_stops,
                                chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
-
-    async def _exchange(self, req: Request, body: bytes, timeout_s: float | None) -> None:
-        rid = req.request_id
-        if not req.streaming:
-            r = await self._http.post(self._path, body, timeout_s=timeout_s)
-            if r.status >= 400:
-                raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
-            tokens, n, source = parse_reply(r.body)
-            self.token_sources[source] += 1
-            self._complete(rid, tokens, n)
-            return
-        state = StreamState()
-
-        def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
-            if state.feed(data):
-                self._first_token(rid, state.first_tokens())
-
-        # the response is read to its end past [DONE], so the connection goes back to the pool
-        r = await self._http.post(self._path, body, on_body=on_body, timeout_s=timeout_s)
-        if r.status >= 400:
-            raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
-        if not state.done:
-            raise ReplyError("stream ended before 'data: [DONE]'")
-        tokens, n, source = state.result()
-        self.token_sources[source] += 1
-        self._complete(rid, tokens, n)
 
 
 __all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "endpoint_settings",

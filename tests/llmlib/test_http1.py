@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 
 import pytest
 
@@ -260,11 +261,16 @@ def test_body_callback_error_ends_the_request_and_the_connection(mock):
 
 
 def test_cancel_mid_response_drops_the_connection():
+    dropped = asyncio.Event()
+
     async def handle(reader, writer, _):
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         await writer.drain()
-        await reader.read()
+        try:
+            await reader.read()
+        finally:
+            dropped.set()
 
     async def main():
         async with raw_server(handle) as (url, _), HTTPClient(url) as client:
@@ -274,7 +280,73 @@ def test_cancel_mid_response_drops_the_connection():
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert client.num_idle == 0
+            await asyncio.wait_for(dropped.wait(), 5)  # the server sees the connection end
+            assert client.num_idle == 0 and client.num_connections == 0
+    run(main())
+
+
+def _answering(arrived: asyncio.Event | None = None):
+    """A raw-server handler answering every request on a connection with 200 'ok'."""
+    async def handle(reader, writer, _):
+        while True:
+            await read_request(reader)
+            if arrived is not None:
+                arrived.set()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+    return handle
+
+
+def test_start_writes_at_once_on_an_idle_connection_even_in_a_plain_callback():
+    async def main():
+        arrived = asyncio.Event()
+        async with raw_server(_answering(arrived)) as (url, accepted), HTTPClient(url) as client:
+            ex = client.start("GET", "/a")  # no idle connection: it connects and writes when awaited
+            assert ex.sent_ns == 0
+            assert (await ex).body == b"ok" and ex.sent_ns > 0
+            arrived.clear()
+            loop = asyncio.get_running_loop()
+            taken = loop.create_future()
+
+            def callback():  # not a task: nothing here can await
+                started = client.start("POST", "/b", b"{}")
+                taken.set_result((started, started.sent_ns, time.perf_counter_ns()))
+
+            loop.call_soon(callback)
+            started, sent_ns, returned = await taken
+            assert 0 < sent_ns <= returned  # written before start() returned
+            await asyncio.wait_for(arrived.wait(), 5)  # and at the server before anyone awaits the response
+            assert (await started).body == b"ok"
+            assert accepted[0] == 1 and client.num_idle == 1
+    run(main())
+
+
+def test_an_exchange_not_awaited_is_aborted_with_its_connection():
+    dropped = asyncio.Event()
+
+    async def handle(reader, writer, index):
+        if index > 1:
+            return await _answering()(reader, writer, index)
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the started exchange: never answered
+        try:
+            await reader.read()
+        finally:
+            dropped.set()
+
+    async def main():
+        async with raw_server(handle) as (url, accepted), HTTPClient(url) as client:
+            await client.get("/")
+            ex = client.start("GET", "/", timeout_s=0.2)  # written on the idle connection
+            assert ex.sent_ns > 0
+            ex.abort()
+            ex.abort()  # again: a no-op
+            await asyncio.wait_for(dropped.wait(), 5)
+            await asyncio.sleep(0.3)  # past its deadline: its timer was stopped with it
+            assert (await client.get("/")).body == b"ok"  # on a new connection
+            assert accepted[0] == 2 and client.num_connections == 1
     run(main())
 
 

@@ -342,6 +342,66 @@ def test_cancel_gives_one_outcome(mock, make_core, recorder):
     assert recorder.final[0] == 1 and error_of(recorder, 0).cause == "cancelled by the test"
 
 
+# --- sending without a loop hop -----------------------------------------------------------------------
+def test_a_request_issued_from_an_outcome_is_written_before_enqueue_returns(mock, make_core, recorder):
+    """A closed loop issues the next request from the sink, on the loop thread: it goes out inside that
+    enqueue call (its slot was freed before the outcome), not a loop iteration or two later."""
+    returned = {}
+
+    class Chain:
+        def on_first_token(self, rid, tokens):
+            recorder.on_first_token(rid, tokens)
+
+        def on_complete(self, rid, tokens, n):
+            recorder.on_complete(rid, tokens, n)
+            if rid < 20:
+                core.enqueue([req(rid + 1, streaming=bool(rid % 2))])
+                returned[rid + 1] = time.perf_counter_ns()
+
+        def on_error(self, rid, err):
+            recorder.on_error(rid, err)
+
+    core = make_core(Chain(), mock.url, max_concurrency=1)
+    core.send_times = {}
+    core.health_check()
+    issued = time.perf_counter_ns()
+    core.enqueue([req(0, streaming=True)])
+    assert recorder.wait_final(21, 10) and not recorder.failed and set(recorder.final.values()) == {1}
+    assert issued < core.send_times[0]  # from another thread: written on the loop, after the hop
+    assert all(core.send_times[rid] <= returned[rid] for rid in range(1, 21))
+    assert mock.stats["max_in_flight"] == 1
+
+
+def test_a_request_cancelled_before_its_task_ran_frees_its_slot_and_connection(mock, make_core, recorder):
+    mock.options.first_token_delay_ms = 3000
+    core = make_core(recorder, mock.url, max_concurrency=1)
+    core.health_check()
+
+    def on_loop():
+        core.enqueue([req(0, True)])  # written here, on the health check's idle connection
+        core.cancel(0, "cancelled by the test")
+        core._abort(0)  # the loop's abort ahead of the task's first step (a cancel racing the enqueue)
+
+    core._loop.call_soon_threadsafe(on_loop)
+    assert recorder.wait_final(1, 5)
+    mock.options.first_token_delay_ms = 0
+    core.enqueue([req(1, True)])
+    assert recorder.wait_final(2, 5), "the cancelled request kept the only slot"
+    assert recorder.final[0] == 1 and error_of(recorder, 0).cause == "cancelled by the test"
+    assert recorder.completed[1][0].tolist() == expected_ids(req(1, True))
+    assert core._http.num_connections == 1  # request 0's connection was dropped, not kept busy
+
+
+def test_send_times_precede_first_tokens_and_outcomes(mock, make_core, recorder):
+    core = make_core(recorder, mock.url, max_concurrency=4)
+    core.send_times = {}
+    t0 = time.perf_counter_ns()
+    core.enqueue([req(i, streaming=bool(i % 2)) for i in range(12)])
+    assert recorder.wait_final(12, 10) and not recorder.failed
+    assert sorted(core.send_times) == list(range(12))
+    assert all(t0 < t < time.perf_counter_ns() for t in core.send_times.values())
+
+
 def test_api_key_goes_in_the_header_only(mock, make_core, recorder):
     mock.options.fail_rate = 1.0
     core = make_core(recorder, mock.url, api_key="sk-do-not-log")
