@@ -23,6 +23,9 @@ reaches a stream client without the request's id (Triton clears the response it 
 cannot be pinned on one request at once: the stream is then retired (no new requests), and once
 its in-flight count drops to the number of such errors, the requests left are exactly the failed
 ones. That costs the failed requests some latency, never a request that did not fail.
+
+Cancel (LLMCore's) ends a request at once; its later responses are dropped. Triton's stream API has no
+per-request cancel, so the server finishes that generation (TensorRT-LLM's `stop` input is not sent).
 """
 
 from __future__ import annotations
@@ -286,11 +289,6 @@ class TritonGrpcCore(LLMCore):
         for req in now:
             if not self._send(req):
                 self._release()
-
-    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
-        """The request ends now with `reason`; its later responses are dropped. (Triton's stream
-        API has no per-request cancel; the server finishes the generation.)"""
-        super().cancel(request_id, reason)
 
     def stop(self) -> None:
         with self._lock:
