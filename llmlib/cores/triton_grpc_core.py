@@ -18,7 +18,9 @@ Output tokens: streamed responses carry the new tokens; a non-streamed reply is 
 `sequence_length`. Everything from the first end_id on is dropped (the end id is not output).
 
 Errors. A gRPC failure of the stream itself (UNAVAILABLE when the server dies, CANCELLED) fails every
-request in flight on it, and the next request opens a fresh stream. A model error for one request
+request in flight on it, and the next request opens a fresh stream. A request sent in the moment
+between tritonclient marking the stream dead and calling back with why fails with that same cause.
+A model error for one request
 reaches a stream client without the request's id (Triton clears the response it belongs to), so it
 cannot be pinned on one request at once: the stream is then retired (no new requests), and once
 its in-flight count drops to the number of such errors, the requests left are exactly the failed
@@ -173,11 +175,25 @@ class _Stream:
         self.open = False
         self.retired = False  # took a model error it cannot attribute: no new requests
         self.orphan_errors: list[str] = []
+        #: why the stream failed, set (under the core's lock) by its failure callback
+        self.failure: str | None = None
 
     def start(self) -> None:
         self.client = grpcclient.InferenceServerClient(url=self.core.settings.url)
-        self.client.start_stream(callback=self._on_response)
+        # open before the stream starts: a connection refused can reach the callback (which closes
+        # it) before start_stream returns
         self.open = True
+        try:
+            self.client.start_stream(callback=self._on_response)
+        except Exception:
+            self.open = False
+            raise
+
+    def dead(self) -> bool:
+        """tritonclient refuses sends once its stream failed, a moment before it reports why to the
+        callback (it clears `_active`, then calls back)."""
+        state = getattr(self.client, "_stream", None)
+        return state is not None and getattr(state, "_active", True) is False
 
     def close(self, cancel: bool) -> None:
         self.open = False
@@ -308,7 +324,7 @@ class TritonGrpcCore(LLMCore):
         i = next(self._next_stream) % len(self._streams)
         with self._lock:
             stream = self._streams[i]
-            if stream.retired or (stream.client is not None and not stream.open):
+            if stream.retired or stream.failure is not None or (stream.client is not None and not stream.open):
                 if stream.retired:
                     self._retired.append(stream)
                 stream = self._streams[i] = _Stream(self, i)
@@ -331,12 +347,23 @@ class TritonGrpcCore(LLMCore):
             stream.client.async_stream_infer(self.settings.model, inputs, outputs=self._outputs, request_id=key,
                                              enable_empty_final_response=True)
         except Exception as err:
-            if stream is None or self._take(stream, key):
+            if stream is None:
                 self._fail(rid, BackendError(self.address, f"could not send the request: {_describe(err)}"))
+                return False
+            with self._lock:
+                failure = stream.failure
+                if failure is None and stream.dead():
+                    # the stream's failure callback is on its way and fails this request (in its
+                    # in_flight already) with the cause
+                    return True
+            if self._take(stream, key):
+                cause = failure or f"could not send the request: {_describe(err)}"
+                self._fail(rid, BackendError(self.address, cause))
                 return False
             return True  # the stream's failure already failed it and freed the slot
         if not stream.open and self._take(stream, key):  # the stream failed while we sent
-            self._fail(rid, BackendError(self.address, "gRPC stream failed while the request was sent"))
+            cause = stream.failure or "gRPC stream failed while the request was sent"
+            self._fail(rid, BackendError(self.address, cause))
             return False
         return True
 
@@ -407,14 +434,17 @@ class TritonGrpcCore(LLMCore):
             self._settle_orphans(stream)
             return
         # the stream itself failed (server gone, cancelled): everything on it fails
-        stream.open = False
         if self._stopping:
             cause = "core stopped with the request pending"
         else:
             self.stream_failures += 1
             cause = f"gRPC stream failed: {_describe(error)}"
             log.warning("%s: stream %d: %s", self.address, stream.index, cause)
-        for key in list(stream.in_flight):
+        with self._lock:  # a send that raised meanwhile sees the cause, or its request is taken here
+            stream.open = False
+            stream.failure = cause
+            keys = list(stream.in_flight)
+        for key in keys:
             if self._take(stream, key):
                 self._end(int(key), BackendError(self.address, cause))
                 self._release()

@@ -6,6 +6,7 @@ and a LoadGen Server run to VALID."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +138,64 @@ def test_server_down_at_start_is_a_clear_health_error(make_core, recorder):
         core.health_check()
     core.enqueue([req(1, True)])  # a request to a dead server fails, never hangs
     assert recorder.wait_final(1, 20) and 1 in recorder.failed
+
+
+class _StreamOrder:
+    """Forces one order of tritonclient's two steps when a stream fails (it marks the stream dead,
+    then calls back with why) against a send, on a real gRPC stream to a closed port."""
+
+    def __init__(self, monkeypatch, send_first: bool):
+        import tritonclient.grpc as grpcclient
+
+        self.reported, self.send_raised = threading.Event(), threading.Event()
+        cls = grpcclient.InferenceServerClient
+        start, send = cls.start_stream, cls.async_stream_infer
+        order = self
+
+        def start_stream(client, callback, **kw):
+            def on_response(result=None, error=None):
+                if error is not None and send_first:
+                    order.send_raised.wait(5)  # hold the callback until a send has hit the dead stream
+                callback(result=result, error=error)
+                if error is not None:
+                    order.reported.set()
+
+            start(client, on_response, **kw)
+            if send_first:  # wait until the stream is dead, its callback held
+                deadline = time.monotonic() + 5
+                while client._stream._active and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            else:  # the failure is reported before start_stream returns
+                order.reported.wait(5)
+
+        def async_stream_infer(client, *args, **kw):
+            try:
+                return send(client, *args, **kw)
+            except Exception:
+                order.send_raised.set()
+                raise
+
+        monkeypatch.setattr(cls, "start_stream", start_stream)
+        monkeypatch.setattr(cls, "async_stream_infer", async_stream_infer)
+        self.reset = lambda: (self.reported.clear(), self.send_raised.clear())
+
+
+@pytest.mark.parametrize("send_first", [False, True], ids=["failure-reported-first", "send-raised-first"])
+def test_a_stream_that_fails_as_it_opens_fails_each_request_with_the_cause(make_core, recorder, monkeypatch,
+                                                                          send_first):
+    """The server is gone: each request opens a fresh stream that fails at once, whichever of the
+    failure report and the send comes first, and fails with gRPC's UNAVAILABLE (not a stale
+    "stream no longer in valid state" on a stream never replaced)."""
+    order = _StreamOrder(monkeypatch, send_first)
+    core = make_core(recorder, "127.0.0.1:9")
+    for rid in range(4):
+        order.reset()
+        core.enqueue([req(rid, True)])
+        assert recorder.wait_final(rid + 1, 20) and rid in recorder.failed
+        assert order.send_raised.is_set()  # the send did meet a dead stream
+    causes = [str(err) for err, *_ in recorder.failed.values()]
+    assert all("gRPC stream failed: StatusCode.UNAVAILABLE" in c for c in causes), causes
+    assert core.stream_failures == 4 and core.num_pending == 0
 
 
 def test_server_killed_mid_run_fails_what_it_held(make_core, recorder):
