@@ -307,6 +307,9 @@ declare(name="triton_max_concurrency", kind="int", default=512, minimum=1, group
         help="Most requests in flight per Triton core (server x model).")
 declare(name="trtllm_max_concurrency", kind="int", default=256, minimum=1, group="endpoints",
         help="Most requests in flight per OpenAI-compatible server URL (trtllm_endpoint core).")
+declare(name="trtllm_connect_ahead", kind="int", default=None, minimum=0, group="endpoints",
+        help="Connections each OpenAI-compatible core opens in its warm-up, before the timed run, so the "
+             "first timed requests do not each wait for a connect (default: --trtllm_max_concurrency; 0: none).")
 declare(name="trtllm_endpoint_model", kind="str", default="", group="endpoints",
         help="Model name sent to the server and checked against /v1/models; empty: the first it serves.")
 declare(name="trtllm_use_chat", kind="bool", default=False, group="endpoints",

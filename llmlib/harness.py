@@ -203,6 +203,9 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
                                   sample_indices=warmup_picks(dataset.input_tokens, n_warmup),
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
+        else:
+            for core in server.cores:  # the backends' own warm-up (e.g. connections opened ahead)
+                core.warm_up()
         counts = server.counts
         before = (counts.completed, counts.output_tokens)
         if config.scaffolding:

@@ -17,9 +17,12 @@ response and records when the request was written (`sent_ns`, for client-side qu
 Errors (all `HTTPError`, each naming the URL): `ConnectError` (refused, unknown host, connect
 timeout), `ConnectionDropped` (closed or reset before the response ended), `ProtocolError` (not a
 valid HTTP/1.1 response), `RequestTimeout` (also a `TimeoutError`). An exception raised by the body
-callback ends the request with that same exception. A request that fails on a reused keep-alive
-connection before any byte of the response came back (the server closed an idle connection just as
-it was picked) is sent once more on a new connection. Request headers are never put in a message.
+callback ends the request with that same exception. A request that fails on a keep-alive
+connection taken idle from the pool before any byte of the response came back (the server closed
+the idle connection just as it was picked) is sent once more on a new connection.
+
+`HTTPClient.connect_ahead(n)` opens connections before they are needed (a benchmark's warm-up), so
+the first timed requests are not each held up by a connect. Request headers are never put in a message.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def split_url(url: str) -> tuple[str, str, int, bool]:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
-    __slots__ = ("pool", "transport", "closed", "reused", "got_bytes", "_waiter", "_on_body", "_state",
+    __slots__ = ("pool", "transport", "closed", "was_idle", "got_bytes", "_waiter", "_on_body", "_state",
                  "_buf", "_left", "_crlf", "_trailer", "_status", "_reason", "_headers", "_pieces",
                  "_keep_alive", "_no_body")
 
@@ -106,7 +109,7 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reused = False  # carried an exchange before this one
+        self.was_idle = False  # waited idle in the pool: the server may have closed it meanwhile
         self.got_bytes = False  # this exchange received something
         self._waiter: asyncio.Future | None = None
         self._state = _DONE
@@ -145,7 +148,7 @@ class _Connection(asyncio.Protocol):
         self._pieces = []
         self._on_body = None
         if self._keep_alive and not self.closed:
-            self.reused = True
+            self.was_idle = True
             self.pool._release(self)
         else:
             self.closed = True
@@ -419,7 +422,7 @@ class Exchange:
             try:
                 return await waiter
             except ConnectionDropped:
-                if attempt or not conn.reused or conn.got_bytes:
+                if attempt or not conn.was_idle or conn.got_bytes:
                     raise
                 self._conn = None  # a stale keep-alive connection: once more on a new one
             except asyncio.CancelledError:
@@ -538,6 +541,32 @@ class HTTPClient:
             ex._send(conn)
         return ex
 
+    async def connect_ahead(self, n: int, *, parallel: int = 16) -> int:
+        """Open connections until `n` are idle (at most `max_idle`), `parallel` connecting at a time
+        (a burst of thousands would overflow the server's accept backlog). Returns how many are
+        idle. Best effort: the first connect error stops it and is raised (the connections opened
+        stay in the pool)."""
+        loop = asyncio.get_running_loop()
+        self._idle[:] = [c for c in self._idle if not c.closed]
+        want = min(n, self.max_idle) - len(self._idle)
+        if want <= 0:
+            return len(self._idle)
+        todo = iter(range(want))
+
+        async def opener() -> None:
+            for _ in todo:
+                conn = await self._connect(loop, None, None)
+                conn.was_idle = True
+                self._release(conn)
+
+        workers = [asyncio.ensure_future(opener()) for _ in range(min(parallel, want))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        return len(self._idle)
+
     def _expire(self, waiter: asyncio.Future, conn: _Connection, timeout_s: float) -> None:
         if not waiter.done():
             conn._fail(RequestTimeout(self.url, f"no complete response within {timeout_s:g}s"))
@@ -555,6 +584,10 @@ class HTTPClient:
         conn = self._pop_idle()
         if conn is not None:
             return conn
+        return await self._connect(loop, deadline, timeout_s)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
+                       timeout_s: float | None) -> _Connection:
         limit = self.connect_timeout_s
         if deadline is not None:
             limit = min(limit, deadline - loop.time())

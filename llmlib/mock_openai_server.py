@@ -91,6 +91,7 @@ class _Handler:
         task = asyncio.current_task()
         self._tasks.add(task)
         self._writers.add(writer)
+        self.stats["connections"] += 1
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets this only for sockets it made with proto=IPPROTO_TCP, not for ones accepted on

@@ -19,7 +19,8 @@ report writing cancel out (the total per request is shown too).
     .venv/bin/python scripts/bench_endpoint_peers.py --tools llmlib,llmlib-uvloop ...  # only this project's client
 
 The own client is the TrtllmEndpointCore driven by a small driver that keeps `--concurrency` requests
-in flight (the next one is enqueued from the completion callback); its TTFT is enqueue -> first token
+in flight (the next one is enqueued from the completion callback), after the core's warm-up as the
+harness runs it (connections opened ahead, `--trtllm_connect_ahead`); its TTFT is enqueue -> first token
 (what LoadGen sees), its inter-token latency (end - first token) / (tokens - 1), the definition the
 peers use. The latency phase also reports, where a tool gives per-request times (llmlib, genai-perf),
 TTFT p50 and the mean over the requests after the first `--concurrency` (those open the connections and
@@ -119,6 +120,7 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
     core.send_times = {}
     try:
         core.health_check()
+        core.warm_up()  # as the harness does before the timed run: connections opened ahead
         t0 = perf()
         for _ in range(min(concurrency, requests)):
             issue()

@@ -87,6 +87,8 @@ class EndpointSettings:
     api_key: str | None = None
     #: run the loop on uvloop where it is installed (see `loop_factory`)
     use_uvloop: bool = True
+    #: connections opened by `warm_up` (None: max_concurrency)
+    connect_ahead: int | None = None
 
 
 def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
@@ -112,6 +114,7 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
         health_timeout_s=min(5.0, float(_opt(config, "health_check_timeout_s", 5.0)) or 5.0),
         return_token_ids=bool(_opt(config, "trtllm_return_token_ids", True)),
         api_key=read_api_key(key_file) if key_file else None,
+        connect_ahead=_opt(config, "trtllm_connect_ahead", None),
     )
 
 
@@ -514,6 +517,25 @@ class TrtllmEndpointCore(AsyncLoopCore):
             raise BackendError(self.url, "GET /v1/models lists no model")
         else:
             self.model = served[0]
+
+    def warm_up(self) -> None:
+        """Open `connect_ahead` connections (default: max_concurrency) before the timed run, so its
+        first requests are written at once instead of each waiting for a connect (which showed as
+        5-7 ms of TTFT on each of the first 32 requests at concurrency 32, here). Best effort: a
+        server that refuses more connections leaves the rest to be opened on demand."""
+        s = self.settings
+        n = s.max_concurrency if s.connect_ahead is None else s.connect_ahead
+        if n <= 0 or self._http is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._http.connect_ahead(n), self._loop)
+        try:
+            idle = fut.result(s.connect_timeout_s * 2 + 5.0)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, HTTPError) as err:
+            fut.cancel()
+            log.warning("%s: opened %d of %d connections ahead (%s); the rest open on demand", self.url,
+                        self._http.num_idle, n, err or "timed out")
+            return
+        log.debug("%s: %d connections open ahead", self.url, idle)
 
     async def _health(self, timeout_s: float) -> list[str]:
         """On the loop: the two GETs; the models served."""

@@ -17,6 +17,7 @@ import pytest
 from llmlib.cli import resolve_for
 from llmlib.cores import CORES
 from llmlib.cores.base import LLMCore
+from llmlib.cores.dummy import DummyCore
 from llmlib.harness import run_scenario
 from llmlib.loadgen_log import parse_detail_log, summarize
 
@@ -100,6 +101,15 @@ def test_failures_are_counted_not_lost(tmp_path):
     text = (Path(o.outdir) / "summary.txt").read_text()
     assert f"failed {o.failed}" in text and "RUN FAILED" in text
     assert logged(o).completed_sample_count == o.issued  # LoadGen got a response for every one
+
+
+@pytest.mark.parametrize("warmup_queries", [0, 2])
+def test_each_core_warms_up_before_the_timed_run_with_or_without_warmup_queries(tmp_path, monkeypatch,
+                                                                               warmup_queries):
+    calls = []
+    monkeypatch.setattr(DummyCore, "warm_up", lambda core: calls.append(core.rank))
+    run(tmp_path, "Offline", dummy_num_cores=2, warmup_queries=warmup_queries, min_duration_ms=100)
+    assert sorted(calls) == [0, 1]
 
 
 def test_offline_failures_counted(tmp_path):

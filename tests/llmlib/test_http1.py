@@ -243,6 +243,40 @@ def test_a_stale_keep_alive_connection_is_retried_once_on_a_new_one():
     run(main())
 
 
+def test_connect_ahead_opens_idle_connections_that_the_next_requests_use():
+    async def main():
+        async with raw_server(_answering()) as (url, accepted), HTTPClient(url, max_idle=24) as client:
+            assert await client.connect_ahead(40, parallel=8) == 24  # capped at max_idle
+            assert accepted[0] == 24 and client.num_idle == 24
+            assert await client.connect_ahead(10) == 24 and accepted[0] == 24  # enough already
+            rs = await asyncio.gather(*[client.get("/") for _ in range(24)])
+            assert [r.body for r in rs] == [b"ok"] * 24 and accepted[0] == 24  # no connect on the way
+    run(main())
+
+
+def test_a_connection_opened_ahead_and_closed_by_the_server_is_replaced():
+    async def handle(reader, writer, index):
+        if index == 1:  # the one opened ahead: closed idle, as uvicorn does after its keep-alive timeout
+            writer.transport.abort()
+            return
+        await _answering()(reader, writer, index)
+
+    async def main():
+        async with raw_server(handle) as (url, accepted), HTTPClient(url) as client:
+            await client.connect_ahead(1)
+            assert (await client.get("/")).body == b"ok" and accepted[0] == 2
+    run(main())
+
+
+def test_connect_ahead_to_nothing_raises_the_connect_error():
+    async def main():
+        async with HTTPClient(f"http://127.0.0.1:{free_port()}") as client:
+            with pytest.raises(ConnectError, match="cannot connect"):
+                await client.connect_ahead(4)
+            assert client.num_connections == 0
+    run(main())
+
+
 def test_body_callback_error_ends_the_request_and_the_connection(mock):
     class Stop(Exception):
         pass

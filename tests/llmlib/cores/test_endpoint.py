@@ -236,6 +236,32 @@ def test_concurrency_cap_is_kept(mock, make_core, recorder):
     assert mock.stats["max_in_flight"] == 3
 
 
+def test_warm_up_opens_the_connections_the_timed_requests_use(mock, make_core, recorder):
+    mock.options.first_token_delay_ms = 30  # all 12 at once on the server
+    core = make_core(recorder, mock.url, max_concurrency=12)
+    core.health_check()
+    core.warm_up()
+    assert mock.stats["connections"] == 12  # the health check's one among them
+    core.enqueue([req(i, streaming=True) for i in range(12)])
+    assert recorder.wait_final(12, 10) and not recorder.failed
+    assert mock.stats["connections"] == 12  # none opened on the way
+    assert mock.stats["max_in_flight"] == 12
+
+
+def test_warm_up_connect_ahead_is_a_setting_and_never_fails_the_core(mock, make_core, recorder):
+    core = make_core(recorder, mock.url, max_concurrency=12, connect_ahead=3)
+    core.health_check()
+    core.warm_up()
+    assert mock.stats["connections"] == 3
+    off = make_core(recorder, mock.url, connect_ahead=0)
+    off.warm_up()
+    assert mock.stats["connections"] == 3
+    down = make_core(recorder, f"127.0.0.1:{free_port()}")
+    down.warm_up()  # logged; the requests report the server
+    down.enqueue([req(1, True)])
+    assert recorder.wait_final(1, 5) and "connection failed" in error_of(recorder, 1).cause
+
+
 @pytest.mark.parametrize("fault, streaming, match", [
     ("fail_rate", True, "HTTP 500: .*injected server error"),
     ("fail_rate", False, "HTTP 500: .*injected server error"),
