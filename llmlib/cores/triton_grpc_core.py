@@ -26,8 +26,12 @@ cannot be pinned on one request at once: the stream is then retired (no new requ
 its in-flight count drops to the number of such errors, the requests left are exactly the failed
 ones. That costs the failed requests some latency, never a request that did not fail.
 
-Cancel (LLMCore's) ends a request at once; its later responses are dropped. Triton's stream API has no
-per-request cancel, so the server finishes that generation (TensorRT-LLM's `stop` input is not sent).
+Cancel (a timeout, the watchdog) ends a request at once; its later responses are dropped. Where the
+model declares TensorRT-LLM's `stop` input, the core also sends, on the request's stream, a request with
+the same id and stop=true: the backend then cancels that generation (and answers the stop request with
+an empty final response), so a timed-out request stops taking the server's capacity, and its
+concurrency slot, which is held until the server ends the request, is freed early. Without `stop`,
+the server finishes the generation.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ INPUTS: dict[str, tuple[str, bool]] = {
     "presence_penalty": ("FP32", False),
     "frequency_penalty": ("FP32", False),
     "stop_words_list": ("INT32", False),
+    "stop": ("BOOL", False),
 }
 OUTPUTS = ("output_ids", "sequence_length")
 _NP = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
@@ -156,12 +161,13 @@ def cut_at_end(tokens: np.ndarray, end_id: int | None) -> np.ndarray:
 
 
 class _Track:
-    __slots__ = ("parts", "first_sent", "streaming")
+    __slots__ = ("parts", "first_sent", "streaming", "prompt")
 
-    def __init__(self, streaming: bool):
+    def __init__(self, streaming: bool, prompt: np.ndarray):
         self.parts: list[np.ndarray] = []
         self.first_sent = False
         self.streaming = streaming
+        self.prompt = prompt  # for the stop request a cancel sends
 
 
 class _Stream:
@@ -227,6 +233,39 @@ class _Stream:
             core._finish(self, rid, track)
 
 
+class _StopStream:
+    """The stream stop requests go on. The backend finds the generation by request id whatever the
+    stream, and a stop request's error must not reach the request streams, whose unattributed model
+    errors are counted against their requests."""
+
+    def __init__(self, core: TritonGrpcCore):
+        self.core = core
+        self.client = grpcclient.InferenceServerClient(url=core.settings.url)
+        self.open = True
+        self.client.start_stream(callback=self._on_response)
+
+    def send(self, key: str, inputs: list) -> None:
+        self.client.async_stream_infer(self.core.settings.model, inputs, request_id=key,
+                                       enable_empty_final_response=True)
+
+    def _on_response(self, result, error) -> None:
+        if error is None:
+            return  # the stop request's empty final response
+        core = self.core
+        core.stop_errors += 1
+        if error.status() is not None:  # the stream failed: the next stop opens another
+            self.open = False
+        log.debug("%s: stop request failed: %s", core.address, _describe(error))
+
+    def close(self) -> None:
+        self.open = False
+        try:
+            self.client.stop_stream(cancel_requests=True)
+            self.client.close()
+        except Exception as err:
+            log.debug("%s: closing the stop stream: %r", self.core.address, err)
+
+
 class TritonGrpcCore(LLMCore):
     """One model on one Triton server, `--triton_server_urls` x `--triton_num_models_per_server`."""
 
@@ -251,6 +290,9 @@ class TritonGrpcCore(LLMCore):
         self._outputs = [grpcclient.InferRequestedOutput(self.tensor(n)) for n in OUTPUTS]
         self.stream_failures = 0
         self.model_errors = 0
+        self.stops_sent = 0  # stop requests sent for cancelled requests
+        self.stop_errors = 0
+        self._stop_stream: _StopStream | None = None
 
     # --- the contract -------------------------------------------------------------------------------
     @classmethod
@@ -268,7 +310,8 @@ class TritonGrpcCore(LLMCore):
         return self._names.get(name, name)
 
     def report(self) -> dict[str, Any]:
-        return {"stream_failures": self.stream_failures, "model_errors": self.model_errors}
+        return {"stream_failures": self.stream_failures, "model_errors": self.model_errors,
+                "stops_sent": self.stops_sent, "stop_errors": self.stop_errors}
 
     def health_check(self) -> None:
         """Server live and ready, the model ready, and its inputs the ones the harness sends."""
@@ -306,6 +349,43 @@ class TritonGrpcCore(LLMCore):
             if not self._send(req):
                 self._release()
 
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        if request_id not in self._pending:
+            return
+        super().cancel(request_id, reason)
+        if self.model_inputs is None or self.tensor("stop") not in self.model_inputs:
+            return
+        key = str(request_id)
+        with self._lock:
+            tracks = [s.in_flight.get(key) for s in (*self._streams, *self._retired) if s.open]
+        track = next((t for t in tracks if t is not None), None)
+        if track is None:
+            return  # not sent yet (backlog), or already ended
+        try:
+            self._stopper().send(key, self._stop_inputs(track.prompt))
+            self.stops_sent += 1
+        except Exception as err:  # best effort: the request has ended here either way
+            log.warning("%s: stop request for %s not sent: %s", self.address, key, _describe(err))
+
+    def _stopper(self) -> _StopStream:
+        with self._lock:
+            if self._stop_stream is None or not self._stop_stream.open:
+                self._stop_stream = _StopStream(self)
+            return self._stop_stream
+
+    def _stop_inputs(self, prompt: np.ndarray) -> list:
+        """TensorRT-LLM's stop request: the required inputs (Triton checks they are present; the
+        backend reads only `stop` and the request id) and stop=true."""
+        ids = np.asarray(prompt, dtype=np.int32).reshape(1, -1)
+        values = {"input_ids": ids, "input_lengths": _scalar(ids.shape[1], np.int32),
+                  "request_output_len": _scalar(1, np.int32), "stop": _scalar(True, np.bool_)}
+        inputs = []
+        for name, array in values.items():
+            tensor = grpcclient.InferInput(self.tensor(name), list(array.shape), INPUTS[name][0])
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
@@ -316,6 +396,8 @@ class TritonGrpcCore(LLMCore):
             streams = self._streams + self._retired
         for stream in streams:
             stream.close(cancel=True)
+        if self._stop_stream is not None:
+            self._stop_stream.close()
         super().stop()
 
     # --- sending --------------------------------------------------------------------------------------
@@ -343,7 +425,7 @@ class TritonGrpcCore(LLMCore):
         try:
             inputs = self._inputs(req)
             stream = self._pick_stream()
-            stream.in_flight[key] = _Track(bool(req.streaming))
+            stream.in_flight[key] = _Track(bool(req.streaming), req.input_tokens)
             stream.client.async_stream_infer(self.settings.model, inputs, outputs=self._outputs, request_id=key,
                                              enable_empty_final_response=True)
         except Exception as err:

@@ -212,6 +212,28 @@ def test_server_killed_mid_run_fails_what_it_held(make_core, recorder):
         assert recorder.wait_final(21, 30) and 50 in recorder.failed
 
 
+def test_cancel_stops_the_generation_on_the_server_and_frees_its_slot(make_core, recorder):
+    """A cancelled (timed-out) request is stopped on the server with TensorRT-LLM's stop input, on the
+    core's own stop stream: the server ends it at once, so its concurrency slot is free for the next
+    request long before its generation (12 tokens, 2.2 s) would have ended."""
+    with TritonServer(output_tokens=OUT, per_token_delay_ms=200) as server:
+        core = make_core(recorder, server.url, model="tensorrt_llm", max_concurrency=1)
+        core.health_check()
+        core.enqueue([req(1, True)])
+        deadline = time.monotonic() + 10
+        while not recorder.first.get(1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        start = time.monotonic()
+        core.cancel(1, "timed out after 0.2s")
+        core.enqueue([req(2, True, max_new=2)])  # waits for request 1's slot
+        assert recorder.wait_final(2, 20)
+        elapsed = time.monotonic() - start
+        assert "timed out" in str(recorder.failed[1][0])
+        assert recorder.completed[2][0].tolist() == expected(req(2, True), 2)
+        assert elapsed < 1.0 and core.stops_sent == 1 and core.stop_errors == 0
+        assert core.report()["stops_sent"] == 1
+
+
 def test_request_timeout_ends_the_run_with_the_failures_counted(tmp_path):
     """A server far slower than --request_timeout_s: the watchdog cancels each request on the core,
     and the run ends with every sample accounted for (failed, timed out), not a hang."""

@@ -203,6 +203,38 @@ def test_requests_on_one_stream_run_at_once(server):
     assert errors == [None] * 50 and elapsed < 3.0
 
 
+def test_a_stop_request_ends_the_generation_with_its_prompt_from_any_stream():
+    """TensorRT-LLM's cancel: a request with stop=true (and the same id, which the real backend
+    matches; the emulator matches the prompt) ends the live generation at once; the stop request gets
+    an empty final response of its own."""
+    with TritonServer(output_tokens=12, per_token_delay_ms=200) as slow:
+        clients, queues = [], []
+        for _ in range(2):
+            client = grpcclient.InferenceServerClient(slow.url)
+            q: queue.Queue = queue.Queue()
+            client.start_stream(callback=lambda result, error, q=q: q.put((result, error)))
+            clients.append(client)
+            queues.append(q)
+        send(clients[0], [4, 5, 6], 12, streaming=True, model="tensorrt_llm", request_id="7")
+        send(clients[0], [8, 9], 12, streaming=True, model="tensorrt_llm", request_id="8")  # not stopped
+        first, error = queues[0].get(timeout=RESPONSE_TIMEOUT_S)
+        assert error is None and not is_final(first)
+        start = time.monotonic()
+        send(clients[1], [4, 5, 6], 1, model="tensorrt_llm", request_id="7", extra={"stop": np.array([[True]])})
+        stop_reply, error = queues[1].get(timeout=RESPONSE_TIMEOUT_S)
+        assert error is None and is_final(stop_reply) and stop_reply.as_numpy("output_ids") is None
+        ends = {}
+        while len(ends) < 2:
+            result, error = queues[0].get(timeout=RESPONSE_TIMEOUT_S)
+            assert error is None
+            if is_final(result):
+                ends[result.get_response().id] = time.monotonic() - start
+        for client in clients:
+            client.stop_stream()
+            client.close()
+    assert ends["7"] < 0.5 < 1.5 < ends["8"]  # 7 stopped at once; 8 ran its 12 tokens (2.2 s)
+
+
 def test_stop_and_kill_leave_no_process_no_shared_memory_no_files():
     for end in (TritonServer.stop, TritonServer.kill):
         server = TritonServer(output_tokens=4).start()

@@ -18,6 +18,10 @@ Output ids are deterministic, like llmlib/mock_openai_server.py: id_i = 3 + (sum
   (else end_id, else 0) and sequence_length [1, 1] the true count, then the empty final response.
 - --eos_every K: with end_id given and sum(prompt) % K == 0, the sequence stops after --eos_at tokens,
   the last of them end_id.
+- stop=true: TensorRT-LLM's cancel. The real backend cancels the generation with the same request id;
+  PyTriton does not give a model the request id, so this one stops the live generations with the same
+  prompt (a client sends the cancelled request's input_ids in its stop request). Those end at once
+  (their empty final response), and the stop request gets an empty final response of its own.
 - Faults: --fail_rate (seeded draw per request) and --fail_every K (sum(prompt) % K == 0, independent of
   arrival order) make the model raise after --fail_after_tokens tokens; the client then gets one error
   response (flagged final) carrying the message, and nothing else for that request.
@@ -107,6 +111,8 @@ class TrtllmModel:
         self.name = name
         self.args = args
         self._rng = random.Random(args.seed)
+        #: prompt bytes -> stop events of the live generations with that prompt
+        self._live: dict[bytes, list[asyncio.Event]] = {}
 
     async def __call__(self, requests):
         # No dynamic batching: Triton's default scheduler hands the model one request per call.
@@ -118,6 +124,11 @@ class TrtllmModel:
     async def _generate(self, request):
         args = self.args
         input_ids = request.data["input_ids"]
+        if _scalar(request, "stop", False):
+            length = _scalar(request, "input_lengths", input_ids.shape[1])
+            for stopped in self._live.get(input_ids[0, :length].tobytes(), ()):
+                stopped.set()
+            return  # the stop request's own empty final response
         if input_ids.shape[0] != 1:
             raise ValueError(f"{self.name}: the in-flight batcher takes batch size 1, got {input_ids.shape[0]}")
         length = _scalar(request, "input_lengths")
@@ -141,28 +152,46 @@ class TrtllmModel:
         fail = self._rng.random() < args.fail_rate or (args.fail_every and total % args.fail_every == 0)
         fail_at = min(args.fail_after_tokens, len(tokens)) if fail else None
 
-        await _sleep_ms(args.first_token_delay_ms)
-        if streaming:
-            for i, token in enumerate(tokens):
-                if i == fail_at:
-                    break
-                if i:
-                    await _sleep_ms(args.per_token_delay_ms)
-                yield {"output_ids": np.array([[[token]]], dtype=np.int32),
-                       "sequence_length": np.array([[1]], dtype=np.int32)}
-        else:
-            await _sleep_ms(args.per_token_delay_ms * (len(tokens) - 1))
-            if fail_at is None:
-                padded = tokens + [pad_id] * (requested - len(tokens))
-                yield {"output_ids": np.array([[padded]], dtype=np.int32),
-                       "sequence_length": np.array([[len(tokens)]], dtype=np.int32)}
+        stopped = asyncio.Event()
+        live = self._live.setdefault(prompt.tobytes(), [])
+        live.append(stopped)
+        try:
+            if await _stopped_within(stopped, args.first_token_delay_ms):
+                return
+            if streaming:
+                for i, token in enumerate(tokens):
+                    if i == fail_at:
+                        break
+                    if i and await _stopped_within(stopped, args.per_token_delay_ms):
+                        return
+                    yield {"output_ids": np.array([[[token]]], dtype=np.int32),
+                           "sequence_length": np.array([[1]], dtype=np.int32)}
+            else:
+                if await _stopped_within(stopped, args.per_token_delay_ms * (len(tokens) - 1)):
+                    return
+                if fail_at is None:
+                    padded = tokens + [pad_id] * (requested - len(tokens))
+                    yield {"output_ids": np.array([[padded]], dtype=np.int32),
+                           "sequence_length": np.array([[len(tokens)]], dtype=np.int32)}
+        finally:
+            live.remove(stopped)
+            if not live:
+                self._live.pop(prompt.tobytes(), None)
         if fail_at is not None:
             raise RuntimeError(f"{self.name}: {INJECTED_FAULT} after {fail_at} tokens")
 
 
-async def _sleep_ms(ms: float) -> None:
-    if ms > 0:
-        await asyncio.sleep(ms / 1000.0)
+async def _stopped_within(stopped: asyncio.Event, ms: float) -> bool:
+    """Wait `ms`; True as soon as a stop request came (at once if it already had)."""
+    if stopped.is_set():
+        return True
+    if ms <= 0:
+        return False
+    try:
+        await asyncio.wait_for(stopped.wait(), ms / 1000.0)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _free_ports(count: int) -> list[int]:
