@@ -20,18 +20,18 @@ Output tokens: streamed responses carry the new tokens; a non-streamed reply is 
 Errors. A gRPC failure of the stream itself (UNAVAILABLE when the server dies, CANCELLED) fails every
 request in flight on it, and the next request opens a fresh stream. A request sent in the moment
 between tritonclient marking the stream dead and calling back with why fails with that same cause.
-A model error for one request
-reaches a stream client without the request's id (Triton clears the response it belongs to), so it
-cannot be pinned on one request at once: the stream is then retired (no new requests), and once
-its in-flight count drops to the number of such errors, the requests left are exactly the failed
-ones. That costs the failed requests some latency, never a request that did not fail.
+A model error for one request reaches a stream client without the request's id (Triton clears the
+response it belongs to), so it cannot be pinned on one request at once: the stream is then retired
+(no new requests), and once its in-flight count drops to the number of such errors, the requests
+left are exactly the failed ones. That costs the failed requests some latency, never a request that
+did not fail.
 
 Cancel (a timeout, the watchdog) ends a request at once; its later responses are dropped. Where the
-model declares TensorRT-LLM's `stop` input, the core also sends, on the request's stream, a request with
-the same id and stop=true: the backend then cancels that generation (and answers the stop request with
-an empty final response), so a timed-out request stops taking the server's capacity, and its
-concurrency slot, which is held until the server ends the request, is freed early. Without `stop`,
-the server finishes the generation.
+model declares TensorRT-LLM's `stop` input, the core also sends a request with the same id and
+stop=true, on a stream kept for stops: the backend then cancels that generation (and answers the
+stop request with an empty final response), so a timed-out request stops taking the server's
+capacity, and its concurrency slot, held until the server ends the request, is freed early.
+Without `stop`, the server finishes the generation.
 """
 
 from __future__ import annotations
