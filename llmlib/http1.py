@@ -19,10 +19,11 @@ timeout), `ConnectionDropped` (closed or reset before the response ended), `Prot
 valid HTTP/1.1 response), `RequestTimeout` (also a `TimeoutError`). An exception raised by the body
 callback ends the request with that same exception. A request that fails on a keep-alive
 connection taken idle from the pool before any byte of the response came back (the server closed
-the idle connection just as it was picked) is sent once more on a new connection.
+the idle connection just as it was picked) is sent once more on a new connection. Request headers
+are never put in a message.
 
 `HTTPClient.connect_ahead(n)` opens connections before they are needed (a benchmark's warm-up), so
-the first timed requests are not each held up by a connect. Request headers are never put in a message.
+the first timed requests are not each held up by a connect.
 """
 
 from __future__ import annotations

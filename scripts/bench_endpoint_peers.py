@@ -23,8 +23,8 @@ in flight (the next one is enqueued from the completion callback), after the cor
 harness runs it (connections opened ahead, `--trtllm_connect_ahead`); its TTFT is enqueue -> first token
 (what LoadGen sees), its inter-token latency (end - first token) / (tokens - 1), the definition the
 peers use. The latency phase also reports, where a tool gives per-request times (llmlib, genai-perf),
-TTFT p50 and the mean over the requests after the first `--concurrency` (those open the connections and
-reach the mock in one burst), and for llmlib TTFT from the moment its request was written (the core's
+TTFT p50 and the mean over the requests after the first `--concurrency` (those reach the mock in one
+burst), and for llmlib TTFT from the moment its request was written (the core's
 `send_times`, the point genai-perf times from) and the client-side queueing before it.
 """
 
@@ -567,7 +567,7 @@ def ttft_table(rows: dict, concurrency: int) -> list[str]:
     """The latency phase's TTFT by where it is timed from: llmlib's enqueue (what LoadGen sees) and send
     (when its bytes were written), and each peer's own point (genai-perf's: just before its send)."""
     lines = ["", f"TTFT in ms by where it is timed from ('after {concurrency}': the mean over the requests after "
-                 f"the first {concurrency}, which open the connections and reach the mock in one burst; "
+                 f"the first {concurrency}, which reach the mock in one burst (the peers also open their connections then); "
                  "queue: enqueue -> send):", "",
              f"| tool | timed from | mean | p50 | after {concurrency} | queue mean | queue p50 |",
              "|---|---|---|---|---|---|---|"]
