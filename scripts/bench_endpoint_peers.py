@@ -567,8 +567,8 @@ def ttft_table(rows: dict, concurrency: int) -> list[str]:
     """The latency phase's TTFT by where it is timed from: llmlib's enqueue (what LoadGen sees) and send
     (when its bytes were written), and each peer's own point (genai-perf's: just before its send)."""
     lines = ["", f"TTFT in ms by where it is timed from ('after {concurrency}': the mean over the requests after "
-                 f"the first {concurrency}, which reach the mock in one burst (the peers also open their connections then); "
-                 "queue: enqueue -> send):", "",
+                 f"the first {concurrency}, which reach the mock in one burst (the peers also open their "
+                 "connections then); queue: enqueue -> send):", "",
              f"| tool | timed from | mean | p50 | after {concurrency} | queue mean | queue p50 |",
              "|---|---|---|---|---|---|---|"]
     for tool, (small, big) in rows.items():
