@@ -230,7 +230,7 @@ def test_cancel_stops_the_generation_on_the_server_and_frees_its_slot(make_core,
         elapsed = time.monotonic() - start
         assert "timed out" in str(recorder.failed[1][0])
         assert recorder.completed[2][0].tolist() == expected(req(2, True), 2)
-        assert elapsed < 1.0 and core.stops_sent == 1 and core.stop_errors == 0
+        assert elapsed < 1.5 and core.stops_sent == 1 and core.stop_errors == 0  # without the stop: 2.4 s
         assert core.report()["stops_sent"] == 1
 
 

@@ -232,7 +232,7 @@ def test_a_stop_request_ends_the_generation_with_its_prompt_from_any_stream():
         for client in clients:
             client.stop_stream()
             client.close()
-    assert ends["7"] < 0.5 < 1.5 < ends["8"]  # 7 stopped at once; 8 ran its 12 tokens (2.2 s)
+    assert ends["7"] < 1.0 and ends["8"] > 1.5  # 7 stopped at once; 8 ran its 12 tokens (2.2 s)
 
 
 def test_stop_and_kill_leave_no_process_no_shared_memory_no_files():
