@@ -112,7 +112,7 @@ def test_first_token_not_before_ttft_and_final_after_the_tokens(make_dummy, reco
     t0 = time.monotonic()
     core.enqueue([plain_req(1, streaming=True), plain_req(2, streaming=False)])
     assert recorder.num_final == 0 and core.num_pending == 2  # enqueue returned at once
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 0.09  # before the first token is due
     assert recorder.wait_final(2, timeout_s=5.0)
     first, done = recorder.times("first"), recorder.times("complete")
     assert first[1] - t0 >= 0.099
@@ -137,13 +137,13 @@ def test_batch_limit_queues_requests_beyond_it(make_dummy, recorder):
 
 
 def test_batch_limit_allows_that_many_at_once(make_dummy, recorder):
-    core = make_dummy(recorder, dummy_ttft_ms=80, dummy_tpot_ms=0, dummy_output_len="1",
+    core = make_dummy(recorder, dummy_ttft_ms=150, dummy_tpot_ms=0, dummy_output_len="1",
                       dummy_max_batch_size=4)
     t0 = time.monotonic()
     core.enqueue([plain_req(i) for i in range(4)])
     assert recorder.wait_final(4, timeout_s=5.0)
     done = recorder.times("complete")
-    assert max(done.values()) - t0 < 0.155  # all four ran together, not one after another
+    assert max(done.values()) - t0 < 0.29  # all four ran together, not two by two (0.3 s) or one by one
 
 
 def test_stop_fails_pending_requests(make_dummy, recorder):
