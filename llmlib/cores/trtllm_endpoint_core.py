@@ -494,6 +494,11 @@ class TrtllmEndpointCore(AsyncLoopCore):
     def report(self) -> dict[str, Any]:
         return {"token_sources": dict(self.token_sources)}
 
+    @property
+    def num_connections(self) -> int:
+        """Connections open to the server now (idle or carrying a request)."""
+        return self._http.num_connections if self._http is not None else 0
+
     def health_check(self) -> None:
         """GET /health (a 404 is allowed), then /v1/models: the configured model must be served;
         without one the first served model is used. Each call is bounded by health_timeout_s."""

@@ -236,28 +236,37 @@ def test_concurrency_cap_is_kept(mock, make_core, recorder):
     assert mock.stats["max_in_flight"] == 3
 
 
+def server_connections(mock, at_least: int) -> int:
+    """The mock's count of connections it accepted, once it has seen `at_least` (its accept loop runs
+    on another thread, a moment after the client's connect returned)."""
+    deadline = time.monotonic() + 5
+    while mock.stats["connections"] < at_least and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return mock.stats["connections"]
+
+
 def test_warm_up_opens_the_connections_the_timed_requests_use(mock, make_core, recorder):
     mock.options.first_token_delay_ms = 30  # all 12 at once on the server
     core = make_core(recorder, mock.url, max_concurrency=12)
     core.health_check()
     core.warm_up()
-    assert mock.stats["connections"] == 12  # the health check's one among them
+    assert core.num_connections == 12 and server_connections(mock, 12) == 12  # the health check's among them
     core.enqueue([req(i, streaming=True) for i in range(12)])
     assert recorder.wait_final(12, 10) and not recorder.failed
-    assert mock.stats["connections"] == 12  # none opened on the way
+    assert core.num_connections == 12 and mock.stats["connections"] == 12  # none opened on the way
     assert mock.stats["max_in_flight"] == 12
 
 
 def test_warm_up_connect_ahead_is_a_setting_and_never_fails_the_core(mock, make_core, recorder):
     core = make_core(recorder, mock.url, max_concurrency=12, connect_ahead=3)
-    core.health_check()
     core.warm_up()
-    assert mock.stats["connections"] == 3
+    assert core.num_connections == 3 and server_connections(mock, 3) == 3
     off = make_core(recorder, mock.url, connect_ahead=0)
     off.warm_up()
-    assert mock.stats["connections"] == 3
+    assert off.num_connections == 0
     down = make_core(recorder, f"127.0.0.1:{free_port()}")
     down.warm_up()  # logged; the requests report the server
+    assert down.num_connections == 0
     down.enqueue([req(1, True)])
     assert recorder.wait_final(1, 5) and "connection failed" in error_of(recorder, 1).cause
 
