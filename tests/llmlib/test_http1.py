@@ -247,10 +247,11 @@ def test_connect_ahead_opens_idle_connections_that_the_next_requests_use():
     async def main():
         async with raw_server(_answering()) as (url, accepted), HTTPClient(url, max_idle=24) as client:
             assert await client.connect_ahead(40, parallel=8) == 24  # capped at max_idle
-            assert accepted[0] == 24 and client.num_idle == 24
-            assert await client.connect_ahead(10) == 24 and accepted[0] == 24  # enough already
+            assert client.num_connections == 24 and client.num_idle == 24
+            assert await client.connect_ahead(10) == 24 and client.num_connections == 24  # enough already
             rs = await asyncio.gather(*[client.get("/") for _ in range(24)])
-            assert [r.body for r in rs] == [b"ok"] * 24 and accepted[0] == 24  # no connect on the way
+            assert [r.body for r in rs] == [b"ok"] * 24
+            assert accepted[0] == 24 and client.num_connections == 24  # no connect on the way
     run(main())
 
 
