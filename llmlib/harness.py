@@ -204,8 +204,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
                                   sample_indices=warmup_picks(dataset.input_tokens, n_warmup),
                                   timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
         else:
-            for core in server.cores:  # the backends' own warm-up (e.g. connections opened ahead)
-                core.warm_up()
+            bundle.warmup.warm_up_cores()
         counts = server.counts
         before = (counts.completed, counts.output_tokens)
         if config.scaffolding:

@@ -115,6 +115,12 @@ class WarmupManager:
         if failures:
             raise HealthCheckError(failures, self.health_timeout_s)
 
+    def warm_up_cores(self) -> None:
+        """Each core's own warm-up (e.g. connections opened ahead), before any warmup query; `warm_up`
+        runs it first, and a run without warmup queries runs it alone."""
+        for core in self.server.cores:
+            core.warm_up()
+
     def warm_up(self, requests_per_core: int, inputs: Sequence[np.ndarray], max_new_tokens: Sequence[int],
                 *, streaming: bool, timeout_s: float,
                 sample_indices: Sequence[int] | None = None) -> WarmupCollector:
@@ -123,8 +129,7 @@ class WarmupManager:
         from, for cores that send a sample's text instead of its tokens). Waits for all of them.
 
         All failing is an error (the backend is not usable); some failing is logged."""
-        for core in self.server.cores:
-            core.warm_up()
+        self.warm_up_cores()
         n_cores = len(self.server.cores)
         collector = WarmupCollector(requests_per_core * n_cores)
         if requests_per_core == 0 or not len(inputs):
