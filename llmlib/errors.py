@@ -24,12 +24,15 @@ class BackendError(HarnessError):
     """A backend failed: down, timed out, or replied with something malformed.
 
     `address` names the backend instance (URL, device, rank); `cause` says what went wrong.
+    `final` says that retrying cannot help (the wrong server or model, a 4xx, a worker that
+    exited): health checks stop at once on a final error instead of waiting out their deadline.
     """
 
-    def __init__(self, address: str, cause: str):
+    def __init__(self, address: str, cause: str, *, final: bool = False):
         super().__init__(f"backend {address}: {cause}")
         self.address = address
         self.cause = cause
+        self.final = final
 
 
 class FlushTimeoutError(HarnessError):
