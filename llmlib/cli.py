@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -80,43 +81,96 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {benchmark.name} / {scenario}\n{config.format()}\n")
         return 0
 
+    from llmlib.harness import check_results_dir
+
+    try:
+        for config, _, _ in resolved:
+            check_results_dir(config)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if len(resolved) == 1:
         config, benchmark, scenario = resolved[0]
         return _run_one(config, benchmark, scenario)
-    # LoadGen keeps process-wide state (it flags a second user.conf load in one process as
-    # "Multiple conf files are used"), so each benchmark x scenario runs in its own process.
-    rows = []
-    for config, benchmark, scenario in resolved:
-        child = [a for a in argv if a.partition("=")[0] not in ("--benchmarks", "--scenarios")]
-        child += [f"--benchmarks={benchmark.name}", f"--scenarios={scenario}"]
-        rc = subprocess.call([sys.executable, "-m", "llmlib", *child])
-        rows.append((benchmark.name, scenario, config, rc))
+    return _run_each_in_a_process(argv, resolved)
+
+
+def _run_each_in_a_process(argv: list[str], resolved: list) -> int:
+    """LoadGen keeps process-wide state (it flags a second user.conf load in one process as
+    "Multiple conf files are used"), so each benchmark x scenario runs in its own process.
+
+    Each child has a process group of its own, so a Ctrl-C at the terminal reaches this process
+    only, which passes it on once: the child stops its run cleanly (a second Ctrl-C, passed on
+    too, makes it exit at once), and no further run starts."""
     from llmlib.harness import results_dir_for
+
+    rows = []
+    current: list[subprocess.Popen] = []
+    stopped: list[int] = []
+
+    def forward(signum, frame) -> None:
+        stopped.append(signum)
+        for proc in current:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for config, benchmark, scenario in resolved:
+            if stopped:
+                rows.append((benchmark.name, scenario, config, None))
+                continue
+            child = [a for a in argv if a.partition("=")[0] not in ("--benchmarks", "--scenarios")]
+            child += [f"--benchmarks={benchmark.name}", f"--scenarios={scenario}"]
+            proc = subprocess.Popen([sys.executable, "-m", "llmlib", *child], start_new_session=True)
+            current[:] = [proc]
+            rc = proc.wait()  # a signal runs `forward` and the wait goes on (PEP 475)
+            current.clear()
+            rows.append((benchmark.name, scenario, config, rc))
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
     print("\n" + "=" * 72)
     worst = 0
     for name, scenario, config, rc in rows:
+        if rc is None:
+            print(f"{name:<28} {scenario:<12} not started (interrupted)")
+            continue
         summary = results_dir_for(config, name, scenario) / "summary.json"
         worst = max(worst, rc)
         if rc == 2 or not summary.is_file():
             print(f"{name:<28} {scenario:<12} did not run (exit code {rc})")
             continue
         o = json.loads(summary.read_text())
-        print(f"{name:<28} {scenario:<12} {o['mode']:<16} {o['validity'] or '-':<8} issued {o['issued']} = "
+        verdict = o.get("verdict") or o["validity"] or "-"
+        print(f"{name:<28} {scenario:<12} {o['mode']:<16} {verdict:<11} issued {o['issued']} = "
               f"completed {o['completed']} + failed {o['failed']}  [{'ok' if o['ok'] else 'FAILED'}]")
+    if stopped:
+        return {signal.SIGINT: 130, signal.SIGTERM: 143}.get(stopped[0], 130)
     return worst
 
 
 def _run_one(config, benchmark, scenario: str) -> int:
+    """One run in this process, with Ctrl-C / SIGTERM taken by a RunControl: exit code 0 (every
+    request completed), 1 (requests failed or the run failed), 2 (bad input), 130 / 143 (stopped
+    by SIGINT / SIGTERM)."""
     from llmlib.harness import format_summary, run_scenario
+    from llmlib.run_control import RunControl
 
+    control = RunControl(grace_s=config.interrupt_grace_s).install()
     try:
-        outcome = run_scenario(config, benchmark, scenario)
-    except HarnessError as err:
-        print(f"error: {benchmark.name} {scenario}: {err}", file=sys.stderr)
-        return 2
-    print("\n" + format_summary(outcome), flush=True)
-    return 0 if outcome.ok else 1
+        try:
+            outcome = run_scenario(config, benchmark, scenario, control=control)
+        except HarnessError as err:
+            print(f"error: {benchmark.name} {scenario}: {err}", file=sys.stderr)
+            return control.exit_code or 2
+        print("\n" + format_summary(outcome), flush=True)
+        if control.exit_code is not None:
+            return control.exit_code
+        return 0 if outcome.ok else 1
+    finally:
+        control.uninstall()
 
 
 if __name__ == "__main__":

@@ -45,3 +45,8 @@ class FlushTimeoutError(HarnessError):
             f"{where}: {len(pending_ids)} request(s) still pending after {timeout_s:g}s: {shown}{more}"
         )
         self.pending_ids = list(pending_ids)
+
+
+class RunStopped(HarnessError):
+    """The run was stopped on purpose (Ctrl-C, SIGTERM, a core that can no longer serve) before
+    LoadGen's test began."""

@@ -70,7 +70,9 @@ def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMD
     n = core_cls.num_cores(config)
     if n < 1:
         raise ConfigError(f"core {config.core_type}: the configuration gives {n} cores; need at least 1")
-    server = LLMServer(policy=config.traffic_distribution_policy, request_timeout_s=config.request_timeout_s)
+    server = LLMServer(policy=config.traffic_distribution_policy, request_timeout_s=config.request_timeout_s or 0.0,
+                       max_consecutive_failures=config.max_consecutive_failures,
+                       stall_warning_s=config.stall_warning_s or 0.0)
     cores = []
     try:
         for rank in range(n):

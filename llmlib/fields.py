@@ -6,6 +6,7 @@ Values from the command line, the environment and YAML files are parsed by the f
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ class Field:
     env: str | None = None
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False  # the value must be > 0 (not just >= minimum)
     group: str = "harness"
 
     def parse(self, value: Any, source: str) -> Any:
@@ -53,9 +56,15 @@ class Field:
                     raise ConfigError(
                         f"{source}: --{self.name}={item!r} is not one of: {', '.join(self.choices)}"
                     )
-        if self.minimum is not None and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-            if not parsed >= self.minimum:  # also rejects NaN
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            if isinstance(parsed, float) and not math.isfinite(parsed):
+                raise ConfigError(f"{source}: --{self.name}={parsed} must be a finite number")
+            if self.positive and not parsed > 0:
+                raise ConfigError(f"{source}: --{self.name}={parsed} must be > 0")
+            if self.minimum is not None and not parsed >= self.minimum:
                 raise ConfigError(f"{source}: --{self.name}={parsed} must be >= {self.minimum:g}")
+            if self.maximum is not None and not parsed <= self.maximum:
+                raise ConfigError(f"{source}: --{self.name}={parsed} must be <= {self.maximum:g}")
         return parsed
 
 
@@ -235,20 +244,26 @@ declare(name="print_config", kind="bool", default=False, group="run",
         help="Print the resolved configuration with the source of every value, and exit.")
 
 # --- LoadGen quick-run overrides --------------------------------------------------------------
-declare(name="server_target_qps", kind="float", default=None, minimum=0, group="loadgen",
-        help="Server/Interactive target QPS (overrides user.conf).")
-declare(name="offline_expected_qps", kind="float", default=None, minimum=0, group="loadgen",
-        help="Offline expected QPS (overrides user.conf).")
-declare(name="min_duration_ms", kind="int", default=None, minimum=0, group="loadgen",
-        help="LoadGen minimum run duration in ms (overrides mlperf.conf/user.conf).")
-declare(name="max_duration_ms", kind="int", default=None, minimum=0, group="loadgen",
-        help="LoadGen maximum run duration in ms.")
-declare(name="min_query_count", kind="int", default=None, minimum=0, group="loadgen",
-        help="LoadGen minimum query count (overrides mlperf.conf/user.conf).")
-declare(name="max_query_count", kind="int", default=None, minimum=0, group="loadgen",
-        help="LoadGen maximum query count.")
-declare(name="performance_sample_count", kind="int", default=None, minimum=1, group="loadgen",
-        help="Override the performance sample count (default: the benchmark's).")
+#: LoadGen keeps durations as int64 nanoseconds (ms beyond this overflow) and counts as 64-bit
+#: integers; a target QPS above a billion is a typo.
+LOADGEN_MAX_DURATION_MS = (2**63 - 1) // 1_000_000
+LOADGEN_MAX_COUNT = 2**63 - 1
+LOADGEN_MAX_QPS = 1e9
+
+declare(name="server_target_qps", kind="float", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
+        group="loadgen", help="Server/Interactive target QPS (overrides user.conf).")
+declare(name="offline_expected_qps", kind="float", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
+        group="loadgen", help="Offline expected QPS (overrides user.conf).")
+declare(name="min_duration_ms", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_DURATION_MS,
+        group="loadgen", help="LoadGen minimum run duration in ms (overrides mlperf.conf/user.conf).")
+declare(name="max_duration_ms", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_DURATION_MS,
+        group="loadgen", help="LoadGen maximum run duration in ms.")
+declare(name="min_query_count", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_COUNT,
+        group="loadgen", help="LoadGen minimum query count (overrides mlperf.conf/user.conf).")
+declare(name="max_query_count", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_COUNT,
+        group="loadgen", help="LoadGen maximum query count.")
+declare(name="performance_sample_count", kind="int", default=None, minimum=1, maximum=LOADGEN_MAX_COUNT,
+        group="loadgen", help="Override the performance sample count (default: the benchmark's).")
 
 # --- LLMServer --------------------------------------------------------------------------------
 declare(name="traffic_distribution_policy", kind="str", default="load_balancing", group="server",
@@ -261,9 +276,21 @@ declare(name="show_steady_state_progress", kind="bool", default=True, group="ser
         help="Show steady-state tokens/s (excluding ramp-up and tail) in the progress display.")
 declare(name="progress_interval_s", kind="float", default=0.5, minimum=0.05, group="server",
         help="Seconds between progress display refreshes.")
-declare(name="request_timeout_s", kind="float", default=600.0, minimum=0, group="server",
-        help="A request pending longer than this fails (0 = never). Keeps a stuck backend from "
+declare(name="request_timeout_s", kind="float", default=None, minimum=0, group="server",
+        help="A request pending longer than this fails (0 = never). Default: derived from the "
+             "scenario's limits, 3 x (TTFT limit + max output tokens x TPOT limit), at least 30 s; "
+             "Offline: twice the expected run length, at least 600 s. Keeps a stuck backend from "
              "hanging the run.")
+declare(name="stall_warning_s", kind="float", default=None, minimum=0, group="server",
+        help="Warn (the run goes on) when requests have had no first token for this long (0 = never). "
+             "Default: 5 x the TTFT limit, at least 10 s, in Server/Interactive; off in Offline, "
+             "where requests queue by design.")
+declare(name="max_consecutive_failures", kind="int", default=50, minimum=0, group="server",
+        help="A core whose last N requests all failed can no longer serve: the run stops early "
+             "with that cause (0 = never).")
+declare(name="interrupt_grace_s", kind="float", default=20.0, minimum=0, group="server",
+        help="After Ctrl-C / SIGTERM (or a core lost), how long LoadGen may take to finish its test "
+             "(pending requests fail at once) before the harness exits without LoadGen's summary.")
 declare(name="flush_timeout_s", kind="float", default=60.0, minimum=0, group="server",
         help="How long the end-of-run flush waits for pending requests.")
 
@@ -272,6 +299,8 @@ declare(name="warmup_queries", kind="int", default=8, minimum=0, group="warmup",
         help="Warmup requests per core before the timed run (responses never reach LoadGen).")
 declare(name="health_check_timeout_s", kind="float", default=60.0, minimum=0, group="warmup",
         help="Overall deadline for all cores to pass their health check.")
+declare(name="warmup_timeout_s", kind="float", default=120.0, minimum=0, positive=True, group="warmup",
+        help="Deadline for the warm-up requests; those still pending then fail (the run goes on).")
 declare(name="health_check_backoff_s", kind="float", default=0.5, minimum=0, group="warmup",
         help="First retry delay of a failing health check; doubles each retry.")
 

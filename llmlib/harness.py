@@ -8,6 +8,8 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,12 +19,13 @@ from llmlib.accuracy import AccuracyReport, evaluate, load_tokenizer, read_accur
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
-from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
+from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError, RunStopped
 from llmlib.expander import ExpanderSUT, parse_scaffolding
-from llmlib.factory import build_server, repo_root
+from llmlib.factory import build_server, load_benchmark_dataset, repo_root
 from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import parse_detail_log, summarize
 from llmlib.reporter import LoadgenReporter
+from llmlib.run_control import RunControl
 from llmlib.server import Progress
 from llmlib.warmup import warmup_picks, warmup_shapes
 
@@ -136,8 +139,12 @@ class RunOutcome:
     duplicates_dropped: int = 0
     timed_out: int = 0
     output_tokens: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # error shape (ids, numbers masked) -> count
+    error_examples: dict[str, str] = field(default_factory=dict)  # shape -> its first full cause
+    stalls_reported: int = 0
     run_error: str | None = None
+    interrupted: str | None = None  # why the run was stopped by a signal
+    notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     loadgen: dict[str, Any] | None = None
     core_stats: list[dict[str, Any]] = field(default_factory=list)
@@ -160,12 +167,34 @@ class RunOutcome:
 
     @property
     def ok(self) -> bool:
-        """No request failed or went missing, and the run itself did not fail."""
-        return self.failed == 0 and self.lost == 0 and self.run_error is None
+        """No request failed or went missing, and the run itself did not fail or get interrupted."""
+        return self.failed == 0 and self.lost == 0 and self.run_error is None and self.interrupted is None
+
+    @property
+    def verdict(self) -> str:
+        """What the run is worth: INTERRUPTED, FAILED (requests failed or went missing, or the run
+        itself failed), else LoadGen's own validity. Never VALID unless every request completed."""
+        if self.interrupted is not None:
+            return "INTERRUPTED"
+        if not self.ok:
+            return "FAILED"
+        if self.mode == "AccuracyOnly":
+            return "COMPLETE"
+        return self.validity or "NO RESULT"
+
+    @property
+    def completed_fraction(self) -> float:
+        return self.completed / self.issued if self.issued else 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(lost=self.lost, ok=self.ok, validity=self.validity)
+        d.update(lost=self.lost, ok=self.ok, validity=self.validity, verdict=self.verdict)
+        lgr = self.loadgen or {}
+        if lgr.get("result_samples_per_second") is not None and self.issued:
+            # LoadGen counts a failed sample as done; these count completed samples only
+            duration = self.issued / lgr["result_samples_per_second"] if lgr["result_samples_per_second"] else None
+            d["completed_samples_per_second"] = self.completed / duration if duration else None
+            d["completed_tokens_per_second"] = self.output_tokens / duration if duration else None
         return d
 
 
@@ -176,25 +205,210 @@ def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Pa
     return base / config.system_name / benchmark / scenario / MODE_DIRS[config.test_mode]
 
 
-def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str) -> RunOutcome:
-    """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for."""
+def derived_timeouts(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario: ScenarioSpec,
+                     settings) -> ResolvedConfig:
+    """`request_timeout_s` and `stall_warning_s` from the scenario's limits where the user gave none
+    (the resolved config records them as derived)."""
+    values: dict[str, float] = {}
+    max_out = config.max_tokens or benchmark.max_output_tokens
+    if config.request_timeout_s is None:
+        if scenario.loadgen_scenario == "Offline" or scenario.ttft_ms is None or scenario.tpot_ms is None:
+            # requests queue by design: a request has hung when it outlives twice the expected run
+            qps = max(float(getattr(settings, "offline_expected_qps", 0) or 0), 1e-9)
+            samples = benchmark.total_sample_count if config.test_mode == "AccuracyOnly" else \
+                max(settings.min_query_count, qps * settings.min_duration_ms / 1000)
+            expected_s = max(samples / qps, settings.min_duration_ms / 1000)
+            values["request_timeout_s"] = round(max(600.0, 2 * expected_s), 1)
+        else:
+            worst = scenario.ttft_ms / 1000 + max_out * scenario.tpot_ms / 1000
+            values["request_timeout_s"] = round(max(30.0, 3 * worst), 1)
+    if config.stall_warning_s is None:
+        if scenario.streaming and scenario.ttft_ms is not None:
+            values["stall_warning_s"] = round(max(10.0, 5 * scenario.ttft_ms / 1000), 1)
+        else:
+            values["stall_warning_s"] = 0.0
+    return config.with_values(source="derived from the scenario's limits", **values) if values else config
+
+
+def _schedule_left(settings, scenario: ScenarioSpec, config: ResolvedConfig, benchmark: BenchmarkSpec,
+                   t_start: float):
+    """How long LoadGen's test still runs once every sample fails at issue: Offline ends at once;
+    a Server schedule issues its queries at their times until min duration and min query count
+    are met (all samples in accuracy mode)."""
+    if scenario.loadgen_scenario != "Server":
+        return lambda: 0.0
+    qps = max(float(settings.server_target_qps), 1e-9)
+    if config.test_mode == "AccuracyOnly":
+        total_s = benchmark.total_sample_count / qps
+    else:
+        total_s = max(settings.min_duration_ms / 1000, settings.min_query_count / qps)
+        if settings.max_duration_ms:
+            total_s = min(total_s, settings.max_duration_ms / 1000)
+    return lambda: max(total_s - (time.monotonic() - t_start), 0.0)
+
+
+def check_results_dir(config: ResolvedConfig) -> Path:
+    """The results folder exists (made if missing) and is writable; else a one-line ConfigError."""
+    base = Path(config.results_dir)
+    if not base.is_absolute():
+        base = repo_root() / base
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--results_dir={config.results_dir}: not a writable folder "
+                          f"({err.strerror or err})") from err
+    return base
+
+
+class _Run:
+    """One scenario run's moving parts, so that the end of the run (normal, stopped, or a hard
+    exit from the run-control thread) can build the same outcome from them."""
+
+    def __init__(self, lg, config: ResolvedConfig, benchmark: BenchmarkSpec, scenario: ScenarioSpec,
+                 outcome: RunOutcome, control: RunControl):
+        self.lg, self.config, self.benchmark, self.scenario = lg, config, benchmark, scenario
+        self.outcome, self.control = outcome, control
+        self.bundle = self.server = self.dataset = self.sut = self.expander = None
+        self.reporter: LoadgenReporter | None = None
+        self.before: tuple[int, int] | None = None
+        self.errors_before: collections.Counter = collections.Counter()
+        self.loadgen_started = self.loadgen_done = False
+        self.t0 = time.monotonic()
+        self._written = threading.Lock()
+        self.errors_file = None
+        self._errors_lock = threading.Lock()
+
+    # --- what a stop does (called on the run-control thread) ------------------------------------------
+    def stop(self, cause: str) -> None:
+        """No new request reaches a backend; everything pending fails with `cause`; LoadGen is left
+        to finish its test (Offline ends at once, a Server schedule runs on with instant failures)."""
+        if self.bundle is not None:
+            self.bundle.warmup.stop_event.set()
+        if self.server is not None:
+            self.server.stop_intake(cause)
+            n = self.server.fail_pending(cause)
+            if n:
+                log.warning("%d pending request(s) failed: %s", n, cause)
+
+    def hard_exit(self, why: str) -> None:
+        """Write the summary from what is known, without LoadGen (which is still running or being
+        torn down), before the process exits."""
+        o = self.outcome
+        o.interrupted = o.interrupted or self.control.stop_reason or why
+        o.notes.append(f"LoadGen did not finish ({why}): its mlperf_log_summary.txt is not written and the "
+                       f"counts are the harness's own")
+        self.collect(loadgen_finished=False)
+        self.write_summary(print_it=True)
+
+    # --- the ledger ---------------------------------------------------------------------------------------
+    def on_failure(self, request_id: int, sample_index: int, cause: str) -> None:
+        """Every failed sample's full cause, one line each, into errors.txt (the summary groups them):
+        the dataset sample index, LoadGen's response id, the cause."""
+        fh = self.errors_file
+        if fh is not None:
+            with self._errors_lock:
+                fh.write(f"{sample_index}\t{request_id}\t{cause}\n")
+
+    def collect(self, *, loadgen_finished: bool) -> None:
+        o, server, reporter, sut = self.outcome, self.server, self.reporter, self.sut
+        o.wall_s = time.monotonic() - self.t0
+        if server is None:
+            return
+        if sut is not None:
+            o.issued = sut.issued
+        if self.before is not None:  # the server counts under its lock; warm-up is over by now
+            o.completed = server.counts.completed - self.before[0]
+            o.output_tokens = server.counts.output_tokens - self.before[1]
+        if reporter is not None:
+            o.failed = reporter.failed
+            o.short_outputs = reporter.short_outputs
+        if self.expander is not None:  # the server counted sub-requests; LoadGen's samples are the expander's
+            o.completed = self.expander.stats.completed
+            o.output_tokens = self.expander.stats.answer_tokens
+            o.scaffolding = self.expander.stats.report()
+            o.scaffolding_lines = self.expander.stats.lines()
+        o.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
+        o.timed_out = server.counts.timed_out
+        o.stalls_reported = server.stalls_reported
+        o.errors = dict((collections.Counter(server.counts.errors) - self.errors_before).most_common()) \
+            if self.before is not None else {}
+        o.error_examples = {shape: server.error_examples.get(shape, shape) for shape in o.errors}
+        o.core_stats = server.core_stats()
+        detail = Path(o.outdir) / "mlperf_log_detail.txt"
+        if loadgen_finished and detail.is_file() and self.loadgen_started:
+            try:
+                o.loadgen = asdict(summarize(parse_detail_log(detail)))
+            except HarnessError as err:
+                o.run_error = o.run_error or str(err)
+
+    def write_summary(self, *, print_it: bool = False) -> None:
+        """summary.txt and summary.json, once (a hard exit and the normal end may race)."""
+        if not self._written.acquire(blocking=False):
+            return
+        if self.errors_file is not None:
+            with self._errors_lock:
+                self.errors_file.flush()
+        outdir = Path(self.outcome.outdir)
+        text = format_summary(self.outcome)
+        (outdir / "summary.txt").write_text(text + "\n")
+        (outdir / "summary.json").write_text(json.dumps(self.outcome.to_json(), indent=1, default=str) + "\n")
+        if print_it:
+            print("\n" + text, flush=True)
+
+
+def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str, *,
+                 control: RunControl | None = None) -> RunOutcome:
+    """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for.
+
+    `control` takes Ctrl-C / SIGTERM (the CLI installs one with signal handling); without one the
+    run still stops early, with the same steps, when a core can no longer serve."""
+    own_control = control is None
+    if own_control:
+        control = RunControl(grace_s=config.interrupt_grace_s, signals=False).install()
+    try:
+        return _run_scenario(config, benchmark, scenario_name, control)
+    finally:
+        if own_control:
+            control.uninstall()
+
+
+def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str,
+                  control: RunControl) -> RunOutcome:
     lg = import_loadgen()
     scenario = benchmark.scenario(scenario_name)
+    # Everything that can be wrong with the input is found before a results folder is made.
+    settings = build_test_settings(lg, config, benchmark, scenario)
+    config = derived_timeouts(config, benchmark, scenario, settings)
+    gen = generation_params(config, benchmark)
+    check_results_dir(config)
     outdir = results_dir_for(config, benchmark.name, scenario.name)
-    outdir.mkdir(parents=True, exist_ok=True)
-    config.write(outdir / "config.json")
     outcome = RunOutcome(benchmark=benchmark.name, scenario=scenario.name, mode=config.test_mode,
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
                          ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
-    settings = build_test_settings(lg, config, benchmark, scenario)
-    gen = generation_params(config, benchmark)
-    bundle = build_server(config, benchmark)
-    server, dataset = bundle.server, bundle.dataset
+    run = _Run(lg, config, benchmark, scenario, outcome, control)
+    dataset = load_benchmark_dataset(benchmark)
+    run.bundle = bundle = build_server(config, benchmark, dataset)
+    run.server, run.dataset = server, dataset = bundle.server, bundle.dataset
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.txt", "summary.json", "errors.txt"):
+            (outdir / stale).unlink(missing_ok=True)
+        config.write(outdir / "config.json")
+        run.errors_file = open(outdir / "errors.txt", "w", buffering=1 << 16)  # noqa: SIM115 (closed below)
+    except OSError as err:
+        bundle.stop()
+        raise ConfigError(f"--results_dir: cannot write {outdir} ({err.strerror or err})") from err
+    server.on_core_lost = control.abort
+    control.on_stop(run.stop)
+    control.on_hard_exit(run.hard_exit)
+    if control.stopped:  # a signal before the hooks were in place
+        run.stop(control.stop_reason)
     lg_streaming = scenario.loadgen_scenario == "Server"
-    reporter = LoadgenReporter(lg, streaming=lg_streaming)
-    sut_handle = qsl_handle = before = expander = None
+    run.reporter = reporter = LoadgenReporter(lg, streaming=lg_streaming)
+    sut_handle = qsl_handle = None
     progress = None
-    t0 = time.monotonic()
     try:
         bundle.warmup.health_check()
         if config.warmup_queries:
@@ -202,20 +416,25 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
             shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, gen.max_new_tokens, n_warmup)
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
                                   sample_indices=warmup_picks(dataset.input_tokens, n_warmup),
-                                  timeout_s=max(config.request_timeout_s, 1.0) if config.request_timeout_s else 600.0)
+                                  timeout_s=config.warmup_timeout_s)
         else:
             bundle.warmup.warm_up_cores()
+        if control.stopped:
+            raise RunStopped(control.stop_reason)
         counts = server.counts
-        before = (counts.completed, counts.output_tokens)
+        run.before = (counts.completed, counts.output_tokens)
+        run.errors_before = collections.Counter(counts.errors)  # warm-up failures are not the run's
+        server.error_sink = run.on_failure
         if config.scaffolding:
             method, params = parse_scaffolding(config.scaffolding)
             tok_path = tokenizer_path_for(config, benchmark)
-            expander = ExpanderSUT(server, reporter, dataset, gen=gen, method=method, params=params,
-                                   tokenizer=load_tokenizer(tok_path) if tok_path is not None else None,
-                                   max_parallel=config.scaffolding_max_parallel)
-            sut = expander
+            run.expander = ExpanderSUT(server, reporter, dataset, gen=gen, method=method, params=params,
+                                       tokenizer=load_tokenizer(tok_path) if tok_path is not None else None,
+                                       max_parallel=config.scaffolding_max_parallel)
+            sut = run.expander
         else:
             sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming)
+        run.sut = sut
         sut_handle = lg.ConstructFastSUT(sut.issue_queries, sut.flush_queries)
         perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
         qsl_handle = lg.ConstructQSL(len(dataset), perf_count, _noop, _noop)
@@ -229,59 +448,60 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
             progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
                                 interval_s=config.progress_interval_s,
                                 steady_state=config.show_steady_state_progress)
+        run.loadgen_started = True
+        control.loadgen_time_left = _schedule_left(settings, scenario, config, benchmark, time.monotonic())
         lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        control.finished()
+        run.loadgen_done = True
         try:
             server.flush(config.flush_timeout_s)
         except FlushTimeoutError as err:
             outcome.run_error = str(err)
             server.fail_pending("still pending at the end of the run")
-        outcome.issued = sut.issued
+    except RunStopped as err:
+        if not control.stopped:
+            outcome.run_error = str(err)
     except HarnessError as err:
         outcome.run_error = str(err)
     finally:
-        if expander is not None:
-            expander.close()
+        # Nothing may reach LoadGen once its SUT is destroyed: close the reporter first.
+        reporter.close()
+        if run.expander is not None:
+            run.expander.close()
         if progress is not None:
             progress.close()
         if sut_handle is not None:
             lg.DestroyFastSUT(sut_handle)
         if qsl_handle is not None:
             lg.DestroyQSL(qsl_handle)
+        server.on_core_lost = None
+        control.on_stop(None)
+        control.loadgen_time_left = None
         bundle.stop()
-    outcome.wall_s = time.monotonic() - t0
-    if before is not None:  # the server counts under its lock; warmup is over by now
-        outcome.completed = server.counts.completed - before[0]
-        outcome.output_tokens = server.counts.output_tokens - before[1]
-    outcome.failed = reporter.failed
-    if expander is not None:  # the server counted sub-requests; LoadGen's samples are the expander's
-        outcome.completed = expander.stats.completed
-        outcome.output_tokens = expander.stats.answer_tokens
-        outcome.scaffolding = expander.stats.report()
-        outcome.scaffolding_lines = expander.stats.lines()
-    outcome.short_outputs = reporter.short_outputs
-    outcome.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
-    outcome.timed_out = server.counts.timed_out
-    outcome.errors = dict(collections.Counter(server.counts.errors))
-    outcome.core_stats = server.core_stats()
+    if control.stopped:
+        if control.exit_code is not None:
+            outcome.interrupted = control.stop_reason
+        else:
+            outcome.run_error = outcome.run_error or control.stop_reason
+    run.collect(loadgen_finished=run.loadgen_done)
+    if control.stopped and not run.loadgen_started:
+        outcome.notes.append("stopped before LoadGen's test began: no LoadGen logs")
     if outcome.completed and config.test_mode == "AccuracyOnly":
         outcome.tokens_per_sample = outcome.output_tokens / outcome.completed
         outcome.tokens_per_sample_bounds = (benchmark.accuracy.tokens_per_sample_min,
                                             benchmark.accuracy.tokens_per_sample_max)
-    if config.test_mode == "AccuracyOnly" and sut_handle is not None and outcome.run_error is None:
+    if config.test_mode == "AccuracyOnly" and run.loadgen_done and outcome.run_error is None \
+            and outcome.interrupted is None:
         try:
             report = evaluate_run(config, benchmark, dataset, outdir)
             outcome.accuracy, outcome.accuracy_lines = report.to_json(), report.lines()
         except HarnessError as err:
             outcome.accuracy_lines = [f"not evaluated: {err}"]
-    detail = outdir / "mlperf_log_detail.txt"
-    if detail.is_file() and sut_handle is not None:
-        try:
-            outcome.loadgen = asdict(summarize(parse_detail_log(detail)))
-        except HarnessError as err:
-            outcome.run_error = outcome.run_error or str(err)
-    text = format_summary(outcome)
-    (outdir / "summary.txt").write_text(text + "\n")
-    (outdir / "summary.json").write_text(json.dumps(outcome.to_json(), indent=1, default=str) + "\n")
+    run.write_summary()
+    control.on_hard_exit(None)
+    with run._errors_lock:
+        run.errors_file.close()
+        run.errors_file = None
     return outcome
 
 
@@ -322,17 +542,31 @@ def format_summary(o: RunOutcome) -> str:
     lgr: dict[str, Any] = o.loadgen or {}
     lines = [f"=== {o.benchmark} | {o.scenario} | {o.mode} | core={o.core_type} | system={o.system} ==="]
     accuracy_mode = o.mode == "AccuracyOnly"
+    lg_validity = lgr.get("validity")
+    verdict = o.verdict
+    if verdict in ("FAILED", "INTERRUPTED") or not accuracy_mode:
+        lines.append(f"Result              : {verdict}")
     if accuracy_mode:
         lines.append("LoadGen result      : AccuracyOnly run (no performance verdict); outputs in "
                      "mlperf_log_accuracy.json")
     else:
-        lines.append(f"LoadGen result      : {lgr.get('validity') or 'no LoadGen result'}")
+        overruled = f"   (not the verdict: {verdict})" if lg_validity and lg_validity != verdict else ""
+        lines.append(f"LoadGen computed    : {lg_validity or 'no LoadGen result'}{overruled}")
         for reason in lgr.get("invalid_reasons") or ():
             lines.append(f"  reason            : {reason}")
+    if o.interrupted:
+        lines.append(f"INTERRUPTED         : {o.interrupted}")
     if lgr and not accuracy_mode:
         sps, tps = lgr.get("result_samples_per_second"), lgr.get("result_tokens_per_second")
-        lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
-        lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
+        if o.failed and sps and o.issued:
+            duration = o.issued / sps
+            lines.append(f"samples/s           : {o.completed / duration:,.2f} completed samples only "
+                         f"(LoadGen: {sps:,.2f}, counting {o.failed} failed samples as done)")
+            lines.append(f"tokens/s            : {o.output_tokens / duration:,.1f} from completed samples "
+                         f"(LoadGen: {tps or 0:,.1f})")
+        else:
+            lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
+            lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
         if lgr.get("target_qps") is not None and o.scenario != "Offline":
             lines.append(f"target QPS          : {lgr['target_qps']:,.2f}")
     if o.scenario != "Offline" and o.mode == "PerformanceOnly":
@@ -364,8 +598,15 @@ def format_summary(o: RunOutcome) -> str:
         lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported to LoadGen as 2 so TPOT is defined)")
     if o.timed_out or o.duplicates_dropped:
         lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
-    for cause, count in sorted(o.errors.items(), key=lambda kv: -kv[1])[:5]:
-        lines.append(f"  failed x{count:<8}: {cause}")
+    if o.stalls_reported:
+        lines.append(f"stall warnings      : {o.stalls_reported} (requests with no first token for --stall_warning_s)")
+    groups = sorted(o.errors.items(), key=lambda kv: -kv[1])
+    for shape, count in groups[:5]:
+        lines.append(f"  failed x{count:<8}: {o.error_examples.get(shape, shape)}")
+    if len(groups) > 5:
+        lines.append(f"  ... {len(groups) - 5} more kinds of failure, {sum(c for _, c in groups[5:])} requests")
+    if o.failed:
+        lines.append("  every failure     : errors.txt (request id and cause)")
     sources: collections.Counter = collections.Counter()
     for st in o.core_stats:
         sources.update(st.get("token_sources") or {})
@@ -378,11 +619,15 @@ def format_summary(o: RunOutcome) -> str:
                          f"tokens {st['output_tokens']}")
     if o.run_error:
         lines.append(f"RUN FAILED          : {o.run_error}")
+    elif o.interrupted:
+        lines.append(f"RUN INTERRUPTED     : {o.failed} failed, {o.lost} lost")
     elif o.failed or o.lost:
         lines.append(f"RUN FAILED          : {o.failed} failed, {o.lost} lost")
     if o.failed:
         lines.append("note                : failed samples were completed in LoadGen with no output; "
                      "its latency figures include them")
+    for note in o.notes:
+        lines.append(f"note                : {note}")
     lines.append(f"wall time           : {o.wall_s:.1f} s")
     lines.append(f"results             : {o.outdir}")
     return "\n".join(lines)

@@ -77,8 +77,20 @@ class LoadgenReporter:
         self._first_bufs = _FirstTokenBuffers()
         self.short_outputs = 0
         self.failed = 0
+        self.closed = False  # set before LoadGen's SUT is destroyed: nothing may reach it after
+        self.after_close = 0
+
+    def close(self) -> None:
+        """LoadGen's test is over (or torn down): from now on outcomes are counted, not reported."""
+        self.closed = True
+
+    def _late(self) -> None:
+        with self._lock:
+            self.after_close += 1
 
     def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+        if self.closed:
+            return self._late()
         if not len(token_ids):
             self._ftc([self._qsr(request_id, _EMPTY_ADDRESS, 0, 1)])
             return
@@ -87,6 +99,8 @@ class LoadgenReporter:
         self._ftc([self._qsr(request_id, address, 4, 1)])
 
     def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
+        if self.closed:
+            return self._late()
         if self.streaming and not first_sent:
             self.first_token(request_id, token_ids)
         if n_tokens < MIN_REPORTED_TOKENS:
@@ -108,6 +122,8 @@ class LoadgenReporter:
     def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
         """A failed request still completes in LoadGen (or it would wait forever), with no
         output; the harness counts it and marks the run failed."""
+        if self.closed:
+            return self._late()
         if self.streaming and not first_sent:
             self.first_token(request_id, EMPTY_TOKENS)
         self._qsc([self._qsr(request_id, _EMPTY_ADDRESS, 0, MIN_REPORTED_TOKENS)])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,12 @@ import numpy as np
 
 from llmlib.cores.base import LLMCore, Request
 from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
+
+_log = logging.getLogger(__name__)
+
+#: How many recent TTFT/TPOT samples the running display keeps (the reported percentiles come from
+#: LoadGen's own log; these bound the harness's memory over long runs).
+LATENCY_WINDOW = 4096
 
 
 class Target(Protocol):
@@ -108,7 +116,8 @@ class LLMServer:
     """Load-balances requests over cores and routes every outcome to its target exactly once."""
 
     def __init__(self, cores: Sequence[LLMCore] = (), *, policy: str = "load_balancing",
-                 request_timeout_s: float = 0.0, clock: Callable[[], int] = time.monotonic_ns):
+                 request_timeout_s: float = 0.0, max_consecutive_failures: int = 0,
+                 stall_warning_s: float = 0.0, clock: Callable[[], int] = time.monotonic_ns):
         self.cores: list[LLMCore] = list(cores)
         self.policy_name = policy
         self._policy: Policy | None = make_policy(policy, len(self.cores)) if self.cores else None
@@ -117,7 +126,7 @@ class LLMServer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._flushing = False
-        # request_id -> [target, core index, issue ns, cost, first-token ns (0 = none yet)]
+        # request_id -> [target, core index, issue ns, cost, first-token ns (0 = none yet), sample index]
         self._pending: dict[int, list] = {}
         n = len(self.cores)
         self.core_pending = [0] * n
@@ -126,14 +135,26 @@ class LLMServer:
         self.core_failed = [0] * n
         self.core_tokens = [0] * n
         self.counts = ServerCounts()
-        # latency samples for the running display (ns); appends are atomic under the GIL
-        self.ttft_ns: list[int] = []
-        self.tpot_ns: list[int] = []
+        # recent latency samples for the running display (ns); appends are atomic under the GIL
+        self.ttft_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.tpot_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
         self._first_error: str | None = None
+        self.error_examples: dict[str, str] = {}  # error shape -> its first full cause
+        # Intake: None while requests are accepted; else why they are refused (a stopped run).
+        self._refusal: str | None = None
+        # A core whose last N requests all failed, or that reports itself dead, can no longer
+        # serve: `on_core_lost(cause)` is called once (the harness ends the run early).
+        self.max_consecutive_failures = max_consecutive_failures
+        self.core_consecutive_failures = [0] * n
+        self.on_core_lost: Callable[[str], None] | None = None
+        self._core_lost: str | None = None
+        self.error_sink: Callable[[int, int, str], None] | None = None  # (request id, sample index, cause)
         self._timeout_ns = int(request_timeout_s * 1e9)
+        self._stall_ns = int(stall_warning_s * 1e9)
+        self.stalls_reported = 0
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
-        if self._timeout_ns > 0:
+        if self._timeout_ns > 0 or self._stall_ns > 0:
             self._watchdog = threading.Thread(target=self._watchdog_loop, name="llmserver-watchdog", daemon=True)
             self._watchdog.start()
 
@@ -152,17 +173,23 @@ class LLMServer:
         self.core_completed = [0] * n
         self.core_failed = [0] * n
         self.core_tokens = [0] * n
+        self.core_consecutive_failures = [0] * n
 
     # --- submit ------------------------------------------------------------------------------------
     def submit_one(self, req: Request, target: Target) -> None:
         """`submit` for a single request (LoadGen's Server scenario issues one sample at a time)."""
         cost = len(req.input_tokens) + req.max_new_tokens
         with self._lock:
-            ci = self._policy.pick(self.core_pending, self.core_pending_tokens, cost) if self._multi else 0
-            self._pending[req.request_id] = [target, ci, self._clock(), cost, 0]
-            self.core_pending[ci] += 1
-            self.core_pending_tokens[ci] += cost
-            self.counts.issued += 1
+            refused = self._refusal is not None and self._count_refused(1)
+            if not refused:
+                ci = self._policy.pick(self.core_pending, self.core_pending_tokens, cost) if self._multi else 0
+                self._pending[req.request_id] = [target, ci, self._clock(), cost, 0, req.sample_index]
+                self.core_pending[ci] += 1
+                self.core_pending_tokens[ci] += cost
+                self.counts.issued += 1
+        if refused:
+            self._fail_refused((req,), target)
+            return
         self.cores[ci].enqueue((req,))
 
     def submit(self, requests: Sequence[Request], target: Target, *, core_index: int | None = None) -> None:
@@ -176,20 +203,26 @@ class LLMServer:
         if len(cores) == 1 or core_index is not None:
             ci = core_index or 0
             with self._lock:
-                for req in requests:
+                refused = self._refusal is not None and self._count_refused(len(requests))
+                for req in () if refused else requests:
                     cost = len(req.input_tokens) + req.max_new_tokens
-                    pending[req.request_id] = [target, ci, now, cost, 0]
+                    pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index]
                     pend_req[ci] += 1
                     pend_tok[ci] += cost
-                self.counts.issued += len(requests)
-            cores[ci].enqueue(requests)
+                if not refused:
+                    self.counts.issued += len(requests)
+            if refused:
+                self._fail_refused(requests, target)
+            else:
+                cores[ci].enqueue(requests)
             return
         batches: dict[int, list[Request]] = {}
         with self._lock:
-            for req in requests:
+            refused = self._refusal is not None and self._count_refused(len(requests))
+            for req in () if refused else requests:
                 cost = len(req.input_tokens) + req.max_new_tokens
                 ci = pick(pend_req, pend_tok, cost)
-                pending[req.request_id] = [target, ci, now, cost, 0]
+                pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index]
                 pend_req[ci] += 1
                 pend_tok[ci] += cost
                 batch = batches.get(ci)
@@ -197,9 +230,38 @@ class LLMServer:
                     batches[ci] = [req]
                 else:
                     batch.append(req)
-            self.counts.issued += len(requests)
+            if not refused:
+                self.counts.issued += len(requests)
+        if refused:
+            self._fail_refused(requests, target)
+            return
         for ci, batch in batches.items():
             cores[ci].enqueue(batch)
+
+    def _count_refused(self, n: int) -> bool:
+        """Count `n` requests refused because the intake is closed (called with the lock held)."""
+        counts = self.counts
+        counts.issued += n
+        counts.failed += n
+        counts.errors[mask_variable_parts(f"BackendError: {self._refusal}")] += n
+        return True
+
+    def _fail_refused(self, requests: Sequence[Request], target: Target) -> None:
+        error = BackendError("harness", self._refusal or "refused")
+        for req in requests:
+            if self.error_sink is not None:
+                self.error_sink(req.request_id, req.sample_index, error_text(error))
+            target.fail(req.request_id, error, False)
+
+    def stop_intake(self, reason: str) -> None:
+        """From now on every submitted request fails at once with `reason` (a stopped run);
+        together with `fail_pending` nothing reaches a backend any more."""
+        with self._lock:
+            self._refusal = reason
+
+    @property
+    def intake_closed(self) -> str | None:
+        return self._refusal
 
     # --- the sink every core delivers to ------------------------------------------------------------
     def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
@@ -222,6 +284,7 @@ class LLMServer:
             ci = entry[1]
             self.core_pending[ci] -= 1
             self.core_pending_tokens[ci] -= entry[3]
+            self.core_consecutive_failures[ci] = 0
             self.core_completed[ci] += 1
             self.core_tokens[ci] += n_tokens
             counts = self.counts
@@ -245,12 +308,36 @@ class LLMServer:
             self.core_pending_tokens[ci] -= entry[3]
             self.core_failed[ci] += 1
             self.counts.failed += 1
-            self.counts.errors[_error_key(error)] += 1
+            cause = error_text(error)
+            shape = mask_variable_parts(cause)
+            self.counts.errors[shape] += 1
+            if shape not in self.error_examples:
+                self.error_examples[shape] = cause
             if self._first_error is None:
                 self._first_error = f"request {request_id}: {error}"
             if self._flushing and not self._pending:
                 self._idle.notify_all()
+            self.core_consecutive_failures[ci] += 1
+            lost = self._check_core_lost(ci, cause)
+        if self.error_sink is not None:
+            self.error_sink(request_id, entry[5], cause)
         entry[0].fail(request_id, error, entry[4] != 0)
+        if lost is not None and self.on_core_lost is not None:
+            self.on_core_lost(lost)
+
+    def _check_core_lost(self, ci: int, cause: str) -> str | None:
+        """Called with the lock held after a failure on core `ci`: the cause, the first time a core
+        is found unable to serve (dead by its own account, or N failures in a row)."""
+        if self._core_lost is not None or self._refusal is not None:
+            return None
+        core = self.cores[ci]
+        dead = core.dead_cause
+        if dead is not None:
+            self._core_lost = f"core {core.address} can no longer serve: {dead}"
+        elif self.max_consecutive_failures and self.core_consecutive_failures[ci] >= self.max_consecutive_failures:
+            self._core_lost = (f"core {core.address} failed its last {self.core_consecutive_failures[ci]} requests "
+                               f"in a row (--max_consecutive_failures); the last: {cause}")
+        return self._core_lost
 
     # --- end of run ----------------------------------------------------------------------------------
     @property
@@ -305,19 +392,50 @@ class LLMServer:
         return True
 
     def _watchdog_loop(self) -> None:
-        interval = min(max(self._timeout_ns / 1e9 / 10, 0.05), 1.0)
+        shortest = min(t for t in (self._timeout_ns, self._stall_ns) if t > 0)
+        interval = min(max(shortest / 1e9 / 10, 0.05), 1.0)
+        next_stall_report = 0
         while not self._stop.wait(interval):
-            cutoff = self._clock() - self._timeout_ns
-            expired = []
-            with self._lock:
-                for rid, entry in self._pending.items():  # insertion order: oldest first
-                    if entry[2] > cutoff:
-                        break
-                    expired.append((rid, entry[1]))
-            reason = f"timed out after {self._timeout_ns / 1e9:g}s (--request_timeout_s)"
-            for rid, ci in expired:
-                if self._expire(rid, ci, reason):
-                    self.counts.timed_out += 1
+            if self._timeout_ns > 0:
+                self._expire_old()
+            if self._stall_ns > 0 and self._clock() >= next_stall_report and self._report_stalls():
+                next_stall_report = self._clock() + self._stall_ns  # at most one warning per stall time
+
+    def _expire_old(self) -> None:
+        cutoff = self._clock() - self._timeout_ns
+        expired = []
+        with self._lock:
+            for rid, entry in self._pending.items():  # insertion order: oldest first
+                if entry[2] > cutoff:
+                    break
+                expired.append((rid, entry[1]))
+        reason = f"timed out after {self._timeout_ns / 1e9:g}s (--request_timeout_s)"
+        for rid, ci in expired:
+            if self._expire(rid, ci, reason):
+                self.counts.timed_out += 1
+
+    def _report_stalls(self) -> bool:
+        """Warn (the run goes on) about requests that have had no first token for the stall time.
+        True if it warned."""
+        now = self._clock()
+        cutoff = now - self._stall_ns
+        stalled, oldest = 0, None
+        with self._lock:
+            for rid, entry in self._pending.items():  # oldest first
+                if entry[2] > cutoff:
+                    break
+                if not entry[4]:
+                    stalled += 1
+                    if oldest is None:
+                        oldest = (rid, entry[1], entry[2])
+        if not stalled:
+            return False
+        self.stalls_reported += 1
+        rid, ci, t_issue = oldest
+        _log.warning("%d request(s) have had no first token for over %gs (--stall_warning_s); the oldest, "
+                     "request %s on %s, waits for %.0fs", stalled, self._stall_ns / 1e9, rid,
+                     self.cores[ci].address, (now - t_issue) / 1e9)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -340,19 +458,43 @@ class LLMServer:
         ]
 
     def latency_percentiles(self, window: int | None = None) -> dict[str, float | None]:
-        """p50/p99 TTFT and TPOT in ms over all samples, or the last `window` of them."""
+        """p50/p99 TTFT and TPOT in ms over the recent samples (at most LATENCY_WINDOW), or the
+        last `window` of them."""
         out: dict[str, float | None] = {}
         for name, data in (("ttft", self.ttft_ns), ("tpot", self.tpot_ns)):
-            arr = np.asarray(data[-window:] if window else data, dtype=np.float64)
+            recent = list(data)  # a copy: appends go on meanwhile
+            arr = np.asarray(recent[-window:] if window else recent, dtype=np.float64)
             for p in (50, 99):
                 out[f"{name}_p{p}_ms"] = float(np.percentile(arr, p)) / 1e6 if arr.size else None
         return out
 
 
-def _error_key(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
+    """A failed request's cause as the summary shows it."""
     if isinstance(error, BackendError):
         return f"{type(error).__name__}: {error.cause}"
     return f"{type(error).__name__}: {error}"
+
+
+_VARIABLE_PARTS = [
+    (re.compile(r"\b(?:[a-z]+://)?(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<addr>"),
+    (re.compile(r"\[[0-9a-fA-F:]+\](?::\d+)?"), "<addr>"),
+    (re.compile(r"\blocalhost:\d+\b"), "<addr>"),
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
+    # ids with a prefix: cmpl-..., chatcmpl-..., req_..., 0x...
+    (re.compile(r"\b([A-Za-z]+[-_])(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{6,}\b"), r"\1<id>"),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
+    (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),
+    (re.compile(r"(?<![A-Za-z])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"), "<n>"),
+]
+
+
+def mask_variable_parts(cause: str) -> str:
+    """The shape of an error cause: addresses, ids, hex strings and numbers masked, so failures
+    that differ only in a request id or a count fall into one group."""
+    for pattern, repl in _VARIABLE_PARTS:
+        cause = pattern.sub(repl, cause)
+    return cause
 
 
 class Progress:

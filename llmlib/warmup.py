@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from llmlib.cores.base import LLMCore, Request
-from llmlib.errors import BackendError, HarnessError
+from llmlib.errors import BackendError, HarnessError, RunStopped
 from llmlib.server import LLMServer, next_internal_request_id
 
 log = logging.getLogger(__name__)
@@ -68,50 +68,93 @@ class WarmupManager:
     """Health-checks every core in parallel, then sends warmup queries through the server."""
 
     def __init__(self, server: LLMServer, *, health_timeout_s: float = 60.0, backoff_s: float = 0.5,
-                 max_backoff_s: float = 5.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 max_backoff_s: float = 5.0, sleep: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, report_every_s: float = 5.0,
+                 stop_event: threading.Event | None = None):
         self.server = server
         self.health_timeout_s = health_timeout_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self._sleep = sleep
+        self.report_every_s = report_every_s
+        #: set when the run is stopped (Ctrl-C, SIGTERM): waits end at once with RunStopped
+        self.stop_event = stop_event or threading.Event()
+        self._sleep = sleep if sleep is not None else self.stop_event.wait
         self._clock = clock
 
-    def _check_one(self, core: LLMCore, deadline: float) -> str | None:
-        """None when healthy; else the last failure's cause."""
+    def _check_one(self, core: LLMCore, deadline: float, last: list[str | None], i: int) -> tuple[str | None, bool]:
+        """(None, False) when healthy; else the cause that ended the wait and whether it is final:
+        a final one at once (it cannot heal), a retryable one at the deadline. `last[i]` holds the
+        latest cause meanwhile."""
         delay = self.backoff_s
         while True:
             try:
                 core.health_check()
-                return None
-            except Exception as err:  # any failure is retried until the deadline
-                cause = err.cause if isinstance(err, BackendError) else f"{type(err).__name__}: {err}"
+                return None, False
+            except BackendError as err:
+                cause, final = err.cause, err.final
+            except Exception as err:  # any other failure is retried until the deadline
+                cause, final = f"{type(err).__name__}: {err}", False
+            last[i] = cause
+            if final:
+                return f"{cause} (not retried: this cannot heal)", True
             remaining = deadline - self._clock()
-            if remaining <= 0:
-                return cause
+            if remaining <= 0 or self.stop_event.is_set():
+                return cause, False
             self._sleep(min(delay, remaining))
             delay = min(delay * 2, self.max_backoff_s)
 
     def health_check(self, cores: Sequence[LLMCore] | None = None) -> None:
-        """Return when every core is healthy; raise HealthCheckError naming those that are not."""
+        """Return when every core is healthy; raise HealthCheckError naming those that are not,
+        as soon as one has failed for good, or at the deadline. Says every `report_every_s`
+        what it is still waiting for."""
         cores = list(self.server.cores if cores is None else cores)
-        deadline = self._clock() + self.health_timeout_s
-        # One daemon thread per core, joined against a wall-clock deadline: a probe that blocks
+        t0 = self._clock()
+        deadline = t0 + self.health_timeout_s
+        # One daemon thread per core, waited on against a wall-clock deadline: a probe that blocks
         # (a connect that never answers) cannot hold the run past the timeout, nor its exit.
         no_answer = f"health check did not return within {self.health_timeout_s:g}s"
         results: list[str | None] = [no_answer] * len(cores)
+        last: list[str | None] = [None] * len(cores)
+        done = [False] * len(cores)
+        final = [False] * len(cores)
+        cond = threading.Condition()
 
         def probe(i: int, core: LLMCore) -> None:
-            results[i] = self._check_one(core, deadline)
+            result, is_final = no_answer, False
+            try:
+                result, is_final = self._check_one(core, deadline, last, i)
+            finally:
+                with cond:
+                    results[i], final[i], done[i] = result, is_final, True
+                    cond.notify_all()
 
         threads = [threading.Thread(target=probe, args=(i, c), name=f"health-{c.address}", daemon=True)
                    for i, c in enumerate(cores)]
         for t in threads:
             t.start()
         give_up = time.monotonic() + self.health_timeout_s + 0.1
-        for t in threads:
-            t.join(max(give_up - time.monotonic(), 0.0))
-        failures = {core.address: cause for core, cause in zip(cores, results) if cause is not None}
+        next_report = time.monotonic() + self.report_every_s
+        with cond:
+            while not all(done):
+                if self.stop_event.is_set():
+                    raise RunStopped("stopped while waiting for the backends' health checks")
+                if any(final):
+                    break  # one core failed for good: no point waiting for the others
+                now = time.monotonic()
+                if now >= give_up:
+                    break
+                if now >= next_report:
+                    waiting = [f"{c.address} ({last[i] or 'no answer yet'})" for i, c in enumerate(cores)
+                               if not done[i]]
+                    log.info("health check: waiting %.0fs of %gs for %d core(s): %s", self._clock() - t0,
+                             self.health_timeout_s, len(waiting), "; ".join(waiting[:4])
+                             + (f" (+{len(waiting) - 4} more)" if len(waiting) > 4 else ""))
+                    next_report = now + self.report_every_s
+                cond.wait(min(give_up, next_report) - now + 0.01)
+        if self.stop_event.is_set():
+            raise RunStopped("stopped while waiting for the backends' health checks")
+        failures = {core.address: (results[i] if done[i] else (last[i] or no_answer))
+                    for i, core in enumerate(cores) if not done[i] or results[i] is not None}
         if failures:
             raise HealthCheckError(failures, self.health_timeout_s)
 
@@ -142,9 +185,20 @@ class WarmupManager:
                 reqs.append(Request(next_internal_request_id(), inputs[j], int(max_new_tokens[j]), streaming,
                                     sample_index=index))
             self.server.submit(reqs, collector, core_index=ci)
-        if not collector.wait(timeout_s):
-            stuck = self.server.fail_pending("warmup did not finish in time")
-            log.warning("warmup: %d request(s) did not finish within %.0fs and were failed", stuck, timeout_s)
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        while not collector.wait(min(self.report_every_s, max(deadline - time.monotonic(), 0.0))):
+            if self.stop_event.is_set():
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                stuck = self.server.fail_pending(f"warm-up did not finish within {timeout_s:g}s (--warmup_timeout_s)")
+                log.warning("warm-up: %d request(s) did not finish within %gs and were failed", stuck, timeout_s)
+                break
+            log.info("warm-up: %d of %d requests done after %.0fs (deadline %gs, --warmup_timeout_s)",
+                     collector.completed + collector.failed, collector.expected, now - t0, timeout_s)
+        if self.stop_event.is_set():
+            raise RunStopped("stopped during warm-up")
         if collector.failed == collector.expected:
             raise HarnessError(f"warmup: all {collector.expected} warmup requests failed; first errors: "
                                + "; ".join(collector.errors))

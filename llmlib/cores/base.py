@@ -143,6 +143,12 @@ class LLMCore(ABC):
         """Backend-specific facts for the run report (e.g. where output token counts came from)."""
         return {}
 
+    @property
+    def dead_cause(self) -> str | None:
+        """Why this core can no longer serve any request (its worker exited...), or None. The
+        server ends the run early when a core reports this."""
+        return None
+
     def kv_cache_utilisation(self) -> float | None:
         """Fraction of the backend's KV cache in use, where the backend reports it (progress display)."""
         return None

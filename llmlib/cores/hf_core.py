@@ -10,6 +10,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,7 @@ class HFCore(LLMCore):
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()
         self._dead: str | None = None
+        self._stopping = False
         self.info: dict = {}
         self._send_lock = threading.Lock()
         self._sender = threading.Thread(target=self._send_loop, name=f"hf-send-{self.rank}", daemon=True)
@@ -106,9 +108,13 @@ class HFCore(LLMCore):
             self._outbox.put([("cancel", request_id)])
             super().cancel(request_id, reason)
 
+    @property
+    def dead_cause(self) -> str | None:
+        return None if self._stopping else self._dead
+
     def health_check(self) -> None:
-        if self._dead is not None:
-            raise BackendError(self.address, self._dead)
+        if self._dead is not None:  # a worker that exited does not come back
+            raise BackendError(self.address, self._dead, final=True)
         if not self._ready.is_set():
             raise BackendError(self.address, f"model {self.model_path} still loading")
 
@@ -170,6 +176,7 @@ class HFCore(LLMCore):
             self._fail(rid, BackendError(self.address, why))
 
     def stop(self) -> None:
+        self._stopping = True
         if self._dead is None:
             self._outbox.put([("stop",)])
         self._outbox.put(_STOP)
@@ -215,6 +222,9 @@ def _oom_every(n: int):
 def _worker_main(conn, cfg: dict) -> None:
     """Load the model, then loop: take requests from the pipe (a receiver thread), step the engine,
     send outcomes. Blocks on its own queue when idle."""
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides how the run ends
+    # and stops this worker itself, so the worker must not die of the same keypress first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(cfg["threads"])
     # OpenMP threads that spin while waiting collapse throughput (30x measured here) as soon as
     # anything else wants the same cores; sleeping waiters cost little when nothing does.
