@@ -203,9 +203,16 @@ def resolve(*, explicit: Mapping[str, Any] | None = None, cli: Mapping[str, Any]
         if name == "trtllm_runtime_flags":
             src = "harness defaults" + (f" < {src}" if src else "")
         raw = env.get(field.env, "")
+        origin = {key: f"--{name}" for key in values[name]}
         if raw.strip():
-            merged.update(field.parse(raw, f"env {field.env}"))
+            from_env = field.parse(raw, f"env {field.env}")
+            merged.update(from_env)
+            origin.update({key: f"env {field.env}" for key in from_env})
             src = (src + " < " if src else "") + f"env {field.env}"
+        if name == "trtllm_runtime_flags":
+            from llmlib.cores._trtllm_common import check_runtime_flags
+
+            check_runtime_flags(merged, origin)
         values[name] = merged
         sources[name] = src or "default"
     return ResolvedConfig(values, sources)

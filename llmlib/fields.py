@@ -64,7 +64,8 @@ class Field:
             if self.minimum is not None and not parsed >= self.minimum:
                 raise ConfigError(f"{source}: --{self.name}={parsed} must be >= {self.minimum:g}")
             if self.maximum is not None and not parsed <= self.maximum:
-                raise ConfigError(f"{source}: --{self.name}={parsed} must be <= {self.maximum:g}")
+                bound = int(self.maximum) if float(self.maximum).is_integer() else self.maximum
+                raise ConfigError(f"{source}: --{self.name}={parsed} must be <= {bound}")
         return parsed
 
 

@@ -296,7 +296,10 @@ class _Run:
         """Write the summary from what is known, without LoadGen (which is still running or being
         torn down), before the process exits."""
         o = self.outcome
-        o.interrupted = o.interrupted or self.control.stop_reason or why
+        if self.control.signals:
+            o.interrupted = o.interrupted or self.control.stop_reason or why
+        else:  # a core lost: the run failed
+            o.run_error = o.run_error or self.control.stop_reason or why
         o.notes.append(f"LoadGen did not finish ({why}): its mlperf_log_summary.txt is not written and the "
                        f"counts are the harness's own")
         self.collect(loadgen_finished=False)
@@ -351,9 +354,13 @@ class _Run:
             with self._errors_lock:
                 self.errors_file.flush()
         outdir = Path(self.outcome.outdir)
+        if not outdir.is_dir():  # stopped while the dataset or the cores were being built
+            self.outcome.notes.append("stopped before the run began: no results folder was made")
+            print_it = True
         text = format_summary(self.outcome)
-        (outdir / "summary.txt").write_text(text + "\n")
-        (outdir / "summary.json").write_text(json.dumps(self.outcome.to_json(), indent=1, default=str) + "\n")
+        if outdir.is_dir():
+            (outdir / "summary.txt").write_text(text + "\n")
+            (outdir / "summary.json").write_text(json.dumps(self.outcome.to_json(), indent=1, default=str) + "\n")
         if print_it:
             print("\n" + text, flush=True)
 
@@ -388,8 +395,13 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
                          ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
     run = _Run(lg, config, benchmark, scenario, outcome, control)
-    dataset = load_benchmark_dataset(benchmark)
-    run.bundle = bundle = build_server(config, benchmark, dataset)
+    control.on_hard_exit(run.hard_exit)
+    try:
+        dataset = load_benchmark_dataset(benchmark)
+        run.bundle = bundle = build_server(config, benchmark, dataset)
+    except BaseException:
+        control.on_hard_exit(None)
+        raise
     run.server, run.dataset = server, dataset = bundle.server, bundle.dataset
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -402,7 +414,6 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         raise ConfigError(f"--results_dir: cannot write {outdir} ({err.strerror or err})") from err
     server.on_core_lost = control.abort
     control.on_stop(run.stop)
-    control.on_hard_exit(run.hard_exit)
     if control.stopped:  # a signal before the hooks were in place
         run.stop(control.stop_reason)
     lg_streaming = scenario.loadgen_scenario == "Server"

@@ -160,8 +160,9 @@ class RunControl:
                     return
                 self.exit_code = EXIT_CODES.get(byte, 128 + byte)
                 if self.stop_reason is None:
-                    self._out(f"\n{name}: stopping the run (no new requests; pending ones fail as interrupted; "
-                              f"LoadGen finishes within {self.grace_s:g}s). Press Ctrl-C again to exit at once.")
+                    self._out(f"\n{name}: stopping the run: no new requests, pending ones fail as interrupted, "
+                              f"LoadGen may take {self.grace_s:g}s to finish (--interrupt_grace_s). "
+                              f"Press Ctrl-C again to exit at once.")
                 self._stop(f"interrupted by {name}")
                 if deadline is None:
                     deadline = time.monotonic() + self.grace_s
@@ -197,8 +198,8 @@ class RunControl:
         return True
 
     def _hard_exit(self, why: str) -> None:
-        if self.exit_code is None:
-            self.exit_code = 130
+        if self.exit_code is None:  # no signal: a run that could not go on has failed
+            self.exit_code = 1 if self._abort_cause is not None else 130
         self._out(f"\nexiting now: {why}")
         action = self._on_hard_exit
         if action is not None:

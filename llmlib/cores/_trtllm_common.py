@@ -94,49 +94,75 @@ _CHUNKING_POLICIES = {"first_come_first_served": "FIRST_COME_FIRST_SERVED", "fcf
                       "equal_progress": "EQUAL_PROGRESS"}
 
 
-def scheduler_policy_name(flags: Mapping[str, Any]) -> str:
+_FLAGS = "--trtllm_runtime_flags"
+
+
+def scheduler_policy_name(flags: Mapping[str, Any], where: str = _FLAGS) -> str:
     """The CapacitySchedulerPolicy member named by `batch_scheduler_policy`."""
     value = str(flags.get("batch_scheduler_policy", "max_util")).lower()
     try:
         return _SCHEDULER_POLICIES[value]
     except KeyError:
-        raise ConfigError(f"--trtllm_runtime_flags batch_scheduler_policy:{value}: expected one of "
+        raise ConfigError(f"{where} batch_scheduler_policy:{value}: expected one of "
                           f"{', '.join(_SCHEDULER_POLICIES)}") from None
 
 
-def chunking_policy_name(flags: Mapping[str, Any]) -> str:
+def chunking_policy_name(flags: Mapping[str, Any], where: str = _FLAGS) -> str:
     """The ContextChunkingPolicy member named by `context_chunking_policy`."""
     value = str(flags.get("context_chunking_policy", "first_come_first_served")).lower()
     try:
         return _CHUNKING_POLICIES[value]
     except KeyError:
-        raise ConfigError(f"--trtllm_runtime_flags context_chunking_policy:{value}: expected one of "
+        raise ConfigError(f"{where} context_chunking_policy:{value}: expected one of "
                           f"{', '.join(_CHUNKING_POLICIES)}") from None
 
 
-def flag_bool(flags: Mapping[str, Any], key: str, default: bool) -> bool:
+def flag_bool(flags: Mapping[str, Any], key: str, default: bool, where: str = _FLAGS) -> bool:
     value = flags.get(key, default)
     if isinstance(value, bool):
         return value
-    raise ConfigError(f"--trtllm_runtime_flags {key}:{value!r}: expected true or false")
+    raise ConfigError(f"{where} {key}:{value!r}: expected true or false")
 
 
-def flag_int(flags: Mapping[str, Any], key: str, minimum: int = 1) -> int | None:
+def flag_int(flags: Mapping[str, Any], key: str, minimum: int = 1, where: str = _FLAGS) -> int | None:
     """An optional positive integer flag (None when absent)."""
     if key not in flags or flags[key] is None:
         return None
     value = flags[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"--trtllm_runtime_flags {key}:{value!r}: expected an integer >= {minimum}")
+        raise ConfigError(f"{where} {key}:{value!r}: expected an integer >= {minimum}")
     return value
 
 
-def kv_cache_fraction(flags: Mapping[str, Any]) -> float:
+def kv_cache_fraction(flags: Mapping[str, Any], where: str = _FLAGS) -> float:
     value = flags.get("kvcache_free_gpu_mem_frac", 0.80)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ConfigError(f"--trtllm_runtime_flags kvcache_free_gpu_mem_frac:{value!r}: expected a "
+        raise ConfigError(f"{where} kvcache_free_gpu_mem_frac:{value!r}: expected a "
                           f"fraction in (0, 1]")
     return float(value)
+
+
+_BOOL_FLAGS = ("use_inflight_batching", "enable_batch_size_tuning", "enable_max_num_tokens_tuning",
+               "enable_chunked_context", "exclude_input_from_output", "return_all_generated_tokens")
+_INT_FLAGS = ("dynamic_batch_moving_average_window", "max_beam_width", "max_batch_size", "max_num_tokens")
+
+
+def check_runtime_flags(flags: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Check the values of the runtime flags the harness reads, before anything starts, naming
+    where each came from (`origin[key]`: the environment variable or the flag)."""
+    for key in flags:
+        where = origin.get(key, _FLAGS)
+        one = {key: flags[key]}
+        if key == "batch_scheduler_policy":
+            scheduler_policy_name(one, where)
+        elif key == "context_chunking_policy":
+            chunking_policy_name(one, where)
+        elif key == "kvcache_free_gpu_mem_frac":
+            kv_cache_fraction(one, where)
+        elif key in _BOOL_FLAGS:
+            flag_bool(one, key, False, where)
+        elif key in _INT_FLAGS:
+            flag_int(one, key, 1, where)
 
 
 # --- per-request generation values -----------------------------------------------------------------------

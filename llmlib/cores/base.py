@@ -81,6 +81,8 @@ class LLMCore(ABC):
         self._flush_cond = threading.Condition()
         self._flushing = False
         self.dropped_duplicates = 0
+        self.late_after_cancel = 0  # outcomes that arrived for requests already cancelled (expected)
+        self._cancelled: set[int] = set()
 
     # --- the contract -----------------------------------------------------------------------
     @classmethod
@@ -132,6 +134,7 @@ class LLMCore(ABC):
         """Stop working on a request; it still ends with one outcome (an error naming `reason`
         if nothing else). A request no longer pending is left alone."""
         if request_id in self._pending:
+            self._cancelled.add(request_id)
             self._fail(request_id, BackendError(self.address, reason))
 
     def stop(self) -> None:
@@ -167,7 +170,7 @@ class LLMCore(ABC):
 
     def _complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         if self._pending.pop(request_id, None) is None:
-            self.dropped_duplicates += 1
+            self._not_pending(request_id)
             return
         self.sink.on_complete(request_id, token_ids, n_tokens)
         if self._flushing and not self._pending:
@@ -175,11 +178,21 @@ class LLMCore(ABC):
 
     def _fail(self, request_id: int, error: BaseException) -> None:
         if self._pending.pop(request_id, None) is None:
-            self.dropped_duplicates += 1
+            self._not_pending(request_id)
             return
         self.sink.on_error(request_id, error)
         if self._flushing and not self._pending:
             self._notify_flush()
+
+    def _not_pending(self, request_id: int) -> None:
+        """An outcome for a request that already has one: expected once after a cancel (the
+        backend finishing what it was told to stop), else a duplicate."""
+        try:
+            self._cancelled.remove(request_id)
+        except KeyError:
+            self.dropped_duplicates += 1
+        else:
+            self.late_after_cancel += 1
 
     def _notify_flush(self) -> None:
         with self._flush_cond:
