@@ -478,14 +478,15 @@ def error_text(error: BaseException) -> str:
 
 _VARIABLE_PARTS = [
     (re.compile(r"\b(?:[a-z]+://)?(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<addr>"),
-    (re.compile(r"\[[0-9a-fA-F:]+\](?::\d+)?"), "<addr>"),
+    (re.compile(r"\[[0-9a-fA-F]*:[0-9a-fA-F:]*\](?::\d+)?"), "<addr>"),
     (re.compile(r"\blocalhost:\d+\b"), "<addr>"),
     (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
     # ids with a prefix: cmpl-..., chatcmpl-..., req_..., 0x...
-    (re.compile(r"\b([A-Za-z]+[-_])(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{6,}\b"), r"\1<id>"),
+    (re.compile(r"\b([A-Za-z]+[-_])(?=[A-Za-z0-9]*\d[A-Za-z0-9]*\d)[A-Za-z0-9]{8,}\b"), r"\1<id>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
     (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),
-    (re.compile(r"(?<![A-Za-z])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"), "<n>"),
+    # a number on its own (a unit may follow), not one inside a name such as llama3.1-8b
+    (re.compile(r"(?<![\w.])(?<!\w-)\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?=(?:ms|us|ns|s|B)?(?![A-Za-z0-9_]))"), "<n>"),
 ]
 
 

@@ -181,6 +181,37 @@ def test_bad_value_exits_2_naming_the_flag(capsys):
     assert "command line: --warmup_queries='lots'" in err
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--server_target_qps=0", "--server_target_qps=0.0 must be > 0"),
+    ("--server_target_qps=inf", "--server_target_qps=inf must be a finite number"),
+    ("--offline_expected_qps=nan", "--offline_expected_qps=nan must be a finite number"),
+    ("--min_duration_ms=99999999999999999999", "--min_duration_ms=99999999999999999999 must be <= 9223372036854"),
+    ("--min_query_count=-1", "--min_query_count=-1 must be >= 0"),
+])
+def test_loadgen_values_out_of_range_exit_2_in_one_line(flag, message, capsys):
+    assert cli.main(["--benchmarks=tiny", "--scenarios=Server", flag]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bad_runtime_flag_from_the_environment_names_the_variable(capsys, monkeypatch):
+    monkeypatch.setenv("TRTLLM_RUNTIME_FLAGS", "kvcache_free_gpu_mem_frac:2")
+    assert cli.main(["--benchmarks=tiny", "--scenarios=Server", "--core_type=dummy"]) == 2
+    err = capsys.readouterr().err
+    assert "env TRTLLM_RUNTIME_FLAGS kvcache_free_gpu_mem_frac:2: expected a fraction in (0, 1]" in err
+    monkeypatch.delenv("TRTLLM_RUNTIME_FLAGS")
+    assert cli.main(["--benchmarks=tiny", "--scenarios=Server", "--trtllm_runtime_flags=batch_scheduler_policy:x"]) == 2
+    assert "--trtllm_runtime_flags batch_scheduler_policy:x: expected one of" in capsys.readouterr().err
+
+
+def test_an_unwritable_results_folder_exits_2_before_anything_runs(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["--benchmarks=tiny", "--scenarios=Offline,Server", f"--results_dir={blocker}/results"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --results_dir={blocker}/results: not a writable folder") and err.count("\n") == 1
+
+
 def test_nothing_to_run_exits_2(capsys):
     assert cli.main(["--print_config", "--benchmarks=", "--scenarios=Server"]) == 2
     assert "nothing to run" in capsys.readouterr().err

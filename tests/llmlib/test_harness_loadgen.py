@@ -101,6 +101,17 @@ def test_failures_are_counted_not_lost(tmp_path):
     text = (Path(o.outdir) / "summary.txt").read_text()
     assert f"failed {o.failed}" in text and "RUN FAILED" in text
     assert logged(o).completed_sample_count == o.issued  # LoadGen got a response for every one
+    # the verdict tells the truth whatever LoadGen computed, and throughput counts completed samples
+    assert o.verdict == "FAILED" and text.startswith(f"=== tiny-synthetic | Server") and "Result              : FAILED" in text
+    assert "VALID" not in text.split("LoadGen computed")[0]
+    assert "completed samples only" in text
+    data = json.loads((Path(o.outdir) / "summary.json").read_text())
+    lg_sps = data["loadgen"]["result_samples_per_second"]
+    assert data["verdict"] == "FAILED"
+    assert data["completed_samples_per_second"] == pytest.approx(lg_sps * o.completed / o.issued)
+    errors = (Path(o.outdir) / "errors.txt").read_text().splitlines()
+    assert len(errors) == o.failed and all("injected failure" in line for line in errors)
+    assert {int(line.split("\t")[0]) for line in errors} <= set(range(256))  # dataset sample indices
 
 
 @pytest.mark.parametrize("warmup_queries", [0, 2])
@@ -110,6 +121,38 @@ def test_each_core_warms_up_before_the_timed_run_with_or_without_warmup_queries(
     monkeypatch.setattr(DummyCore, "warm_up", lambda core: calls.append(core.rank))
     run(tmp_path, "Offline", dummy_num_cores=2, warmup_queries=warmup_queries, min_duration_ms=100)
     assert sorted(calls) == [0, 1]
+
+
+def test_a_core_failing_every_request_ends_the_run_early(tmp_path):
+    o = run(tmp_path, "Offline", dummy_fail_rate=1.0, max_consecutive_failures=20, warmup_queries=0)
+    assert o.verdict == "FAILED" and "failed its last 20 requests in a row" in o.run_error
+    assert o.issued == o.completed + o.failed and o.lost == 0
+
+
+def test_derived_request_timeout_and_stall_warning_are_recorded_with_their_source(tmp_path):
+    o = run(tmp_path, "Server")
+    rows = {r["name"]: r for r in json.loads((Path(o.outdir) / "config.json").read_text())}
+    # tiny-synthetic Server: TTFT 2 s, TPOT 200 ms, 64 tokens: 3 x (2 + 64 x 0.2) = 44.4 s
+    assert rows["request_timeout_s"] == {"name": "request_timeout_s", "value": 44.4,
+                                         "source": "derived from the scenario's limits"}
+    assert rows["stall_warning_s"]["value"] == 10.0
+    o = run(tmp_path, "Offline", request_timeout_s=5)
+    rows = {r["name"]: r for r in json.loads((Path(o.outdir) / "config.json").read_text())}
+    assert rows["request_timeout_s"]["value"] == 5.0 and rows["request_timeout_s"]["source"] == "command line"
+    assert rows["stall_warning_s"]["value"] == 0.0
+
+
+def test_a_dataset_error_leaves_no_results_folder(tmp_path, monkeypatch):
+    from llmlib import harness
+    from llmlib.errors import DatasetError
+
+    def broken(benchmark):
+        raise DatasetError("datasets/x.pkl: no such file")
+
+    monkeypatch.setattr(harness, "load_benchmark_dataset", broken)
+    with pytest.raises(DatasetError):
+        run(tmp_path, "Offline")
+    assert not (tmp_path / "local").exists()
 
 
 def test_offline_failures_counted(tmp_path):

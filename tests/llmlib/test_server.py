@@ -14,7 +14,7 @@ import pytest
 
 from llmlib.cores.base import LLMCore, Request
 from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
-from llmlib.server import LLMServer, make_policy
+from llmlib.server import LATENCY_WINDOW, LLMServer, make_policy, mask_variable_parts
 
 
 # --- fake cores -------------------------------------------------------------------------------------
@@ -540,3 +540,126 @@ def test_progress_shows_no_kv_column_for_cores_without_it(make_server, recorder)
         assert "KV cache" not in (progress._bar.postfix or "")
     finally:
         progress.close()
+
+
+# --- stopping a run, cores that can no longer serve, error shapes, stalls, bounded memory -----------
+class AlwaysFailingCore(EchoCore):
+    name = "always_failing"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            self._fail(req.request_id, BackendError(self.address, f"HTTP 503 for cmpl-{req.request_id:08d}x"))
+
+
+class DyingCore(HoldCore):
+    """Its worker exits: every request fails, and it says it can no longer serve."""
+
+    name = "dying"
+    dead: str | None = None
+
+    @property
+    def dead_cause(self):
+        return self.dead
+
+    def die(self):
+        self.dead = "worker process ended (exit code -9)"
+        for rid in list(self._pending):
+            self._fail(rid, BackendError(self.address, self.dead))
+
+
+def test_a_closed_intake_fails_new_requests_at_once_and_counts_them(make_server, recorder):
+    server = make_server([HoldCore, HoldCore])
+    server.submit([Request(1, np.ones(3, np.int32), 4, False)], recorder)
+    server.stop_intake("interrupted by SIGINT")
+    assert server.fail_pending("interrupted by SIGINT") == 1
+    server.submit([Request(i, np.ones(3, np.int32), 4, False) for i in (2, 3)], recorder)
+    server.submit_one(Request(4, np.ones(3, np.int32), 4, True), recorder)
+    server.submit([Request(5, np.ones(3, np.int32), 4, False)], recorder, core_index=1)
+    assert set(recorder.failed) == {1, 2, 3, 4, 5} and not recorder.completed
+    assert all("interrupted by SIGINT" in str(err) for err, _ in recorder.failed.values())
+    assert all(not c.received[1:] for c in server.cores)  # nothing reached a core after the stop
+    c = server.counts
+    assert c.issued == 5 and c.failed == 5 and c.accounted and server.num_pending == 0
+
+
+def test_n_failures_in_a_row_lose_a_core_once(make_server, recorder):
+    server = make_server([AlwaysFailingCore], max_consecutive_failures=3)
+    lost = []
+    server.on_core_lost = lost.append
+    server.submit([Request(i, np.ones(3, np.int32), 4, False) for i in range(5)], recorder)
+    assert len(lost) == 1
+    assert "failed its last 3 requests in a row" in lost[0] and "HTTP 503" in lost[0]
+
+
+def test_a_success_resets_the_failure_streak(make_server, recorder):
+    server = make_server([FailingCore], max_consecutive_failures=2)  # fails every second request
+    lost = []
+    server.on_core_lost = lost.append
+    for i in range(20):
+        server.submit([Request(i, np.ones(3, np.int32), 4, False)], recorder)
+    assert server.counts.failed == 10 and lost == []
+
+
+def test_a_dead_core_is_lost_at_its_first_failure(make_server, recorder):
+    server = make_server([DyingCore])
+    lost = []
+    server.on_core_lost = lost.append
+    server.submit([Request(i, np.ones(3, np.int32), 4, False) for i in range(3)], recorder)
+    server.cores[0].die()
+    assert lost == ["core dying[0] can no longer serve: worker process ended (exit code -9)"]
+
+
+def test_error_causes_are_grouped_by_shape_with_an_example_and_every_one_goes_to_the_sink(make_server, recorder):
+    server = make_server([AlwaysFailingCore])
+    seen = []
+    server.error_sink = lambda rid, index, cause: seen.append((rid, index, cause))
+    server.submit([Request(i, np.ones(3, np.int32), 4, False, sample_index=100 + i) for i in range(58)], recorder)
+    assert server.counts.errors == {"BackendError: HTTP <n> for cmpl-<id>": 58}
+    assert server.error_examples["BackendError: HTTP <n> for cmpl-<id>"] == "BackendError: HTTP 503 for cmpl-00000000x"
+    assert len(seen) == 58 and seen[3] == (3, 103, "BackendError: HTTP 503 for cmpl-00000003x")
+
+
+@pytest.mark.parametrize("cause, shape", [
+    ("HTTP 500: malformed reply for chatcmpl-8a7sdf6A9 at byte 1234",
+     "HTTP <n>: malformed reply for chatcmpl-<id> at byte <n>"),
+    ("connect to 10.0.0.7:8000 refused", "connect to <addr> refused"),
+    ("http://127.0.0.1:8001/v1/completions: timed out after 1.5s", "<addr>/v1/completions: timed out after <n>s"),
+    ("request 5f0c2a9e-1d2b-4c3d-9e8f-0a1b2c3d4e5f failed", "request <uuid> failed"),
+    ("hf[0] pid 4242: out of memory", "hf[<n>] pid <n>: out of memory"),
+    ("trace 0xdeadbeef, digest 0123456789abcdef0123", "trace <hex>, digest <hex>"),
+    ("model tiny-llama3.1-8b not found", "model tiny-llama3.1-8b not found"),  # words stay words
+])
+def test_mask_variable_parts(cause, shape):
+    assert mask_variable_parts(cause) == shape
+
+
+def test_stalled_requests_are_reported_while_the_run_goes_on(make_server, recorder, caplog):
+    server = make_server([HoldCore], stall_warning_s=0.2)
+    server.submit([Request(i, np.ones(3, np.int32), 4, True) for i in range(3)], recorder)
+    server.on_first_token(2, np.ones(1, np.uint32))  # this one has started
+    with caplog.at_level("WARNING", logger="llmlib.server"):
+        deadline = time.monotonic() + 5
+        while not server.stalls_reported and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert server.stalls_reported >= 1 and server.num_pending == 3  # warned, nothing failed
+    msg = next(r.getMessage() for r in caplog.records if "no first token" in r.getMessage())
+    assert msg.startswith("2 request(s) have had no first token for over 0.2s") and "request 0 on hold[0]" in msg
+
+
+def test_running_latency_samples_are_bounded(make_server, recorder):
+    server = make_server([EchoCore])
+    for start in range(0, 3 * LATENCY_WINDOW, 512):
+        server.submit([Request(i, np.ones(3, np.int32), 4, True) for i in range(start, start + 512)], recorder)
+    assert len(server.ttft_ns) == len(server.tpot_ns) == LATENCY_WINDOW
+    assert server.latency_percentiles()["ttft_p99_ms"] is not None
+
+
+def test_a_late_outcome_after_a_cancel_is_not_a_duplicate(make_server, recorder):
+    server = make_server([HoldCore])
+    server.submit([Request(1, np.ones(3, np.int32), 4, False)], recorder)
+    assert server.cancel(1, "interrupted")
+    server.cores[0].finish(1)  # the backend finishes what it was told to stop
+    core = server.cores[0]
+    assert core.late_after_cancel == 1 and core.dropped_duplicates == 0
+    core.finish(1)  # a second one is a duplicate
+    assert core.dropped_duplicates == 1

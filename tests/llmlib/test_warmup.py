@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmlib.cores.base import LLMCore, Request
-from llmlib.errors import BackendError, HarnessError
+from llmlib.errors import BackendError, HarnessError, RunStopped
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import LLMServer
 from llmlib.warmup import HealthCheckError, WarmupManager, warmup_picks, warmup_shapes
@@ -322,3 +322,66 @@ def test_warmup_shapes_on_a_synthetic_dataset_cover_its_range(small_dataset):
     got = [len(x) for x in inputs]
     assert got == sorted(got) and got[0] == int(ds.input_lens.min()) and got[-1] == int(ds.input_lens.max())
     assert all(1 <= b <= 20 for b in budgets)
+
+
+# --- final causes, speaking while waiting, stopping ------------------------------------------------
+class WrongServerCore(EchoCore):
+    """A 404 from the wrong server: final, it cannot heal."""
+
+    name = "wrongserver"
+
+    def health_check(self):
+        self.health_calls += 1
+        raise BackendError(self.address, "GET /v1/models: HTTP 404", final=True)
+
+
+def test_a_final_cause_stops_the_health_check_at_once(make_server):
+    server = make_server([WrongServerCore, DeadCore])
+    t0 = time.monotonic()
+    with pytest.raises(HealthCheckError, match="HTTP 404 .not retried: this cannot heal."):
+        WarmupManager(server, health_timeout_s=30).health_check()
+    assert time.monotonic() - t0 < 5  # not the 30 s deadline the retryable core would take
+    assert server.cores[0].health_calls == 1
+
+
+def test_a_retryable_cause_is_retried_until_the_deadline(make_server):
+    server = make_server([DeadCore])
+    t0 = time.monotonic()
+    with pytest.raises(HealthCheckError, match="connection refused"):
+        WarmupManager(server, health_timeout_s=0.6, backoff_s=0.05).health_check()
+    assert time.monotonic() - t0 >= 0.6 and server.cores[0].health_calls > 2
+
+
+def test_the_health_check_says_what_it_waits_for(make_server, caplog):
+    server = make_server([FlakyCore])
+    server.cores[0].failures = 6
+    with caplog.at_level("INFO", logger="llmlib.warmup"):
+        WarmupManager(server, health_timeout_s=10, backoff_s=0.05, max_backoff_s=0.05,
+                      report_every_s=0.1).health_check()
+    waits = [r.getMessage() for r in caplog.records if "health check: waiting" in r.getMessage()]
+    assert waits and "flaky[0] (connection refused)" in waits[0]
+
+
+def test_a_stop_ends_the_health_check_wait(make_server):
+    server = make_server([DeadCore])
+    manager = WarmupManager(server, health_timeout_s=30, backoff_s=0.05)
+    threading.Timer(0.3, manager.stop_event.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(RunStopped):
+        manager.health_check()
+    assert time.monotonic() - t0 < 5
+
+
+def test_warm_up_speaks_while_waiting_and_a_stop_ends_it(make_server, caplog):
+    server = make_server([SilentCore])
+    manager = WarmupManager(server, report_every_s=0.1)
+
+    def stop():
+        manager.stop_event.set()
+        server.fail_pending("interrupted")
+
+    threading.Timer(0.35, stop).start()
+    with caplog.at_level("INFO", logger="llmlib.warmup"), pytest.raises(RunStopped):
+        manager.warm_up(2, [np.ones(4, np.int32)], [3], streaming=False, timeout_s=30)
+    assert any("warm-up: 0 of 2 requests done" in r.getMessage() for r in caplog.records)
+    assert server.num_pending == 0
