@@ -234,9 +234,13 @@ def _schedule_left(settings, scenario: ScenarioSpec, config: ResolvedConfig, ben
                    t_start: float):
     """How long LoadGen's test still runs once every sample fails at issue: Offline ends at once;
     a Server schedule issues its queries at their times until min duration and min query count
-    are met (all samples in accuracy mode)."""
-    if scenario.loadgen_scenario != "Server":
+    are met (all samples in accuracy mode); SingleStream issues query after query until its min
+    duration."""
+    if scenario.loadgen_scenario == "Offline":
         return lambda: 0.0
+    if scenario.loadgen_scenario != "Server":  # SingleStream: the next query follows the last until min duration
+        total = settings.min_duration_ms / 1000 if config.test_mode != "AccuracyOnly" else 0.0
+        return lambda: max(total - (time.monotonic() - t_start), 0.0)
     qps = max(float(settings.server_target_qps), 1e-9)
     if config.test_mode == "AccuracyOnly":
         total_s = benchmark.total_sample_count / qps
