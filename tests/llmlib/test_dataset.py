@@ -418,7 +418,7 @@ def test_npy_object_array_is_refused(tmp_path):
 @pytest.mark.parametrize("fmt", ["csv", None])
 def test_unknown_format_lists_the_valid_ones(fmt):
     spec = {"path": "x"} if fmt is None else {"format": fmt, "path": "x"}
-    with pytest.raises(DatasetError, match=r"dataset 'gptj'.*expected one of: npy, pickle, synthetic"):
+    with pytest.raises(DatasetError, match=r"dataset 'gptj'.*expected one of: npy, pickle, parquet, json, synthetic"):
         load_dataset(spec, name="gptj")
 
 
