@@ -152,7 +152,8 @@ class BenchmarkSpec:
     harness: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: Path
-    rounds: tuple[str, ...] = ROUNDS  # MLPerf rounds the benchmark belongs to
+    rounds: tuple[str, ...] = ROUNDS  # MLPerf rounds the benchmark belongs to, oldest first
+    every_round: bool = False  # `rounds: all`: the project's own stand-ins (and any later round)
     submission_model: str = ""  # its name in a submission tree (the checker's model); "" = `name`
     accuracy_sample_count: int | None = None  # samples an AccuracyOnly run scores; None = total_sample_count
     test_modes: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw per-mode overrides
@@ -160,7 +161,7 @@ class BenchmarkSpec:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the resolved YAML mapping
 
     def in_round(self, round_name: str) -> bool:
-        return round_name in self.rounds
+        return self.every_round or round_name in self.rounds
 
     def for_mode(self, test_mode: str) -> BenchmarkSpec:
         """The benchmark as a run in `test_mode` sees it: its `test_modes.<mode>` section merged over it
@@ -177,9 +178,6 @@ class BenchmarkSpec:
         raw = _deep_merge(self.raw, override)
         return dataclasses.replace(_build_spec(self.name, self.source, raw, (self.name,)), test_mode=test_mode)
 
-    @property
-    def all_rounds(self) -> bool:
-        return self.rounds == ROUNDS
 
     def scenario(self, name: str) -> ScenarioSpec:
         """The scenario spec for `name` (case-insensitive), or a ConfigError naming what is supported."""
@@ -421,6 +419,7 @@ def _build_spec(name: str, path: Path, raw: dict[str, Any], chain: tuple[str, ..
         description=description.strip(),
         source=path,
         rounds=_check_rounds(c, raw),
+        every_round=raw.get("rounds") == ALL_ROUNDS,
         submission_model=c.string(raw, "submission_model", required=False) or name,
         accuracy_sample_count=accuracy_count,
         test_modes=_check_test_modes(c, raw),

@@ -65,9 +65,14 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
         settings.ttft_latency = int(scenario.ttft_ms * 1_000_000)
     if scenario.tpot_ms is not None:
         settings.tpot_latency = int(scenario.tpot_ms * 1_000_000)
+    if (config.test_mode == "AccuracyOnly" and benchmark.accuracy_sample_count is not None
+            and settings.accuracy_sample_count_override == 0):  # mlperf.conf has it for the real benchmarks
+        settings.accuracy_sample_count_override = benchmark.accuracy_sample_count
     overrides = {
         "server_target_qps": config.server_target_qps if lg_scenario == "Server" else None,
         "offline_expected_qps": config.offline_expected_qps if lg_scenario == "Offline" else None,
+        "single_stream_expected_latency_ns": (config.single_stream_expected_latency_ns
+                                              if lg_scenario == "SingleStream" else None),
         "min_duration_ms": config.min_duration_ms,
         "max_duration_ms": config.max_duration_ms,
         "min_query_count": config.min_query_count,
@@ -149,6 +154,7 @@ class RunOutcome:
     scaffolding_lines: list[str] = field(default_factory=list)
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
+    round_warning: str | None = None
 
     @property
     def lost(self) -> int:
@@ -179,18 +185,22 @@ def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Pa
 def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str) -> RunOutcome:
     """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for."""
     lg = import_loadgen()
+    benchmark = benchmark.for_mode(config.test_mode)  # gpt-oss-120b: other set and limits in AccuracyOnly
     scenario = benchmark.scenario(scenario_name)
     outdir = results_dir_for(config, benchmark.name, scenario.name)
     outdir.mkdir(parents=True, exist_ok=True)
     config.write(outdir / "config.json")
     outcome = RunOutcome(benchmark=benchmark.name, scenario=scenario.name, mode=config.test_mode,
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
-                         ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
+                         ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms,
+                         round_warning=round_warning(benchmark, config.round))
+    if outcome.round_warning:
+        log.warning(outcome.round_warning)
     settings = build_test_settings(lg, config, benchmark, scenario)
     gen = generation_params(config, benchmark)
     bundle = build_server(config, benchmark)
     server, dataset = bundle.server, bundle.dataset
-    lg_streaming = scenario.loadgen_scenario == "Server"
+    lg_streaming = scenario.loadgen_scenario != "Offline"  # token latencies: every sample gets a first token
     reporter = LoadgenReporter(lg, streaming=lg_streaming)
     sut_handle = qsl_handle = before = expander = None
     progress = None
@@ -276,13 +286,21 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     detail = outdir / "mlperf_log_detail.txt"
     if detail.is_file() and sut_handle is not None:
         try:
-            outcome.loadgen = asdict(summarize(parse_detail_log(detail)))
+            outcome.loadgen = asdict(summarize(parse_detail_log(detail), scenario.name))
         except HarnessError as err:
             outcome.run_error = outcome.run_error or str(err)
     text = format_summary(outcome)
     (outdir / "summary.txt").write_text(text + "\n")
     (outdir / "summary.json").write_text(json.dumps(outcome.to_json(), indent=1, default=str) + "\n")
     return outcome
+
+
+def round_warning(benchmark: BenchmarkSpec, round_name: str) -> str | None:
+    """A warning when the benchmark is not part of the MLPerf round the run is for, else None."""
+    if benchmark.in_round(round_name):
+        return None
+    return (f"benchmark {benchmark.name} is not part of MLPerf Inference {round_name} (--round): it belongs to "
+            f"{', '.join(benchmark.rounds)}; running it anyway")
 
 
 def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path | str | None:
@@ -321,6 +339,8 @@ def format_summary(o: RunOutcome) -> str:
     """One screen: the verdict, throughput, TTFT/TPOT p99 against the limits, the sample ledger."""
     lgr: dict[str, Any] = o.loadgen or {}
     lines = [f"=== {o.benchmark} | {o.scenario} | {o.mode} | core={o.core_type} | system={o.system} ==="]
+    if o.round_warning:
+        lines.append(f"WARNING             : {o.round_warning}")
     accuracy_mode = o.mode == "AccuracyOnly"
     if accuracy_mode:
         lines.append("LoadGen result      : AccuracyOnly run (no performance verdict); outputs in "
@@ -333,9 +353,14 @@ def format_summary(o: RunOutcome) -> str:
         sps, tps = lgr.get("result_samples_per_second"), lgr.get("result_tokens_per_second")
         lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
         lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
-        if lgr.get("target_qps") is not None and o.scenario != "Offline":
+        if lgr.get("target_qps") is not None and o.scenario in ("Server", "Interactive"):
             lines.append(f"target QPS          : {lgr['target_qps']:,.2f}")
-    if o.scenario != "Offline" and o.mode == "PerformanceOnly":
+    if o.scenario == "SingleStream" and o.mode == "PerformanceOnly":
+        lines.append(f"latency p90         : {_ms(lgr.get('latency_p90_ns')):>14}   (the SingleStream result)")
+        lines.append(f"early stopping p90  : {_ms(lgr.get('early_stopping_latency_ns')):>14}")
+        lines.append(f"TTFT p90            : {_ms(lgr.get('ttft_p90_ns')):>14}")
+        lines.append(f"TPOT p90            : {_ms(lgr.get('tpot_p90_ns')):>14}")
+    elif o.scenario != "Offline" and o.mode == "PerformanceOnly":
         for name, key, limit in (("TTFT", "ttft_p99_ns", o.ttft_limit_ms), ("TPOT", "tpot_p99_ns", o.tpot_limit_ms)):
             value = lgr.get(key)
             verdict = ""
