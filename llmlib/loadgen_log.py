@@ -140,7 +140,7 @@ def summarize(detail: dict[str, Any], scenario: str | None = None) -> LoadgenRes
         if scenario not in HARNESS_SCENARIOS:
             raise LoadgenLogError(f"scenario {scenario!r}: expected one of {', '.join(HARNESS_SCENARIOS)}")
         if logged is not None and HARNESS_SCENARIOS[scenario] != logged:
-            raise LoadgenLogError(f"a {scenario} run must be logged by LoadGen as {HARNESS_SCENARIOS[scenario]}, "
+            raise LoadgenLogError(f"LoadGen logs a run of scenario {scenario} as {HARNESS_SCENARIOS[scenario]}; "
                                   f"this log says {logged}")
     server = logged == "Server"
     single_stream = logged == "SingleStream"
