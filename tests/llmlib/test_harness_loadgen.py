@@ -296,3 +296,15 @@ def test_stand_in_accuracy_runs_on_the_dummy_core_replay_the_references(tmp_path
     assert o.ok and o.issued == o.completed == count
     assert o.accuracy["metrics"]["exact_token_match"] == 100.0  # outputs are the stand-in's references
     assert o.accuracy["metrics"]["gen_num"] == count
+
+
+@pytest.mark.slow
+def test_llama3_1_8b_edge_stand_in_runs_single_stream_valid_on_the_dummy_core(tmp_path):
+    cli = dict(FAST, results_dir=str(tmp_path), dummy_ttft_ms=1, dummy_tpot_ms=0.05, min_duration_ms=400,
+               min_query_count=100, single_stream_expected_latency_ns=1_000_000)
+    config, benchmark = resolve_for(cli, "tiny-llama3.1-8b-edge", "SingleStream", env={})
+    o = run_scenario(config, benchmark, "SingleStream")
+    lg = logged(o)
+    assert lg.validity == "VALID", lg.invalid_reasons
+    assert o.ok and o.issued == o.completed >= 100 and lg.scenario == "SingleStream"
+    assert Path(o.outdir).parts[-3:] == ("tiny-llama3.1-8b-edge", "SingleStream", "performance")
