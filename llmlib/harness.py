@@ -357,7 +357,8 @@ def format_summary(o: RunOutcome) -> str:
             lines.append(f"target QPS          : {lgr['target_qps']:,.2f}")
     if o.scenario == "SingleStream" and o.mode == "PerformanceOnly":
         lines.append(f"latency p90         : {_ms(lgr.get('latency_p90_ns')):>14}   (the SingleStream result)")
-        lines.append(f"early-stop est. p90 : {_ms(lgr.get('early_stopping_latency_ns')):>14}   (LoadGen early_stopping_latency_ss)")
+        lines.append(f"early-stop est. p90 : {_ms(lgr.get('early_stopping_latency_ns')):>14}"
+                     "   (LoadGen early_stopping_latency_ss)")
         lines.append(f"TTFT p90            : {_ms(lgr.get('ttft_p90_ns')):>14}")
         lines.append(f"TPOT p90            : {_ms(lgr.get('tpot_p90_ns')):>14}")
     elif o.scenario != "Offline" and o.mode == "PerformanceOnly":

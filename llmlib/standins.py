@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from llmlib.errors import HarnessError
-from llmlib.tiny_model import DATASET_FILE, TINY_MODEL_DIR, _locked, _replace_folder, corpus_sentences, ensure_tiny_model
+from llmlib.tiny_model import (
+    DATASET_FILE,
+    TINY_MODEL_DIR,
+    _locked,
+    _replace_folder,
+    corpus_sentences,
+    ensure_tiny_model,
+)
 
 __all__ = [
     "DEEPSEEK_R1_FILE",

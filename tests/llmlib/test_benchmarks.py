@@ -45,7 +45,8 @@ SHIPPED = [
     "tiny-llama3.1-8b-edge",
     "tiny-synthetic",
 ]
-PROJECT_OWN = ("math-tiny", "tiny", "tiny-deepseek-r1", "tiny-gpt-oss-120b", "tiny-llama3.1-8b-edge", "tiny-synthetic")  # not MLPerf benchmarks: LoadGen's mlperf.conf has no entries
+PROJECT_OWN = (  # not MLPerf benchmarks: LoadGen's mlperf.conf has no entries
+    "math-tiny", "tiny", "tiny-deepseek-r1", "tiny-gpt-oss-120b", "tiny-llama3.1-8b-edge", "tiny-synthetic")
 
 # Lines of LoadGen's built-in mlperf.conf (mlcommons-loadgen 6.0), reduced to what the YAML repeats.
 # <model>.*.performance_sample_count_override
@@ -604,7 +605,8 @@ def test_rounds_are_the_checker_versions_that_list_the_benchmark(name):
         if name in cfg["models"]:
             expected.append(version)
         elif spec.submission_model != name:  # an interactive variant: the base model's Interactive scenario
-            if spec.submission_model in cfg["models"] and "Interactive" in allowed_scenarios(cfg, spec.submission_model):
+            base = spec.submission_model
+            if base in cfg["models"] and "Interactive" in allowed_scenarios(cfg, base):
                 expected.append(version)
     assert spec.rounds == tuple(sorted(expected))
     assert not spec.every_round

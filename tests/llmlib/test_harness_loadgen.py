@@ -270,7 +270,8 @@ def test_accuracy_mode_uses_the_benchmarks_accuracy_set_and_limits(tmp_path):
              "    total_sample_count: 48\n"
              "    performance_sample_count: 48\n"
              "    max_output_tokens: 12\n")
-    (folder / "benchmarks" / "modes.yaml").write_text(text.replace("loadgen_model: tiny-synthetic", "loadgen_model: modes"))
+    text = text.replace("loadgen_model: tiny-synthetic", "loadgen_model: modes")
+    (folder / "benchmarks" / "modes.yaml").write_text(text)
     cli = dict(FAST, results_dir=str(tmp_path), config_dir=str(folder), test_mode="AccuracyOnly")
     config, benchmark = resolve_for(cli, "modes", "Offline", env={})
     o = run_scenario(config, benchmark, "Offline")
