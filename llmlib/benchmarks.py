@@ -176,8 +176,11 @@ class BenchmarkSpec:
         if not override:
             return dataclasses.replace(self, test_mode=test_mode)
         raw = _deep_merge(self.raw, override)
-        return dataclasses.replace(_build_spec(self.name, self.source, raw, (self.name,)), test_mode=test_mode)
-
+        try:
+            spec = _build_spec(self.name, self.source, raw, (self.name,))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (with test_modes.{test_mode} applied)") from err
+        return dataclasses.replace(spec, test_mode=test_mode)
 
     def scenario(self, name: str) -> ScenarioSpec:
         """The scenario spec for `name` (case-insensitive), or a ConfigError naming what is supported."""
@@ -220,7 +223,10 @@ def load_benchmark(name: str, configs_dir: Path | None = None) -> BenchmarkSpec:
     known = list_benchmarks(directory)
     canonical = _resolve_name(name, known, directory)
     raw, chain = _load_resolved(canonical, directory, known, ())
-    return _build_spec(canonical, directory / f"{canonical}.yaml", raw, chain)
+    spec = _build_spec(canonical, directory / f"{canonical}.yaml", raw, chain)
+    for mode in spec.test_modes:
+        spec.for_mode(mode)  # a mode's overrides are validated now, not when a run first uses them
+    return spec
 
 
 # -- loading ------------------------------------------------------------------------------------

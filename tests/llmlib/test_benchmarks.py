@@ -743,3 +743,10 @@ def test_single_stream_scenario_must_be_loadgen_single_stream(tmp_path):
     write(tmp_path, "m", MINIMAL + "  Interactive: {loadgen_scenario: Offline, streaming: true}\n")
     with pytest.raises(ConfigError, match=r"'scenarios.Interactive.loadgen_scenario' must be 'Server'"):
         load_benchmark("m", configs_dir=tmp_path)
+
+
+def test_a_test_mode_that_breaks_the_benchmark_is_an_error_at_load(tmp_path):
+    write(tmp_path, "m", MINIMAL + "test_modes:\n  AccuracyOnly: {total_sample_count: 4}\n")
+    with pytest.raises(ConfigError, match=r"'performance_sample_count' must be <= total_sample_count \(4\).*"
+                                          r"\(with test_modes.AccuracyOnly applied\)"):
+        load_benchmark("m", configs_dir=tmp_path)
