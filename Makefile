@@ -15,7 +15,7 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,hf,accuracy,endpoint,triton]'
+	$(PY) -m pip install --quiet -e '.[test,hf,accuracy,endpoint,triton,parquet]'
 	touch $@
 
 install: $(VENV)/.installed  ## create the virtual environment and install the package (first use)

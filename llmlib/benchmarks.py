@@ -1,11 +1,13 @@
 """Benchmark definitions: load configs/benchmarks/<name>.yaml into typed, validated specs.
 
-A benchmark file is data (model key, dataset, limits, scenarios, accuracy targets); `extends` keeps variants short.
+A benchmark file is data (model key, dataset, limits, scenarios, accuracy targets, MLPerf rounds);
+`extends` keeps variants short and `test_modes` holds what an AccuracyOnly run does differently.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -19,7 +21,10 @@ from llmlib.errors import ConfigError
 
 __all__ = [
     "ALIASES",
+    "CURRENT_ROUND",
+    "ROUNDS",
     "SCENARIOS",
+    "TEST_MODES",
     "AccuracySpec",
     "AccuracyTarget",
     "BenchmarkSpec",
@@ -30,9 +35,16 @@ __all__ = [
     "parse_scenario",
 ]
 
-# Harness scenario names. Interactive is LoadGen's Server scenario run with the `<model>-interactive` key.
-SCENARIOS: tuple[str, ...] = ("Offline", "Server", "Interactive")
-LOADGEN_SCENARIOS: tuple[str, ...] = ("Offline", "Server")
+# Harness scenario names. Interactive is LoadGen's Server scenario run with the `<model>-interactive` key;
+# SingleStream is LoadGen's SingleStream (one query at a time, p90 latency), the edge scenario.
+SCENARIOS: tuple[str, ...] = ("Offline", "Server", "Interactive", "SingleStream")
+LOADGEN_SCENARIOS: tuple[str, ...] = ("Offline", "Server", "SingleStream")
+TEST_MODES: tuple[str, ...] = ("PerformanceOnly", "AccuracyOnly")
+
+# MLPerf Inference rounds the project knows (the submission checker's versions), oldest first.
+ROUNDS: tuple[str, ...] = ("v5.0", "v5.1", "v6.0", "v6.1")
+CURRENT_ROUND = "v6.1"
+ALL_ROUNDS = "all"  # `rounds: all`: the project's own stand-ins, which belong to every round
 DATASET_FORMATS: tuple[str, ...] = FORMATS
 
 # Short names people type, mapped to the benchmark file they mean.
@@ -57,10 +69,19 @@ _TOP_LEVEL_KEYS = frozenset(
         "scenarios",
         "accuracy",
         "harness",
+        "rounds",
+        "submission_model",
+        "accuracy_sample_count",
+        "test_modes",
     }
 )
+# What a `test_modes.<mode>` section may change (merged over the benchmark for runs in that mode).
+_TEST_MODE_KEYS = frozenset(
+    {"dataset", "total_sample_count", "performance_sample_count", "max_output_tokens", "min_output_tokens",
+     "generation"}
+)
 _SCENARIO_KEYS = frozenset({"loadgen_scenario", "loadgen_model", "ttft_ms", "tpot_ms", "streaming"})
-_ACCURACY_KEYS = frozenset({"ratio", "metrics", "tokens_per_sample"})
+_ACCURACY_KEYS = frozenset({"ratio", "metrics", "tokens_per_sample", "evaluator"})
 _METRIC_KEYS = frozenset({"name", "reference", "ratio", "max_ratio"})
 _TOKENS_KEYS = frozenset({"reference", "min_ratio", "max_ratio", "min", "max"})
 
@@ -69,8 +90,8 @@ _TOKENS_KEYS = frozenset({"reference", "min_ratio", "max_ratio", "min", "max"})
 class ScenarioSpec:
     """One scenario a benchmark supports, and how LoadGen runs it."""
 
-    name: str  # harness name: Offline, Server or Interactive
-    loadgen_scenario: str  # what LoadGen runs: Offline or Server
+    name: str  # harness name: Offline, Server, Interactive or SingleStream
+    loadgen_scenario: str  # what LoadGen runs: Offline, Server or SingleStream
     loadgen_model: str  # the model key LoadGen reads mlperf.conf / user.conf with
     ttft_ms: float | None  # time-to-first-token limit (p99); None for Offline
     tpot_ms: float | None  # time-per-output-token limit (p99); None for Offline
@@ -102,6 +123,7 @@ class AccuracySpec:
     metrics: tuple[AccuracyTarget, ...] = ()
     tokens_per_sample_min: float | None = None
     tokens_per_sample_max: float | None = None
+    evaluator: str | None = None  # the scorer (llmlib.evaluation) by name; None: the ROUGE-family default
 
     def metric(self, name: str) -> AccuracyTarget:
         for target in self.metrics:
@@ -130,6 +152,35 @@ class BenchmarkSpec:
     harness: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: Path
+    rounds: tuple[str, ...] = ROUNDS  # MLPerf rounds the benchmark belongs to, oldest first
+    every_round: bool = False  # `rounds: all`: the project's own stand-ins (and any later round)
+    submission_model: str = ""  # its name in a submission tree (the checker's model); "" = `name`
+    accuracy_sample_count: int | None = None  # samples an AccuracyOnly run scores; None = total_sample_count
+    test_modes: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw per-mode overrides
+    test_mode: str | None = None  # the mode whose overrides are applied (for_mode), None: none applied
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the resolved YAML mapping
+
+    def in_round(self, round_name: str) -> bool:
+        return self.every_round or round_name in self.rounds
+
+    def for_mode(self, test_mode: str) -> BenchmarkSpec:
+        """The benchmark as a run in `test_mode` sees it: its `test_modes.<mode>` section merged over it
+        (gpt-oss-120b's AccuracyOnly runs use another dataset, output limit and reasoning effort)."""
+        if test_mode not in TEST_MODES:
+            raise ConfigError(f"Unknown test mode {test_mode!r}. Valid: {', '.join(TEST_MODES)}")
+        if self.test_mode is not None:
+            if self.test_mode != test_mode:
+                raise ConfigError(f"benchmark {self.name}: already resolved for {self.test_mode}, not {test_mode}")
+            return self
+        override = self.test_modes.get(test_mode)
+        if not override:
+            return dataclasses.replace(self, test_mode=test_mode)
+        raw = _deep_merge(self.raw, override)
+        try:
+            spec = _build_spec(self.name, self.source, raw, (self.name,))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (with test_modes.{test_mode} applied)") from err
+        return dataclasses.replace(spec, test_mode=test_mode)
 
     def scenario(self, name: str) -> ScenarioSpec:
         """The scenario spec for `name` (case-insensitive), or a ConfigError naming what is supported."""
@@ -172,7 +223,10 @@ def load_benchmark(name: str, configs_dir: Path | None = None) -> BenchmarkSpec:
     known = list_benchmarks(directory)
     canonical = _resolve_name(name, known, directory)
     raw, chain = _load_resolved(canonical, directory, known, ())
-    return _build_spec(canonical, directory / f"{canonical}.yaml", raw, chain)
+    spec = _build_spec(canonical, directory / f"{canonical}.yaml", raw, chain)
+    for mode in spec.test_modes:
+        spec.for_mode(mode)  # a mode's overrides are validated now, not when a run first uses them
+    return spec
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -351,6 +405,9 @@ def _build_spec(name: str, path: Path, raw: dict[str, Any], chain: tuple[str, ..
     generation = c.mapping(raw, "generation")
     harness = c.mapping(raw, "harness", required=False) or {}
     description = c.string(raw, "description", required=False) or ""
+    accuracy_count = c.integer(raw, "accuracy_sample_count", required=False, minimum=1)
+    if accuracy_count is not None and accuracy_count > total:
+        raise c.fail("accuracy_sample_count", f"<= total_sample_count ({total})", accuracy_count)
     return BenchmarkSpec(
         name=name,
         loadgen_model=loadgen_model,
@@ -367,7 +424,35 @@ def _build_spec(name: str, path: Path, raw: dict[str, Any], chain: tuple[str, ..
         harness=copy.deepcopy(harness),
         description=description.strip(),
         source=path,
+        rounds=_check_rounds(c, raw),
+        every_round=raw.get("rounds") == ALL_ROUNDS,
+        submission_model=c.string(raw, "submission_model", required=False) or name,
+        accuracy_sample_count=accuracy_count,
+        test_modes=_check_test_modes(c, raw),
+        raw=copy.deepcopy(raw),
     )
+
+
+def _check_rounds(c: _Checker, raw: dict[str, Any]) -> tuple[str, ...]:
+    expected = f"a list of MLPerf rounds from {', '.join(ROUNDS)}, or '{ALL_ROUNDS}'"
+    if "rounds" not in raw:
+        raise c.missing("rounds", expected)
+    value = raw["rounds"]
+    if value == ALL_ROUNDS:
+        return ROUNDS
+    if not isinstance(value, list) or not value or any(r not in ROUNDS for r in value) or len(set(value)) != len(value):
+        raise c.fail("rounds", expected + " (each once)", value)
+    return tuple(r for r in ROUNDS if r in value)  # oldest first
+
+
+def _check_test_modes(c: _Checker, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    modes = c.mapping(raw, "test_modes", required=False) or {}
+    for mode, body in modes.items():
+        if mode not in TEST_MODES:
+            raise c.fail("test_modes", f"keyed by {', '.join(TEST_MODES)}", mode)
+        c.mapping(modes, mode, prefix="test_modes.")
+        c.only(body, _TEST_MODE_KEYS, f"test_modes.{mode}.")
+    return copy.deepcopy(modes)
 
 
 def _check_dataset(c: _Checker, raw: dict[str, Any]) -> dict[str, Any]:
@@ -377,7 +462,7 @@ def _check_dataset(c: _Checker, raw: dict[str, Any]) -> dict[str, Any]:
         if "format" not in dataset:
             raise c.missing("dataset.format", f"one of {', '.join(DATASET_FORMATS)}")
         raise c.fail("dataset.format", f"one of {', '.join(DATASET_FORMATS)}", fmt)
-    if fmt in ("pickle", "npy"):
+    if fmt in ("pickle", "parquet", "json", "npy"):
         c.string(dataset, "path", prefix="dataset.")
     return dataset
 
@@ -408,8 +493,9 @@ def _check_scenarios(c: _Checker, raw: dict[str, Any], default_model: str) -> di
         lg_scenario = c.string(body, "loadgen_scenario", prefix)
         if lg_scenario not in LOADGEN_SCENARIOS:
             raise c.fail(prefix + "loadgen_scenario", f"one of {', '.join(LOADGEN_SCENARIOS)}", lg_scenario)
-        if name != "Interactive" and lg_scenario != name:
-            raise c.fail(prefix + "loadgen_scenario", f"'{name}' for the {name} scenario", lg_scenario)
+        wanted = "Server" if name == "Interactive" else name
+        if lg_scenario != wanted:
+            raise c.fail(prefix + "loadgen_scenario", f"'{wanted}' for the {name} scenario", lg_scenario)
         lg_model = c.string(body, "loadgen_model", prefix, required=False) or default_model
         latency_required = lg_scenario == "Server"
         ttft = c.number(body, "ttft_ms", prefix, required=latency_required)
@@ -431,6 +517,7 @@ def _check_accuracy(c: _Checker, raw: dict[str, Any]) -> AccuracySpec:
     if accuracy is None:
         return AccuracySpec()
     c.only(accuracy, _ACCURACY_KEYS, "accuracy.")
+    evaluator = c.string(accuracy, "evaluator", "accuracy.", required=False)
     default_ratio = c.number(accuracy, "ratio", "accuracy.", required=False)
     metrics_raw = accuracy.get("metrics", [])
     if not isinstance(metrics_raw, list):
@@ -456,7 +543,8 @@ def _check_accuracy(c: _Checker, raw: dict[str, Any]) -> AccuracySpec:
             )
         )
     low, high = _check_tokens_per_sample(c, accuracy)
-    return AccuracySpec(metrics=tuple(metrics), tokens_per_sample_min=low, tokens_per_sample_max=high)
+    return AccuracySpec(metrics=tuple(metrics), tokens_per_sample_min=low, tokens_per_sample_max=high,
+                        evaluator=evaluator)
 
 
 def _check_tokens_per_sample(c: _Checker, accuracy: dict[str, Any]) -> tuple[float | None, float | None]:

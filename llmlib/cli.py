@@ -41,6 +41,20 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def list_text(base) -> str:
+    """Every benchmark with its MLPerf rounds and scenarios (those outside --round marked), and the cores."""
+    config_dir = Path(base.config_dir) if os.path.isabs(base.config_dir) else repo_root() / base.config_dir
+    rows = []
+    for name in list_benchmarks(config_dir / "benchmarks"):
+        spec = load_benchmark(name, configs_dir=config_dir / "benchmarks")
+        rounds = "all" if spec.every_round else " ".join(spec.rounds)
+        mark = " " if spec.in_round(base.round) else "*"
+        rows.append(f"{mark} {name:<28} {rounds:<22} {', '.join(spec.scenarios)}")
+    head = f"  {'benchmark':<28} {'rounds':<22} scenarios"
+    foot = f"(* = not in {base.round}, the round --round picks; it runs with a warning)"
+    return "\n".join([head, *rows, foot, "", "cores: " + ", ".join(CORES.names())])
+
+
 def resolve_for(cli: dict, benchmark_name: str, scenario: str, env=None):
     """Resolve the configuration of one (benchmark, scenario): reads the benchmark's and the
     system's YAML layers, the command line and the environment. Returns (config, benchmark)."""
@@ -62,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text())
         return 0
     if "--list" in argv:
-        print("benchmarks:", ", ".join(list_benchmarks()))
-        print("cores:     ", ", ".join(CORES.names()))
+        try:
+            print(list_text(resolve(cli=parse_cli([a for a in argv if a != "--list"]), layers=())))
+        except HarnessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

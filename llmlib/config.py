@@ -36,7 +36,7 @@ RUNTIME_FLAG_DEFAULTS: dict[str, Any] = {
 #: (rather than replacing the value like an ordinary field's variable).
 FLAG_STRING_FIELDS = ("trtllm_checkpoint_flags", "trtllm_build_flags", "trtllm_runtime_flags")
 
-SCENARIOS = ("Offline", "Server", "Interactive")
+SCENARIOS = ("Offline", "Server", "Interactive", "SingleStream")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Benchmark datasets: MLPerf pickled DataFrames, NVIDIA's preprocessed npy tensors, seeded synthetic sets.
+"""Benchmark datasets: MLPerf DataFrames (pickle, parquet, JSON), NVIDIA's preprocessed npy tensors, synthetic sets.
 
 Everything is loaded and validated into memory before timing starts; bad input raises DatasetError.
 """
@@ -27,7 +27,9 @@ __all__ = [
     "write_npy_dataset",
 ]
 
-FORMATS = ("npy", "pickle", "synthetic", "math")
+FORMATS = ("npy", "pickle", "parquet", "json", "synthetic", "math")
+# The table formats: one row per sample, read with pandas (parquet through pyarrow, json as a list of records).
+TABLE_FORMATS = ("pickle", "parquet", "json")
 
 NPY_INPUT_IDS = "input_ids_padded.npy"
 NPY_INPUT_LENS = "input_lens.npy"
@@ -37,7 +39,7 @@ _INT32_MAX = int(np.iinfo(np.int32).max)
 # array.array typecode of a 32-bit signed int: 'i' on every platform we run on, checked anyway.
 _I32 = "i" if array.array("i").itemsize == 4 else "l"
 
-_PICKLE_KEYS = frozenset(
+_TABLE_KEYS = frozenset(
     {
         "format",
         "path",
@@ -46,6 +48,7 @@ _PICKLE_KEYS = frozenset(
         "reference_tokens_column",
         "required_columns",
         "extra_columns",
+        "optional_columns",
     }
 )
 _NPY_KEYS = frozenset({"format", "path"})
@@ -151,8 +154,10 @@ def load_dataset(spec: Mapping, *, base_dir: Path | None = None, name: str = "")
     """Load, validate and hold in memory the dataset a benchmark's `dataset:` mapping describes.
 
     `format` picks the loader, and each accepts only its own keys (a typo is an error):
-      pickle:    path, input_column (tok_input), reference_column, reference_tokens_column,
-                 required_columns, extra_columns
+      pickle, parquet, json (a pandas DataFrame pickled, in a parquet file, or a JSON list of records):
+                 path, input_column (tok_input; or a list of candidates, the first present is used),
+                 reference_column, reference_tokens_column, required_columns, extra_columns (kept
+                 per sample in `extra`), optional_columns (kept in `extra` when present)
       npy:       path (a directory with input_ids_padded.npy, input_lens.npy[, stop_ids_padded.npy])
       synthetic: num_samples, seed, vocab_size, input_len, output_len, reserved_ids
       math:      num_samples, seed, max_operand, ops (llmlib/math_dataset.py: problems with answers)
@@ -165,8 +170,8 @@ def load_dataset(spec: Mapping, *, base_dir: Path | None = None, name: str = "")
             f"dataset '{label}': expected a mapping with a 'format' key, got {type(spec).__name__}"
         )
     fmt = spec.get("format")
-    if fmt == "pickle":
-        return _load_pickle(spec, base_dir, name)
+    if fmt in TABLE_FORMATS:
+        return _load_table(spec, base_dir, name, fmt)
     if fmt == "npy":
         return _load_npy(spec, base_dir, name)
     if fmt == "synthetic":
@@ -227,36 +232,62 @@ def write_npy_dataset(dataset: LLMDataset, directory: str | PathLike, *, pad_id:
 
 
 # ---------------------------------------------------------------------------------------------
-# pickle
+# pickle, parquet, json
+
+_TABLE_WHAT = {
+    "pickle": "a pickled pandas DataFrame",
+    "parquet": "a parquet table",
+    "json": "a JSON list of records (one object per sample)",
+}
 
 
-def _load_pickle(spec: Mapping, base_dir: Path | None, name: str) -> LLMDataset:
+def _read_table(path: Path, fmt: str, where: str):
     import pandas as pd
 
-    path = _resolve_path(spec, base_dir, name, "pickle")
+    if not path.is_file():
+        raise DatasetError(f"{where}: {fmt} file not found: expected {_TABLE_WHAT[fmt]}")
+    try:
+        if fmt == "pickle":
+            frame = pd.read_pickle(path)
+        elif fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401  (pandas reads parquet through it)
+            except ImportError as err:
+                raise DatasetError(f"{where}: reading parquet needs pyarrow: pip install -e '.[parquet]'") from err
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path)
+    except DatasetError:
+        raise
+    except Exception as err:  # unpickling and parsing raise many unrelated types; all mean a bad file
+        raise DatasetError(f"{where}: cannot read {fmt} ({type(err).__name__}: {err})") from err
+    if not isinstance(frame, pd.DataFrame):
+        raise DatasetError(f"{where}: expected {_TABLE_WHAT[fmt]}, got {type(frame).__name__}")
+    return frame
+
+
+def _load_table(spec: Mapping, base_dir: Path | None, name: str, fmt: str) -> LLMDataset:
+    path = _resolve_path(spec, base_dir, name, fmt)
     where = str(path)
-    _check_keys(spec, _PICKLE_KEYS, where, "pickle")
-    input_col = _str_key(spec, "input_column", where, default="tok_input")
+    _check_keys(spec, _TABLE_KEYS, where, fmt)
+    input_candidates = _input_columns(spec, where)
     ref_col = _str_key(spec, "reference_column", where, default=None)
     ref_tok_col = _str_key(spec, "reference_tokens_column", where, default=None)
     required = _str_list_key(spec, "required_columns", where)
     extra_cols = _str_list_key(spec, "extra_columns", where)
+    optional_cols = _str_list_key(spec, "optional_columns", where)
 
-    if not path.is_file():
-        raise DatasetError(f"{where}: pickle file not found: expected a pickled pandas DataFrame")
-    try:
-        frame = pd.read_pickle(path)
-    except Exception as err:  # unpickling raises many unrelated types; all mean a bad file
-        raise DatasetError(f"{where}: cannot read pickle ({type(err).__name__}: {err})") from err
-    if not isinstance(frame, pd.DataFrame):
-        raise DatasetError(f"{where}: expected a pickled pandas DataFrame, got {type(frame).__name__}")
-
+    frame = _read_table(path, fmt, where)
     found = list(frame.columns)
     duplicated = sorted({str(col) for col in frame.columns[frame.columns.duplicated()]})
     if duplicated:
         raise DatasetError(f"{where}: duplicate column name(s) {duplicated}: expected unique column names")
+    input_col = next((col for col in input_candidates if col in frame.columns), None)
+    if input_col is None:
+        raise DatasetError(
+            f"{where}: missing column '{' or '.join(input_candidates)}' (from input_column); columns found: {found}"
+        )
     wanted = [(col, "required_columns") for col in required]
-    wanted.append((input_col, "input_column"))
     if ref_col is not None:
         wanted.append((ref_col, "reference_column"))
     if ref_tok_col is not None:
@@ -267,6 +298,7 @@ def _load_pickle(spec: Mapping, base_dir: Path | None, name: str) -> LLMDataset:
             raise DatasetError(f"{where}: missing column '{col}' (from {role}); columns found: {found}")
     if len(frame) == 0:
         raise DatasetError(f"{where}: column '{input_col}': the DataFrame has no rows, expected at least one")
+    kept = extra_cols + [col for col in optional_cols if col in frame.columns and col not in extra_cols]
 
     input_tokens, input_lens = _tokens_from_cells(frame[input_col].tolist(), where, input_col)
     reference_texts = None
@@ -290,9 +322,22 @@ def _load_pickle(spec: Mapping, base_dir: Path | None, name: str) -> LLMDataset:
         reference_tokens=reference_tokens,
         output_lens=output_lens,
         stop_ids=None,
-        extra={col: frame[col].tolist() for col in extra_cols},
+        extra={col: _plain(frame[col].tolist()) for col in kept},
         source=where,
     )
+
+
+def _plain(values: list) -> list:
+    """Cells as plain Python values: parquet list columns arrive as numpy arrays."""
+    return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+
+
+def _input_columns(spec: Mapping, where: str) -> list[str]:
+    value = spec.get("input_column", "tok_input")
+    candidates = value if isinstance(value, (list, tuple)) else [value]
+    if not candidates or not all(isinstance(v, str) and v for v in candidates):
+        raise DatasetError(f"{where}: input_column={value!r}: expected a column name or a list of candidates")
+    return list(candidates)
 
 
 def _tokens_from_cells(cells: list, where: str, column: str) -> tuple[list[np.ndarray], np.ndarray]:

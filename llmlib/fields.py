@@ -220,7 +220,10 @@ def unknown_name_message(what: str, name: str, known) -> str:
 declare(name="benchmarks", kind="list", default=["tiny"], group="run",
         help="Comma-separated benchmark names (configs/benchmarks/<name>.yaml).")
 declare(name="scenarios", kind="list", default=["Offline", "Server"], group="run",
-        help="Comma-separated scenarios: Offline, Server, Interactive.")
+        help="Comma-separated scenarios: Offline, Server, Interactive, SingleStream.")
+declare(name="round", kind="str", default="v6.1", group="run", choices=("v5.0", "v5.1", "v6.0", "v6.1"),
+        help="MLPerf Inference round the run is for; a benchmark outside it runs with a warning "
+             "(`--list` shows each benchmark's rounds).")
 declare(name="test_mode", kind="str", default="PerformanceOnly", group="run",
         choices=("PerformanceOnly", "AccuracyOnly"), help="LoadGen test mode.")
 declare(name="system_name", kind="str", default="local", env="SYSTEM_NAME", group="run",
@@ -255,6 +258,11 @@ declare(name="server_target_qps", kind="float", default=None, positive=True, max
         group="loadgen", help="Server/Interactive target QPS (overrides user.conf).")
 declare(name="offline_expected_qps", kind="float", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
         group="loadgen", help="Offline expected QPS (overrides user.conf).")
+declare(name="single_stream_expected_latency_ns", kind="int", default=None, minimum=1, maximum=LOADGEN_MAX_COUNT,
+        group="loadgen",
+        help="SingleStream expected latency in ns (overrides mlperf.conf/user.conf target_latency): LoadGen "
+             "generates about min_duration / this many queries, so a value above the real latency ends "
+             "the run before min_duration (INVALID).")
 declare(name="min_duration_ms", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_DURATION_MS,
         group="loadgen", help="LoadGen minimum run duration in ms (overrides mlperf.conf/user.conf).")
 declare(name="max_duration_ms", kind="int", default=None, minimum=0, maximum=LOADGEN_MAX_DURATION_MS,

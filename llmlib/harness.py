@@ -68,9 +68,14 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
         settings.ttft_latency = int(scenario.ttft_ms * 1_000_000)
     if scenario.tpot_ms is not None:
         settings.tpot_latency = int(scenario.tpot_ms * 1_000_000)
+    if (config.test_mode == "AccuracyOnly" and benchmark.accuracy_sample_count is not None
+            and settings.accuracy_sample_count_override == 0):  # mlperf.conf has it for the real benchmarks
+        settings.accuracy_sample_count_override = benchmark.accuracy_sample_count
     overrides = {
         "server_target_qps": config.server_target_qps if lg_scenario == "Server" else None,
         "offline_expected_qps": config.offline_expected_qps if lg_scenario == "Offline" else None,
+        "single_stream_expected_latency_ns": (config.single_stream_expected_latency_ns
+                                              if lg_scenario == "SingleStream" else None),
         "min_duration_ms": config.min_duration_ms,
         "max_duration_ms": config.max_duration_ms,
         "min_query_count": config.min_query_count,
@@ -154,6 +159,7 @@ class RunOutcome:
     accuracy_lines: list[str] = field(default_factory=list)
     scaffolding: dict[str, Any] | None = None
     scaffolding_lines: list[str] = field(default_factory=list)
+    round_warning: str | None = None
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
 
@@ -346,7 +352,7 @@ class _Run:
         detail = Path(o.outdir) / "mlperf_log_detail.txt"
         if loadgen_finished and detail.is_file() and self.loadgen_started:
             try:
-                o.loadgen = asdict(summarize(parse_detail_log(detail)))
+                o.loadgen = asdict(summarize(parse_detail_log(detail), self.scenario.name))
             except HarnessError as err:
                 o.run_error = o.run_error or str(err)
 
@@ -388,6 +394,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
 def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str,
                   control: RunControl) -> RunOutcome:
     lg = import_loadgen()
+    benchmark = benchmark.for_mode(config.test_mode)  # gpt-oss-120b: other set and limits in AccuracyOnly
     scenario = benchmark.scenario(scenario_name)
     # Everything that can be wrong with the input is found before a results folder is made.
     settings = build_test_settings(lg, config, benchmark, scenario)
@@ -397,7 +404,10 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
     outdir = results_dir_for(config, benchmark.name, scenario.name)
     outcome = RunOutcome(benchmark=benchmark.name, scenario=scenario.name, mode=config.test_mode,
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
-                         ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms)
+                         ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms,
+                         round_warning=round_warning(benchmark, config.round))
+    if outcome.round_warning:
+        log.warning(outcome.round_warning)
     run = _Run(lg, config, benchmark, scenario, outcome, control)
     control.on_hard_exit(run.hard_exit)
     try:
@@ -420,7 +430,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
     control.on_stop(run.stop)
     if control.stopped:  # a signal before the hooks were in place
         run.stop(control.stop_reason)
-    lg_streaming = scenario.loadgen_scenario == "Server"
+    lg_streaming = scenario.loadgen_scenario != "Offline"  # token latencies: every sample gets a first token
     run.reporter = reporter = LoadgenReporter(lg, streaming=lg_streaming)
     sut_handle = qsl_handle = None
     progress = None
@@ -520,6 +530,14 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
     return outcome
 
 
+def round_warning(benchmark: BenchmarkSpec, round_name: str) -> str | None:
+    """A warning when the benchmark is not part of the MLPerf round the run is for, else None."""
+    if benchmark.in_round(round_name):
+        return None
+    return (f"benchmark {benchmark.name} is not part of MLPerf Inference {round_name} (--round): it belongs to "
+            f"{', '.join(benchmark.rounds)}; running it anyway")
+
+
 def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path | str | None:
     """--tokenizer_path, else the hf core's checkpoint, else a tokenizer saved next to the dataset."""
     if config.tokenizer_path:
@@ -571,6 +589,8 @@ def format_summary(o: RunOutcome) -> str:
             lines.append(f"  reason            : {reason}")
     if o.interrupted:
         lines.append(f"INTERRUPTED         : {o.interrupted}")
+    if o.round_warning:
+        lines.append(f"WARNING             : {o.round_warning}")
     if lgr and not accuracy_mode:
         sps, tps = lgr.get("result_samples_per_second"), lgr.get("result_tokens_per_second")
         if o.failed and sps and o.issued:
@@ -582,9 +602,15 @@ def format_summary(o: RunOutcome) -> str:
         else:
             lines.append(f"samples/s           : {sps:,.2f}" if sps is not None else "samples/s           : n/a")
             lines.append(f"tokens/s            : {tps:,.1f}" if tps is not None else "tokens/s            : n/a")
-        if lgr.get("target_qps") is not None and o.scenario != "Offline":
+        if lgr.get("target_qps") is not None and o.scenario in ("Server", "Interactive"):
             lines.append(f"target QPS          : {lgr['target_qps']:,.2f}")
-    if o.scenario != "Offline" and o.mode == "PerformanceOnly":
+    if o.scenario == "SingleStream" and o.mode == "PerformanceOnly":
+        lines.append(f"latency p90         : {_ms(lgr.get('latency_p90_ns')):>14}   (the SingleStream result)")
+        lines.append(f"early-stop est. p90 : {_ms(lgr.get('early_stopping_latency_ns')):>14}"
+                     "   (LoadGen early_stopping_latency_ss)")
+        lines.append(f"TTFT p90            : {_ms(lgr.get('ttft_p90_ns')):>14}")
+        lines.append(f"TPOT p90            : {_ms(lgr.get('tpot_p90_ns')):>14}")
+    elif o.scenario != "Offline" and o.mode == "PerformanceOnly":
         for name, key, limit in (("TTFT", "ttft_p99_ns", o.ttft_limit_ms), ("TPOT", "tpot_p99_ns", o.tpot_limit_ms)):
             value = lgr.get(key)
             verdict = ""

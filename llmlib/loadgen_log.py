@@ -1,6 +1,7 @@
 """Read LoadGen's mlperf_log_detail.txt and summarize one run (validity, throughput, TTFT/TPOT).
 
-Keys are the ones LoadGen 5.x/6.x logs; each summary field names the key it comes from.
+Keys are the ones LoadGen 5.x/6.x logs; each summary field names the key it comes from. LoadGen logs
+an Interactive run as "Server": the harness scenario comes from the caller or the run's folder.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from llmlib.errors import HarnessError
 
 __all__ = [
     "DETAIL_LOG_NAME",
+    "HARNESS_SCENARIOS",
     "LoadgenLogError",
     "LoadgenResult",
     "parse_detail_log",
+    "run_scenario_of",
     "summarize",
 ]
 
 DETAIL_LOG_NAME = "mlperf_log_detail.txt"
 _PREFIX = ":::MLLOG"
+# The harness's scenario names (llmlib.benchmarks.SCENARIOS) and what LoadGen logs for each.
+HARNESS_SCENARIOS = {"Offline": "Offline", "Server": "Server", "Interactive": "Server", "SingleStream": "SingleStream"}
 
 
 class LoadgenLogError(HarnessError):
@@ -33,7 +38,9 @@ class LoadgenLogError(HarnessError):
 class LoadgenResult:
     """What one LoadGen run reported. None means LoadGen did not log that value for this run."""
 
-    scenario: str | None  # effective_scenario
+    # The harness scenario: Interactive for an Interactive run (LoadGen logs "Server"), else what
+    # LoadGen logged. `loadgen_scenario` is always LoadGen's own effective_scenario.
+    scenario: str | None
     mode: str | None  # effective_test_mode: PerformanceOnly, AccuracyOnly, ...
     validity: str | None  # result_validity: VALID / INVALID
     # Offline: result_samples_per_second. Server: result_completed_samples_per_sec (what the summary
@@ -60,6 +67,13 @@ class LoadgenResult:
     early_stopping_met: bool | None  # early_stopping_met
     early_stopping: dict[str, str] = field(default_factory=dict)  # early_stopping_<what> -> text, when not empty
     invalid_reasons: tuple[str, ...] = ()
+    loadgen_scenario: str | None = None  # effective_scenario
+    # SingleStream: result_90.00_percentile_latency_ns (the metric), early_stopping_latency_ss (its
+    # early-stopping estimate), first-token and per-token p90 (..._90.00_percentile_...).
+    latency_p90_ns: int | None = None
+    early_stopping_latency_ns: int | None = None
+    ttft_p90_ns: int | None = None
+    tpot_p90_ns: int | None = None
     num_errors: int | None = None  # num_errors
     errors: tuple[str, ...] = ()  # "key: value" of every entry LoadGen flagged is_error
     warnings: tuple[str, ...] = ()  # same for is_warning
@@ -115,12 +129,26 @@ def parse_detail_log(path: str | Path) -> dict[str, Any]:
     return detail
 
 
-def summarize(detail: dict[str, Any]) -> LoadgenResult:
-    """Pull the numbers a run report needs out of `parse_detail_log`'s dict."""
-    scenario = _str(detail.get("effective_scenario") or detail.get("requested_scenario"))
-    server = scenario == "Server"
+def summarize(detail: dict[str, Any], scenario: str | None = None) -> LoadgenResult:
+    """Pull the numbers a run report needs out of `parse_detail_log`'s dict.
+
+    `scenario` is the harness scenario of the run (Interactive is logged by LoadGen as Server); it
+    must agree with what LoadGen logged. None: LoadGen's own name.
+    """
+    logged = _str(detail.get("effective_scenario") or detail.get("requested_scenario"))
+    if scenario is not None:
+        if scenario not in HARNESS_SCENARIOS:
+            raise LoadgenLogError(f"scenario {scenario!r}: expected one of {', '.join(HARNESS_SCENARIOS)}")
+        if logged is not None and HARNESS_SCENARIOS[scenario] != logged:
+            raise LoadgenLogError(f"LoadGen logs a run of scenario {scenario} as {HARNESS_SCENARIOS[scenario]}; "
+                                  f"this log says {logged}")
+    server = logged == "Server"
+    single_stream = logged == "SingleStream"
     if server:
         samples_per_s = _float(detail.get("result_completed_samples_per_sec"))
+        tokens_per_s = _float(detail.get("result_completed_tokens_per_second"))
+    elif single_stream:
+        samples_per_s = _float(detail.get("result_qps_with_loadgen_overhead"))
         tokens_per_s = _float(detail.get("result_completed_tokens_per_second"))
     else:
         samples_per_s = _float(detail.get("result_samples_per_second"))
@@ -139,7 +167,12 @@ def summarize(detail: dict[str, Any]) -> LoadgenResult:
     warnings = tuple(_entry_text(e) for e in detail.get("warnings", ()))
 
     result = LoadgenResult(
-        scenario=scenario,
+        scenario=scenario or logged,
+        loadgen_scenario=logged,
+        latency_p90_ns=_int(detail.get("result_90.00_percentile_latency_ns")),
+        early_stopping_latency_ns=_int(detail.get("early_stopping_latency_ss")) if single_stream else None,
+        ttft_p90_ns=_int(detail.get("result_first_token_90.00_percentile_latency_ns")),
+        tpot_p90_ns=_int(detail.get("result_time_per_output_token_90.00_percentile_ns")),
         mode=_str(detail.get("effective_test_mode") or detail.get("requested_test_mode")),
         validity=_str(detail.get("result_validity")),
         result_samples_per_second=samples_per_s,
@@ -165,6 +198,30 @@ def summarize(detail: dict[str, Any]) -> LoadgenResult:
         warnings=warnings,
     )
     return _with_reasons(result, detail)
+
+
+def run_scenario_of(path: str | Path) -> str | None:
+    """The harness scenario of the run whose logs are at `path` (a log file or its folder), or None.
+
+    LoadGen cannot tell an Interactive run from a Server run, so this reads what the harness wrote:
+    `summary.json` next to the log, else the nearest folder named after a scenario
+    (results/<system>/<benchmark>/<scenario>/<mode>/, or a submission's <benchmark>/<scenario>/...).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        folder = folder.parent
+    summary = folder / "summary.json"
+    if summary.is_file():
+        try:
+            value = json.loads(summary.read_text()).get("scenario")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if value in HARNESS_SCENARIOS:
+            return value
+    for part in reversed(folder.resolve().parts):
+        if part in HARNESS_SCENARIOS:
+            return part
+    return None
 
 
 def _with_reasons(result: LoadgenResult, detail: dict[str, Any]) -> LoadgenResult:

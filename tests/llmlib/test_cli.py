@@ -87,18 +87,45 @@ def test_help_of_every_field_mentions_only_flags_that_work(capsys):
             assert flag in accepted, f"help of --{field.name} mentions {flag}"
 
 
-def test_list_prints_benchmarks_and_cores(capsys):
+def test_list_prints_benchmarks_with_rounds_and_scenarios_and_cores(capsys):
     assert cli.main(["--list"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    bench_line = next(line for line in lines if line.startswith("benchmarks:"))
+    rows = {line[2:].split()[0]: line for line in lines[1:] if line[:1] in (" ", "*") and line[2:3].strip()}
+    assert sorted(rows) == list_benchmarks()
     core_line = next(line for line in lines if line.startswith("cores:"))
-    assert "tiny" in bench_line
-    for name in list_benchmarks():
-        assert name in bench_line
     for name in CORES.names():
         assert name in core_line
-    assert "dummy" in core_line
+    # the current round's reasoning benchmarks, with their rounds and scenarios; not marked
+    assert re.fullmatch(r"  deepseek-r1 +v5\.1 v6\.0 v6\.1 +Offline, Server, Interactive", rows["deepseek-r1"])
+    assert re.fullmatch(r"  gpt-oss-120b +v6\.0 v6\.1 +Offline, Server, Interactive", rows["gpt-oss-120b"])
+    assert re.fullmatch(r"  llama3\.1-8b-edge +v5\.1 v6\.0 v6\.1 +Offline, SingleStream", rows["llama3.1-8b-edge"])
+    assert re.fullmatch(r"  tiny +all +Offline, Server, Interactive, SingleStream", rows["tiny"])
+    # the ones that left the round are marked, and the legend says which round
+    for gone in ("mixtral-8x7b", "llama3.1-405b", "llama2-70b-99"):
+        assert rows[gone].startswith("* "), gone
+    assert "(* = not in v6.1," in out
+
+
+def test_list_marks_against_the_round_given(capsys):
+    assert cli.main(["--list", "--round=v5.0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line[2:].split()[0]: line for line in lines[1:] if line[:1] in (" ", "*") and line[2:3].strip()}
+    assert rows["gpt-oss-120b"].startswith("* ") and rows["deepseek-r1"].startswith("* ")
+    assert rows["mixtral-8x7b"].startswith("  ") and rows["tiny"].startswith("  ")
+
+
+def test_list_with_an_unknown_round_exits_2(capsys):
+    assert cli.main(["--list", "--round=v7.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--round='v7.0' is not one of: v5.0, v5.1, v6.0, v6.1" in err
+    assert "Traceback" not in err
+
+
+def test_round_field_default_is_the_current_round():
+    from llmlib.benchmarks import CURRENT_ROUND, ROUNDS
+
+    assert FIELDS["round"].default == CURRENT_ROUND and FIELDS["round"].choices == ROUNDS
 
 
 # -- --print_config -------------------------------------------------------------------------------
@@ -165,7 +192,7 @@ def test_unknown_scenario_exits_2(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "Unknown scenario 'Sever'" in captured.err
-    assert "Offline, Server, Interactive" in captured.err
+    assert "Offline, Server, Interactive, SingleStream" in captured.err
 
 
 def test_unknown_flag_exits_2_with_suggestion(capsys):

@@ -598,3 +598,17 @@ def test_core_sections_are_checked(tmp_path):
     write_system(tmp_path, "box", "cores:\n  dummy:\n    Sever: {warmup_queries: 1}\n")
     with pytest.raises(ConfigError, match="box.yaml.*Sever"):
         system_layers(tmp_path, "box", "tiny", "Server", core_type="dummy")
+
+
+def test_system_layers_take_a_single_stream_section(tmp_path):
+    write_system(tmp_path, "box", "default:\n  warmup_queries: 1\nSingleStream:\n  warmup_queries: 0\n"
+                                  "benchmarks:\n  tiny:\n    SingleStream:\n      hf_max_batch_size: 1\n")
+    layers = system_layers(tmp_path, "box", "tiny", "SingleStream")
+    assert [layer.source for layer in layers] == [
+        "box.yaml: default", "box.yaml: SingleStream", "box.yaml: benchmarks.tiny.SingleStream"]
+    cfg = resolve(env=NO_ENV, layers=layers)
+    assert (cfg.warmup_queries, cfg.hf_max_batch_size) == (0, 1)
+    write_system(tmp_path, "box", "MultiStream:\n  warmup_queries: 0\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'MultiStream' \(expected default, Offline, Server, "
+                                          r"Interactive, SingleStream, cores, benchmarks\)"):
+        system_layers(tmp_path, "box", "tiny", "Offline")

@@ -418,7 +418,7 @@ def test_npy_object_array_is_refused(tmp_path):
 @pytest.mark.parametrize("fmt", ["csv", None])
 def test_unknown_format_lists_the_valid_ones(fmt):
     spec = {"path": "x"} if fmt is None else {"format": fmt, "path": "x"}
-    with pytest.raises(DatasetError, match=r"dataset 'gptj'.*expected one of: npy, pickle, synthetic"):
+    with pytest.raises(DatasetError, match=r"dataset 'gptj'.*expected one of: npy, pickle, parquet, json, synthetic"):
         load_dataset(spec, name="gptj")
 
 
@@ -463,3 +463,80 @@ def test_dataset_rejects_misaligned_fields():
             input_lens=np.array([1, 1], dtype=np.int64),
             reference_texts=["only one"],
         )
+
+
+# --------------------------------------------------------------------------------------------
+# parquet and json (gpt-oss-120b's sets; llama3.1-8b's cnn_eval.json)
+
+
+def _gpt_oss_frame(token_column: str = "tok_input") -> pd.DataFrame:
+    return pd.DataFrame({
+        token_column: [[200006, 17360, 5], [200006, 9], [200006, 1, 2, 3]],
+        "dataset": ["aime25", "gpqa_diamond", "livecodebench_v6"],
+        "ground_truth": ["42", "B", "abc123"],
+        "question": ["q0", "q1", "q2"],
+    })
+
+
+GPT_OSS_SPEC = {
+    "format": "parquet",
+    "path": "perf/perf_eval_ref.parquet",
+    "input_column": ["tok_input", "input_tokens"],
+    "required_columns": ["dataset", "ground_truth"],
+    "extra_columns": ["dataset", "ground_truth"],
+    "optional_columns": ["question", "text_input"],
+}
+
+
+@pytest.mark.parametrize("token_column", ["tok_input", "input_tokens"])
+def test_parquet_takes_the_first_input_column_present_and_keeps_plain_extra_values(tmp_path, token_column):
+    (tmp_path / "perf").mkdir()
+    _gpt_oss_frame(token_column).to_parquet(tmp_path / "perf" / "perf_eval_ref.parquet", index=False)
+    ds = load_dataset(GPT_OSS_SPEC, base_dir=tmp_path, name="gpt-oss-120b")
+    assert _tokens(ds) == [[200006, 17360, 5], [200006, 9], [200006, 1, 2, 3]]
+    # present optional columns are kept, absent ones (text_input) are not; values are plain Python
+    assert ds.extra == {"dataset": ["aime25", "gpqa_diamond", "livecodebench_v6"],
+                        "ground_truth": ["42", "B", "abc123"], "question": ["q0", "q1", "q2"]}
+    assert ds.reference_texts is None and ds.output_lens is None
+    _check_token_arrays(ds)
+
+
+def test_parquet_list_column_of_reference_tokens_gives_output_lengths(tmp_path):
+    frame = _gpt_oss_frame().assign(tok_ref_output=[[5, 6], [7], [8, 9, 10]])
+    frame.to_parquet(tmp_path / "s.parquet", index=False)
+    ds = load_dataset(dict(GPT_OSS_SPEC, path=str(tmp_path / "s.parquet"), reference_tokens_column="tok_ref_output"))
+    assert ds.output_lens.tolist() == [2, 1, 3] and [t.tolist() for t in ds.reference_tokens][1] == [7]
+
+
+def test_parquet_errors_name_the_file_and_what_was_expected(tmp_path):
+    spec = dict(GPT_OSS_SPEC, path=str(tmp_path / "s.parquet"))
+    with pytest.raises(DatasetError, match=r"s\.parquet: parquet file not found: expected a parquet table"):
+        load_dataset(spec)
+    (tmp_path / "s.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DatasetError, match=r"s\.parquet: cannot read parquet \("):
+        load_dataset(spec)
+    _gpt_oss_frame("prompt_ids").to_parquet(tmp_path / "s.parquet", index=False)
+    with pytest.raises(DatasetError, match=r"missing column 'tok_input or input_tokens' \(from input_column\)"):
+        load_dataset(spec)
+    _gpt_oss_frame().drop(columns=["ground_truth"]).to_parquet(tmp_path / "s.parquet", index=False)
+    with pytest.raises(DatasetError, match=r"missing column 'ground_truth' \(from required_columns\)"):
+        load_dataset(spec)
+    with pytest.raises(DatasetError, match=r"input_column=\[\]: expected a column name or a list of candidates"):
+        load_dataset(dict(spec, input_column=[]))
+
+
+def test_json_records_like_cnn_eval(tmp_path):
+    records = [{"input": "Summarize: a", "tok_input": [128000, 5, 6], "output": "a."},
+               {"input": "Summarize: b", "tok_input": [128000, 7], "output": "b."}]
+    (tmp_path / "cnn_eval.json").write_text(__import__("json").dumps(records))
+    spec = {"format": "json", "path": "cnn_eval.json", "input_column": "tok_input", "reference_column": "output",
+            "required_columns": ["tok_input", "output"], "optional_columns": ["input"]}
+    ds = load_dataset(spec, base_dir=tmp_path)
+    assert _tokens(ds) == [[128000, 5, 6], [128000, 7]] and ds.reference_texts == ["a.", "b."]
+    assert ds.extra == {"input": ["Summarize: a", "Summarize: b"]}
+    (tmp_path / "cnn_eval.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"cnn_eval\.json: cannot read json \("):
+        load_dataset(spec, base_dir=tmp_path)
+    (tmp_path / "cnn_eval.json").write_text('{"a": 1}')  # an object of scalars, not a list of records
+    with pytest.raises(DatasetError, match=r"cnn_eval\.json: cannot read json \(ValueError"):
+        load_dataset(spec, base_dir=tmp_path)

@@ -238,3 +238,117 @@ def test_cli_exit_code_reports_failures(tmp_path):
                           timeout=120)
     assert proc.returncode == 1
     assert "RUN FAILED" in proc.stdout and "issued" in proc.stdout
+
+
+# -- SingleStream, the Interactive name, rounds, per-mode benchmarks --------------------------------
+
+
+def test_single_stream_is_valid_on_the_dummy_core_with_p90_latencies(tmp_path):
+    o = run(tmp_path, "SingleStream", dummy_ttft_ms=1, dummy_tpot_ms=0.05, min_duration_ms=400,
+            min_query_count=100, single_stream_expected_latency_ns=1_000_000)
+    lg = summarize(parse_detail_log(Path(o.outdir) / "mlperf_log_detail.txt"), "SingleStream")
+    assert lg.validity == "VALID", lg.invalid_reasons
+    assert o.ok and o.issued == o.completed == lg.completed_sample_count >= 100
+    detail = parse_detail_log(Path(o.outdir))
+    assert detail["effective_scenario"] == "SingleStream"
+    assert detail["effective_target_latency_percentile"] == 0.9  # mlperf.conf: *.SingleStream p90
+    assert detail["requested_single_stream_expected_latency_ns"] == 1_000_000  # the quick-run flag
+    # FirstTokenComplete was sent: TTFT is the simulated 1 ms prefill, under the whole latency
+    assert 0.5e6 <= lg.ttft_p90_ns < lg.latency_p90_ns and 0 < lg.tpot_p90_ns < 5e6
+    saved = json.loads((Path(o.outdir) / "summary.json").read_text())
+    assert saved["scenario"] == "SingleStream" and saved["loadgen"]["latency_p90_ns"] == lg.latency_p90_ns
+    text = (Path(o.outdir) / "summary.txt").read_text()
+    assert f"latency p90         : {lg.latency_p90_ns / 1e6:>11,.2f} ms   (the SingleStream result)" in text
+    assert "TTFT p90" in text and "TPOT p90" in text and "target QPS" not in text
+    assert Path(o.outdir).parts[-2:] == ("SingleStream", "performance")
+
+
+def test_an_interactive_run_is_interactive_in_its_summary_although_loadgen_logs_server(tmp_path):
+    o = run(tmp_path, "Interactive")
+    out = Path(o.outdir)
+    assert parse_detail_log(out)["effective_scenario"] == "Server"  # what LoadGen writes
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["scenario"] == "Interactive"
+    assert saved["loadgen"]["scenario"] == "Interactive" and saved["loadgen"]["loadgen_scenario"] == "Server"
+    assert (out / "summary.txt").read_text().startswith("=== tiny-synthetic | Interactive | PerformanceOnly |")
+    from llmlib.loadgen_log import run_scenario_of
+
+    assert run_scenario_of(out / "mlperf_log_detail.txt") == "Interactive"
+
+
+@pytest.fixture
+def config_dir_v50(tmp_path):
+    """A config folder whose only benchmark belongs to v5.0 alone."""
+    folder = tmp_path / "configs"
+    (folder / "benchmarks").mkdir(parents=True)
+    text = (REPO / "configs" / "benchmarks" / "tiny-synthetic.yaml").read_text()
+    assert "rounds: all" in text
+    (folder / "benchmarks" / "old.yaml").write_text(text.replace("rounds: all", "rounds: [v5.0]"))
+    (folder / "user.conf").write_text((REPO / "configs" / "user.conf").read_text().replace("tiny-synthetic", "old"))
+    return folder
+
+
+def test_a_benchmark_outside_the_round_runs_with_a_warning(tmp_path, config_dir_v50, caplog):
+    cli = dict(FAST, results_dir=str(tmp_path), config_dir=str(config_dir_v50))
+    config, benchmark = resolve_for(cli, "old", "Offline", env={})
+    assert config.round == "v6.1"
+    with caplog.at_level("WARNING", logger="llmlib.harness"):
+        o = run_scenario(config, benchmark, "Offline")
+    warning = "benchmark old is not part of MLPerf Inference v6.1 (--round): it belongs to v5.0; running it anyway"
+    assert o.round_warning == warning and warning in caplog.text
+    assert o.ok and logged(o).validity == "VALID"  # a warning, not an error
+    assert f"WARNING             : {warning}" in (Path(o.outdir) / "summary.txt").read_text()
+    config, benchmark = resolve_for(dict(cli, round="v5.0"), "old", "Offline", env={})
+    assert run_scenario(config, benchmark, "Offline").round_warning is None
+
+
+def test_accuracy_mode_uses_the_benchmarks_accuracy_set_and_limits(tmp_path):
+    folder = tmp_path / "configs"
+    (folder / "benchmarks").mkdir(parents=True)
+    text = (REPO / "configs" / "benchmarks" / "tiny-synthetic.yaml").read_text()
+    text += ("accuracy_sample_count: 40\n"
+             "test_modes:\n"
+             "  AccuracyOnly:\n"
+             "    dataset: {num_samples: 48, seed: 5}\n"
+             "    total_sample_count: 48\n"
+             "    performance_sample_count: 48\n"
+             "    max_output_tokens: 12\n")
+    text = text.replace("loadgen_model: tiny-synthetic", "loadgen_model: modes")
+    (folder / "benchmarks" / "modes.yaml").write_text(text)
+    cli = dict(FAST, results_dir=str(tmp_path), config_dir=str(folder), test_mode="AccuracyOnly")
+    config, benchmark = resolve_for(cli, "modes", "Offline", env={})
+    o = run_scenario(config, benchmark, "Offline")
+    assert o.ok and o.issued == o.completed == 40  # of the 48 in the accuracy set
+    detail = parse_detail_log(Path(o.outdir))
+    assert detail["effective_accuracy_sample_count"] == 40  # from the benchmark: no conf file has the key
+    assert detail["qsl_reported_total_count"] == 48
+    acc = json.loads((Path(o.outdir) / "mlperf_log_accuracy.json").read_text())
+    assert len({e["qsl_idx"] for e in acc}) == 40 and max(e["qsl_idx"] for e in acc) < 48
+    assert max(len(e["data"]) // 8 for e in acc) == 12  # uint32 tokens as hex, capped at the accuracy limit
+    config, benchmark = resolve_for(dict(cli, test_mode="PerformanceOnly"), "modes", "Offline", env={})
+    o = run_scenario(config, benchmark, "Offline")
+    assert o.ok and o.issued >= 256 and parse_detail_log(Path(o.outdir))["qsl_reported_total_count"] == 256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, mode, count", [("tiny-gpt-oss-120b", "AccuracyOnly", 32),
+                                               ("tiny-deepseek-r1", "AccuracyOnly", 40)])
+def test_stand_in_accuracy_runs_on_the_dummy_core_replay_the_references(tmp_path, name, mode, count):
+    cli = dict(FAST, results_dir=str(tmp_path), test_mode=mode)
+    config, benchmark = resolve_for(cli, name, "Offline", env={})
+    o = run_scenario(config, benchmark, "Offline")
+    assert o.ok and o.issued == o.completed == count
+    assert o.accuracy["metrics"]["exact_token_match"] == 100.0  # outputs are the stand-in's references
+    assert o.accuracy["metrics"]["gen_num"] == count
+
+
+@pytest.mark.slow
+def test_llama3_1_8b_edge_stand_in_runs_single_stream_valid_on_the_dummy_core(tmp_path):
+    cli = dict(FAST, results_dir=str(tmp_path), dummy_ttft_ms=1, dummy_tpot_ms=0.05, min_duration_ms=400,
+               min_query_count=100, single_stream_expected_latency_ns=1_000_000)
+    config, benchmark = resolve_for(cli, "tiny-llama3.1-8b-edge", "SingleStream", env={})
+    o = run_scenario(config, benchmark, "SingleStream")
+    lg = logged(o)
+    assert lg.validity == "VALID", lg.invalid_reasons
+    assert o.ok and o.issued == o.completed >= 100 and lg.scenario == "SingleStream"
+    assert Path(o.outdir).parts[-3:] == ("tiny-llama3.1-8b-edge", "SingleStream", "performance")

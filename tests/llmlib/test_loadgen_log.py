@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmlib.errors import HarnessError
-from llmlib.loadgen_log import LoadgenLogError, LoadgenResult, parse_detail_log, summarize
+from llmlib.loadgen_log import LoadgenLogError, LoadgenResult, parse_detail_log, run_scenario_of, summarize
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "mlperf-results-llama2-70b-99"
 needs_fixtures = pytest.mark.skipif(
@@ -176,6 +176,63 @@ def test_invalid_server_run_explains_itself(tmp_path):
 def test_invalid_without_any_flag_still_says_so():
     result = summarize({"effective_scenario": "Offline", "result_validity": "INVALID"})
     assert result.invalid_reasons == ("LoadGen marked the run INVALID without logging a reason",)
+
+
+# -- the harness scenario: Interactive is logged by LoadGen as Server; SingleStream ---------------------
+
+
+SERVER_DETAIL = {"effective_scenario": "Server", "result_validity": "VALID", "result_completed_samples_per_sec": 9.5,
+                 "result_first_token_99.00_percentile_latency_ns": 300_000_000}
+
+
+def test_an_interactive_run_is_interactive_with_loadgens_server_kept_apart():
+    result = summarize(dict(SERVER_DETAIL), "Interactive")
+    assert result.scenario == "Interactive" and result.loadgen_scenario == "Server"
+    assert result.result_samples_per_second == 9.5 and result.ttft_p99_ns == 300_000_000  # read as Server
+    plain = summarize(dict(SERVER_DETAIL))
+    assert plain.scenario == plain.loadgen_scenario == "Server"
+
+
+@pytest.mark.parametrize("scenario, logged, message", [
+    ("Interactive", "Offline", "LoadGen logs a run of scenario Interactive as Server; this log says Offline"),
+    ("SingleStream", "Server", "LoadGen logs a run of scenario SingleStream as SingleStream; this log says Server"),
+    ("MultiStream", "Server", "scenario 'MultiStream': expected one of Offline, Server, Interactive, SingleStream"),
+])
+def test_a_scenario_that_disagrees_with_the_log_is_an_error(scenario, logged, message):
+    with pytest.raises(LoadgenLogError, match=re.escape(message)):
+        summarize({"effective_scenario": logged}, scenario)
+
+
+def test_single_stream_figures_are_the_p90_latencies():
+    detail = {"effective_scenario": "SingleStream", "result_validity": "VALID",
+              "result_qps_with_loadgen_overhead": 20.0, "result_completed_tokens_per_second": 600.0,
+              "result_90.00_percentile_latency_ns": 45_000_000, "early_stopping_latency_ss": 44_000_000,
+              "result_first_token_90.00_percentile_latency_ns": 5_000_000,
+              "result_time_per_output_token_90.00_percentile_ns": 1_000_000,
+              "result_samples_per_second": 999.0}  # an Offline key: never read for SingleStream
+    result = summarize(detail, "SingleStream")
+    assert (result.scenario, result.loadgen_scenario) == ("SingleStream", "SingleStream")
+    assert (result.result_samples_per_second, result.result_tokens_per_second) == (20.0, 600.0)
+    assert (result.latency_p90_ns, result.early_stopping_latency_ns) == (45_000_000, 44_000_000)
+    assert (result.ttft_p90_ns, result.tpot_p90_ns) == (5_000_000, 1_000_000)
+    assert summarize({**detail, "effective_scenario": "Offline"}).early_stopping_latency_ns is None
+
+
+def test_run_scenario_of_reads_the_summary_then_the_folder(tmp_path):
+    run = tmp_path / "local" / "llama3.1-8b" / "Interactive" / "performance"
+    run.mkdir(parents=True)
+    (run / "mlperf_log_detail.txt").write_text(mllog("effective_scenario", "Server") + "\n")
+    assert run_scenario_of(run / "mlperf_log_detail.txt") == "Interactive"  # from the folder
+    staged = tmp_path / "closed" / "org" / "results" / "sys" / "deepseek-r1" / "Interactive" / "performance" / "run_1"
+    staged.mkdir(parents=True)
+    assert run_scenario_of(staged) == "Interactive"
+    other = tmp_path / "anywhere"
+    other.mkdir()
+    assert run_scenario_of(other) is None
+    (other / "summary.json").write_text(json.dumps({"scenario": "Interactive"}))
+    assert run_scenario_of(other) == "Interactive"  # summary.json wins
+    (run / "summary.json").write_text("{broken")
+    assert run_scenario_of(run) == "Interactive"
 
 
 # -- logs made now by the installed LoadGen ------------------------------------------------------------
