@@ -19,7 +19,7 @@ from llmlib.cores.triton_grpc_core import TritonGrpcCore, TritonSettings
 from llmlib.errors import BackendError
 from llmlib.harness import run_scenario
 from llmlib.loadgen_log import parse_detail_log, summarize
-from llmlib.mock_openai_server import output_ids
+from tests.servers.mock_openai_server import output_ids
 from tests.servers.triton import TritonServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

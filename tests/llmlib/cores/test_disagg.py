@@ -10,7 +10,7 @@ from llmlib.cores import get_core_class
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_disagg_core import TrtllmDisaggCore, read_disagg_config
 from llmlib.errors import ConfigError
-from llmlib.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 from llmlib.server import LLMServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -25,7 +25,7 @@ from llmlib.cores.trtllm_endpoint_core import (
     request_payload,
 )
 from llmlib.errors import BackendError, ConfigError
-from llmlib.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -467,7 +467,7 @@ def test_a_malformed_http_response_fails_its_request(make_core, recorder):
 
 
 def test_mock_command_line_prints_its_port_and_serves():
-    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
                              "--output_tokens", "3"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
@@ -483,7 +483,7 @@ def test_mock_command_line_prints_its_port_and_serves():
 
 
 def test_mock_processes_share_the_port_and_end_together():
-    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0", "--processes", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0", "--processes", "2",
                              "--output_tokens", "4", "--token_text", " the"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())

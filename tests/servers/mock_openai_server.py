@@ -1,7 +1,7 @@
 """A fast OpenAI-compatible mock server (completions, chat, models, health) with fault injection.
 
 Raw asyncio HTTP/1.1 (keep-alive, chunked SSE), no dependency; run it as
-`python -m llmlib.mock_openai_server --port 0` (prints the port) or in-process with MockOpenAIServer.
+`python -m tests.servers.mock_openai_server --port 0` (prints the port) or in-process with MockOpenAIServer.
 
 Token ids: like vLLM (`return_token_ids: true` in the request), each choice of a reply or stream chunk
 then carries `token_ids`, the ids it adds; otherwise only `usage` tells the count. Output ids are
@@ -402,7 +402,7 @@ class MockOpenAIServer:
 
 # --- command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, int]:
-    p = argparse.ArgumentParser(prog="python -m llmlib.mock_openai_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tests.servers.mock_openai_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--model", default="mock-model")
