@@ -87,7 +87,7 @@ def test_one_core_per_url_and_none_is_an_error(make_config):
 
 def test_base_url_forms():
     assert base_url("127.0.0.1:8000") == "http://127.0.0.1:8000"
-    assert base_url("http://h:1/v1/") == "http://h:1"
+    assert base_url("http://h:1/v1/") == "http://h:1/v1"
     assert base_url("https://h:1") == "https://h:1"
 
 
