@@ -76,6 +76,7 @@ from llmlib.http1 import (
     parse_endpoint_url,
 )
 from llmlib.secrets import read_api_key, redact
+from llmlib.secrets import register as register_secret
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +541,8 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self.settings = settings or endpoint_settings(self.config)
         s = self.settings
         check_key_transport(self.endpoint, s)
+        if s.api_key:
+            register_secret(s.api_key)  # also when the settings were built in code
         self._ssl = tls_context(s) if self.endpoint.tls else None
         api = self.endpoint.api
         self._path = f"{api}/chat/completions" if s.use_chat else f"{api}/completions"
