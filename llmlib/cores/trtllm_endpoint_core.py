@@ -282,10 +282,15 @@ def refuses_token_ids(status: int, data: bytes | str) -> bool:
 
 def token_ids_refused_cause(status: int, data: bytes | str) -> str:
     """One line for a server that takes no token-id prompt, naming the setting that fixes it."""
-    first = server_message(data)
-    first = first if len(first) <= 80 else first[:80] + "..."
-    return (f"the server refuses token-id prompts (HTTP {status}: {first}); send prompt texts instead with "
+    text = server_message(data)
+    m = _PROMPT_MSG_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    gist = f"prompt: {m.group(1)}" if m else (text if len(text) <= 80 else text[:80] + "...")
+    return (f"the server refuses token-id prompts (HTTP {status}: {gist}); send prompt texts instead with "
             "--trtllm_prompt_text_column=<a text column of the dataset, e.g. input>")
+
+
+#: pydantic's message for a prompt that must be a string (llama-cpp-python quotes it in its error body)
+_PROMPT_MSG_RE = re.compile(r"(Input should be a valid string)", re.IGNORECASE)
 
 
 class ReplyError(Exception):
