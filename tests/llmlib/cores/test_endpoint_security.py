@@ -6,9 +6,7 @@ and reasoning deltas as first token and output."""
 
 from __future__ import annotations
 
-import datetime
 import io
-import ipaddress
 import logging
 import ssl
 import time
@@ -16,16 +14,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_endpoint_core import EndpointSettings, StreamState, TrtllmEndpointCore, parse_reply
 from llmlib.errors import BackendError, ConfigError
 from llmlib.secrets import MASK, RedactingFilter, config_secrets, install_log_filter, redact, redact_obj, register
 from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.tls import make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,42 +28,10 @@ KEY = "sk-test-9f8e7d6c5b4a-do-not-leak"
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
-def _cert(subject: str, issuer_key, issuer_name, public_key, *, ca: bool, sans=()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer_name).public_key(public_key).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                          key_agreement=False, encipher_only=False, decipher_only=False),
-                            critical=True)
-        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    else:
-        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-        b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                            critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     """A CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files)."""
-    d = tmp_path_factory.mktemp("tls")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmlib test CA")])
-    ca = _cert("llmlib test CA", ca_key, ca_name, ca_key.public_key(), ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert("127.0.0.1", ca_key, ca_name, key.public_key(), ca=False,
-                 sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    return SimpleNamespace(ca=str(d / "ca.pem"), cert=str(d / "server.pem"), key=str(d / "server.key"))
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
