@@ -17,7 +17,7 @@ from llmlib.cores import CORES
 from llmlib.errors import HarnessError
 from llmlib.factory import repo_root
 from llmlib.fields import FIELDS
-from llmlib.secrets import install_log_filter, redact
+from llmlib.secrets import install_log_filter
 
 USAGE = """usage: python -m llmlib [--name=value ...]
        python -m llmlib --help | --list
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise HarnessError("nothing to run: --benchmarks and --scenarios must not be empty")
         resolved = [resolve_for(cli, b, s) + (s,) for b, s in runs]
     except HarnessError as err:
-        print(f"error: {redact(str(err))}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if base.print_config:
         for config, benchmark, scenario in resolved:
@@ -115,7 +115,7 @@ def _run_one(config, benchmark, scenario: str) -> int:
     try:
         outcome = run_scenario(config, benchmark, scenario)
     except HarnessError as err:
-        print(f"error: {benchmark.name} {scenario}: {redact(str(err))}", file=sys.stderr)
+        print(f"error: {benchmark.name} {scenario}: {err}", file=sys.stderr)
         return 2
     print("\n" + format_summary(outcome), flush=True)
     return 0 if outcome.ok else 1
