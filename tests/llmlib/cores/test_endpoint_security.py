@@ -330,3 +330,25 @@ def test_non_streamed_reply_with_reasoning(serve, make_core, recorder):
     body = (b'{"choices":[{"message":{"role":"assistant","content":"42","reasoning_content":"t t t"}}],'
             b'"usage":{"completion_tokens":4}}')
     assert parse_reply(body)[1:] == (4, "usage")
+
+
+# --- the server's words, once ------------------------------------------------------------------------------
+def test_server_message_takes_the_servers_words_once():
+    from llmlib.cores.trtllm_endpoint_core import refuses_token_ids, server_message
+
+    assert server_message(b'{"error":{"message":"The model `x` does not exist.","type":"NotFound","code":404}}') \
+        == "The model `x` does not exist."
+    assert server_message(b'{"detail":[{"loc":["body","prompt"],"msg":"field required"},{"loc":["body","n"],'
+                          b'"msg":"bad"}]}') == "body.prompt: field required (+1 more)"
+    assert server_message(b'{"error":"Input validation error: `inputs` must have less than 4096 tokens"}') \
+        == "Input validation error: `inputs` must have less than 4096 tokens"
+    assert server_message(b"<html>\n<body>502 Bad Gateway</body>\n</html>") == \
+        "<html> <body>502 Bad Gateway</body> </html>"
+    assert len(server_message(b"x" * 5000)) < 210
+    # TGI's OpenAI route and llama-cpp-python's: the prompt must be text; other errors are not that
+    assert refuses_token_ids(422, b"Failed to deserialize the JSON body into the target type: prompt: invalid type: "
+                                  b"sequence, expected a string at line 1 column 30")
+    assert refuses_token_ids(500, b'{"error":{"message":"2 validation errors: {\'type\': \'string_type\', \'loc\': '
+                                  b'(\'body\', \'prompt\', \'str\'), \'msg\': \'Input should be a valid string\'}"}}')
+    assert not refuses_token_ids(500, b'{"error":{"message":"injected server error"}}')
+    assert not refuses_token_ids(200, b'{"prompt": "a valid string"}')
