@@ -1,5 +1,5 @@
-"""Test-side helper: a throwaway certificate authority and a server certificate for 127.0.0.1 / localhost
-signed by it (PEM files, made with `cryptography`), for TLS tests of the endpoint clients."""
+"""Test-side helper: TLS files for 127.0.0.1 / localhost made with `cryptography` (a throwaway CA and a
+server certificate it signed, or one self-signed certificate), for TLS tests of the endpoint clients."""
 
 from __future__ import annotations
 
@@ -23,6 +23,25 @@ class TLSFiles:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_self_signed(folder: Path) -> TLSFiles:
+    """One self-signed server certificate (SANs 127.0.0.1 and localhost, valid one day), which is also
+    the file a client trusts (`ca`)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(_name("127.0.0.1"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    folder = Path(folder)
+    (folder / "self.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "self.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    return TLSFiles(ca=str(folder / "self.pem"), cert=str(folder / "self.pem"), key=str(folder / "self.key"))
 
 
 def make_tls_files(folder: Path) -> TLSFiles:

@@ -19,7 +19,7 @@ from llmlib.cores.trtllm_endpoint_core import EndpointSettings, StreamState, Trt
 from llmlib.errors import BackendError, ConfigError
 from llmlib.secrets import MASK, RedactingFilter, config_secrets, install_log_filter, redact, redact_obj, register
 from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
-from tests.servers.tls import make_tls_files
+from tests.servers.tls import make_self_signed, make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,10 +28,12 @@ KEY = "sk-test-9f8e7d6c5b4a-do-not-leak"
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    """A CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files)."""
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
+@pytest.fixture(scope="module", params=["ca-signed", "self-signed"])
+def tls_files(request, tmp_path_factory):
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it, or one self-signed
+    certificate that is its own trust anchor (PEM files)."""
+    folder = tmp_path_factory.mktemp("tls")
+    return make_tls_files(folder) if request.param == "ca-signed" else make_self_signed(folder)
 
 
 @pytest.fixture
