@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmlib.errors import ConfigError
+from llmlib.http1 import parse_endpoint_url
 
 KINDS = ("str", "int", "float", "bool", "list", "endpoints", "urls", "flags")
 
@@ -128,8 +129,6 @@ def parse_endpoints(value: Any) -> list[str]:
 def parse_http_urls(value: Any) -> list[str]:
     """`host:port` or `http[s]://host[:port][/prefix]` items, each kept with its scheme and prefix
     (normalized: `http://h:80/v1`); bare `host:port` items stay as given (http)."""
-    from llmlib.http1 import parse_endpoint_url
-
     out = []
     for item in _parse_list(value):
         try:
