@@ -142,7 +142,7 @@ def parse_endpoint_url(text: str) -> EndpointURL:
     if scheme not in ("http", "https"):
         raise ValueError(f"{raw!r}: expected host:port or an http:// or https:// URL")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{urlsplit_safe(raw)}: credentials in a URL are not accepted (they would be shown "
+        raise ValueError(f"{_without_userinfo(raw)}: credentials in a URL are not accepted (they would be shown "
                          "and logged); put the API key in --openai_api_key_file")
     if not parts.hostname:
         raise ValueError(f"{raw!r}: no host")
@@ -172,7 +172,7 @@ def parse_endpoint_url(text: str) -> EndpointURL:
                        root=root)
 
 
-def urlsplit_safe(raw: str) -> str:
+def _without_userinfo(raw: str) -> str:
     """`raw` with any user:password@ part masked (for messages)."""
     parts = urlsplit(raw if "://" in raw else "http://" + raw)
     netloc = parts.netloc.rpartition("@")[2]
