@@ -107,8 +107,9 @@ class _Handler:
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_id = 0
-        #: (token, chat, with ids, token text) -> the choice of a stream chunk for that token (not the last one)
-        self._choices: dict[tuple[int, bool, bool, str], bytes] = {}
+        #: (token, chat, with ids, token text, reasoning) -> the choice of a stream chunk for that token (not
+        #: the last one)
+        self._choices: dict[tuple[int, bool, bool, str, bool], bytes] = {}
 
     # --- connections ------------------------------------------------------------------------------
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
