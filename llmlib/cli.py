@@ -18,6 +18,7 @@ from llmlib.cores import CORES
 from llmlib.errors import HarnessError
 from llmlib.factory import repo_root
 from llmlib.fields import FIELDS
+from llmlib.secrets import install_log_filter
 
 USAGE = """usage: python -m llmlib [--name=value ...]
        python -m llmlib --help | --list
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()  # no API key in any log line, whatever a server echoes
     try:
         cli = parse_cli(argv)
         base = resolve(cli=cli, layers=())

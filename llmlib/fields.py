@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmlib.errors import ConfigError
+from llmlib.http1 import parse_endpoint_url
 
-KINDS = ("str", "int", "float", "bool", "list", "endpoints", "flags")
+KINDS = ("str", "int", "float", "bool", "list", "endpoints", "urls", "flags")
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?\d+[eE][+-]?\d+$")
@@ -135,6 +136,19 @@ def parse_endpoints(value: Any) -> list[str]:
     return out
 
 
+def parse_http_urls(value: Any) -> list[str]:
+    """`host:port` or `http[s]://host[:port][/prefix]` items, each kept with its scheme and prefix
+    (normalized: `http://h:80/v1`); bare `host:port` items stay as given (http)."""
+    out = []
+    for item in _parse_list(value):
+        try:
+            url = parse_endpoint_url(item)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        out.append(item if "://" not in item else url.address)
+    return out
+
+
 def parse_flag_value(text: str) -> bool | int | float | str:
     """Type one value of a flag string: true/false, then int, then float, else the string itself."""
     low = text.lower()
@@ -187,6 +201,7 @@ _PARSERS = {
     "bool": lambda v: None if v is None else parse_bool(v),
     "list": _parse_list,
     "endpoints": parse_endpoints,
+    "urls": parse_http_urls,
     "flags": parse_flag_string,
 }
 
@@ -327,8 +342,9 @@ declare(name="trtllm_build_flags", kind="flags", default={}, env="TRTLLM_BUILD_F
 declare(name="trtllm_runtime_flags", kind="flags", default={}, env="TRTLLM_RUNTIME_FLAGS",
         group="trtllm", help="Runtime flags k1:v1,k2:v2 over the harness defaults (env "
                              "TRTLLM_RUNTIME_FLAGS applied on top).")
-declare(name="trtllm_server_urls", kind="endpoints", default=[], group="endpoints",
-        help="OpenAI-compatible servers, host:port,host:port (one core per URL).")
+declare(name="trtllm_server_urls", kind="urls", default=[], group="endpoints",
+        help="OpenAI-compatible servers, one core per URL: host:port (http) or http[s]://host[:port][/prefix] "
+             "(a prefix ending in /v1 is the API base, e.g. https://gw/llm/v1; another is put before /v1).")
 declare(name="triton_server_urls", kind="endpoints", default=[], group="endpoints",
         help="Triton gRPC servers, host:port,host:port.")
 declare(name="triton_num_clients_per_server", kind="int", default=1, minimum=1, group="endpoints",
@@ -364,6 +380,13 @@ declare(name="trtllm_disagg_config_path", kind="str", default="", env="DISAGG_CO
              "trtllm_disagg core, which drives its router.")
 declare(name="openai_api_key_file", kind="str", default="", env="OPENAI_API_KEY_FILE", group="endpoints",
         help="File whose first line is the API key sent as a Bearer token (none for local servers).")
+# endpoint security (trtllm_endpoint / trtllm_disagg): TLS and where a key may go
+declare(name="trtllm_ca_file", kind="str", default="", env="TRTLLM_CA_FILE", group="endpoints",
+        help="CA bundle (PEM) that https:// servers' certificates are verified against (default: the "
+             "system's CAs). Certificates are always verified.")
+declare(name="allow_api_key_over_http", kind="bool", default=False, group="endpoints",
+        help="Send the API key over plain http:// to a host that is not loopback (cleartext on the "
+             "network; refused unless set).")
 
 # --- dummy core --------------------------------------------------------------------------------
 declare(name="dummy_num_cores", kind="int", default=1, minimum=1, group="dummy",

@@ -15,9 +15,10 @@ first step (behind every socket read of that iteration). The Exchange it returns
 response and records when the request was written (`sent_ns`, for client-side queueing figures).
 
 Errors (all `HTTPError`, each naming the URL): `ConnectError` (refused, unknown host, connect
-timeout), `ConnectionDropped` (closed or reset before the response ended), `ProtocolError` (not a
-valid HTTP/1.1 response), `RequestTimeout` (also a `TimeoutError`). An exception raised by the body
-callback ends the request with that same exception. A request that fails on a keep-alive
+timeout; its `TLSError` for a failed TLS handshake or certificate check), `ConnectionDropped` (closed
+or reset before the response ended), `ProtocolError` (not a valid HTTP/1.1 response), `RequestTimeout`
+(also a `TimeoutError`). An exception raised by the body callback ends the request with that same
+exception. A request that fails on a keep-alive
 connection taken idle from the pool before any byte of the response came back (the server closed
 the idle connection just as it was picked) is sent once more on a new connection. Request headers
 are never put in a message.
@@ -29,6 +30,7 @@ the first timed requests are not each held up by a connect.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import ssl as _ssl
 import time
@@ -71,6 +73,15 @@ class RequestTimeout(HTTPError, TimeoutError):
     """The whole exchange took longer than its timeout."""
 
 
+class TLSError(ConnectError):
+    """The TLS handshake failed: the server's certificate did not verify (`verify` True), or the two
+    sides do not speak TLS alike (an https:// URL for a plain-http server, or the other way round)."""
+
+    def __init__(self, url: str, message: str, *, verify: bool):
+        super().__init__(url, message)
+        self.verify = verify
+
+
 @dataclass(slots=True)
 class Response:
     """A finished response. `body` is empty when the body went to a callback (2xx with `on_body`)."""
@@ -82,6 +93,90 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointURL:
+    """An OpenAI-compatible server's URL, parsed. `address` is how it is shown (scheme, host, port and
+    the path prefix as given); `api` is the path the OpenAI routes hang from (`<api>/completions`,
+    `<api>/models`); `root` the one `/health` hangs from (`<root>/health`)."""
+
+    address: str
+    origin: str
+    scheme: str
+    host: str
+    port: int
+    api: str
+    root: str
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address literal (names are not resolved)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_endpoint_url(text: str) -> EndpointURL:
+    """`host:port` (http) or `http[s]://host[:port][/prefix]` -> EndpointURL; ValueError says what is wrong.
+
+    The prefix is kept: a path ending in `/v1` is the API base itself (OpenAI's `base_url`
+    convention: `https://gw.example.com/llm/v1` -> `/llm/v1/completions`, `/llm/health`); any other
+    path is a prefix the `/v1` routes hang from (`http://h:8000/llm` -> `/llm/v1/completions`).
+    Credentials in the URL, queries and fragments are refused."""
+    raw = str(text).strip()
+    has_scheme = "://" in raw
+    parts = urlsplit(raw if has_scheme else "http://" + raw)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{raw!r}: expected host:port or an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{_without_userinfo(raw)}: credentials in a URL are not accepted (they would be shown "
+                         "and logged); put the API key in --openai_api_key_file")
+    if not parts.hostname:
+        raise ValueError(f"{raw!r}: no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{raw!r}: bad port (expected 1..65535)") from None
+    if port is None:
+        if not has_scheme:
+            raise ValueError(f"{raw!r} is not host:port (port 1..65535)")
+        port = 443 if scheme == "https" else 80
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{raw!r}: bad port {port} (expected 1..65535)")
+    if parts.query or parts.fragment or raw.endswith(("?", "#")):
+        raise ValueError(f"{raw!r}: a query or fragment is not accepted (expected scheme://host:port/prefix)")
+    path = parts.path.rstrip("/")
+    if path and (any(c.isspace() for c in path) or "//" in path):
+        raise ValueError(f"{raw!r}: bad path prefix {path!r}")
+    host = parts.hostname
+    shown_host = f"[{host}]" if ":" in host else host
+    origin = f"{scheme}://{shown_host}:{port}"
+    if path.endswith("/v1"):
+        api, root = path, path[:-3]
+    else:
+        api, root = path + "/v1", path
+    return EndpointURL(address=origin + path, origin=origin, scheme=scheme, host=host, port=port, api=api,
+                       root=root)
+
+
+def _without_userinfo(raw: str) -> str:
+    """`raw` with any user:password@ part masked (for messages)."""
+    parts = urlsplit(raw if "://" in raw else "http://" + raw)
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc="***@" + netloc).geturl() if "@" in parts.netloc else raw
 
 
 def split_url(url: str) -> tuple[str, str, int, bool]:
@@ -601,6 +696,12 @@ class HTTPClient:
                 raise RequestTimeout(self.url, f"no complete response within {timeout_s:g}s "
                                                "(still connecting)") from None
             raise ConnectError(self.url, f"connect timed out after {self.connect_timeout_s:g}s") from None
+        except _ssl.SSLCertVerificationError as err:
+            raise TLSError(self.url, f"TLS certificate of {self.host}:{self.port} did not verify: "
+                                     f"{err.verify_message or err.reason or err}", verify=True) from err
+        except _ssl.SSLError as err:
+            raise TLSError(self.url, f"TLS handshake with {self.host}:{self.port} failed: {err.reason or err} "
+                                     "(does the server speak TLS? check http:// vs https://)", verify=False) from err
         except OSError as err:
             raise ConnectError(self.url, f"cannot connect to {self.host}:{self.port}: {err}") from err
         if self._closed:
@@ -621,5 +722,6 @@ class HTTPClient:
         # a closed idle connection stays in _idle until picked (then skipped): no list scan here
 
 
-__all__ = ["ConnectError", "ConnectionDropped", "Exchange", "HTTPClient", "HTTPError", "ProtocolError",
-           "RequestTimeout", "Response", "split_url"]
+__all__ = ["ConnectError", "ConnectionDropped", "EndpointURL", "Exchange", "HTTPClient", "HTTPError",
+           "ProtocolError", "RequestTimeout", "Response", "TLSError", "is_loopback", "parse_endpoint_url",
+           "split_url"]

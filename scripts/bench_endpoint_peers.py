@@ -1,7 +1,7 @@
 """This project's OpenAI-endpoint client against the peer benchmark clients, on the same mock server.
 
 Each tool runs in its own process (the peers in their own venvs under build/peers/<tool>) against one
-mock server process (`llmlib.mock_openai_server`), at the same concurrency, request count, prompt length
+mock server process (`tests.servers.mock_openai_server`), at the same concurrency, request count, prompt length
 and output length (streamed). Two phases, each on a fresh mock:
 
   throughput  zero-delay mock: requests/s, output tokens/s, client CPU per request
@@ -167,7 +167,7 @@ class Mock:
     """The mock OpenAI server in its own process."""
 
     def __init__(self, *, per_token_delay_ms: float = 0.0, output_tokens: int = 128, processes: int = 1):
-        cmd = [sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0", "--model", MODEL,
+        cmd = [sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0", "--model", MODEL,
                "--output_tokens", str(output_tokens), "--per_token_delay_ms", str(per_token_delay_ms),
                "--vocab_size", "32000", "--processes", str(processes),
                # one token of the peers' tokenizer per output token, so that those that count tokens in the

@@ -314,7 +314,13 @@ class TritonGrpcCore(LLMCore):
                 "stops_sent": self.stops_sent, "stop_errors": self.stop_errors}
 
     def health_check(self) -> None:
-        """Server live and ready, the model ready, and its inputs the ones the harness sends."""
+        """Server live and ready, the model ready, and its inputs the ones the harness sends.
+
+        Causes that can heal are retried by the caller: the server unreachable or not ready (it
+        starts), a model still loading, a timeout. The others are final (`BackendError.final`): a model
+        the server does not have or failed to load, missing inputs, and gRPC statuses that say this is
+        the wrong server or request (NOT_FOUND, INVALID_ARGUMENT, UNIMPLEMENTED, UNAUTHENTICATED,
+        PERMISSION_DENIED)."""
         s = self.settings
         timeout = s.health_timeout_s
         try:
@@ -323,18 +329,23 @@ class TritonGrpcCore(LLMCore):
                 if not client.is_server_ready(client_timeout=timeout):
                     raise BackendError(self.address, "server not ready")
                 if not client.is_model_ready(s.model, client_timeout=timeout):
-                    raise BackendError(self.address, f"model {s.model!r} not ready (is it loaded? "
-                                                     "--triton_model_name / --triton_num_models_per_server)")
+                    state, reason = _model_state(client, s.model, timeout)
+                    final = state != "LOADING"
+                    what = {"LOADING": "still loading", None: "not in the server's model repository"}.get(
+                        state, f"not ready ({state}{': ' + reason if reason else ''})")
+                    raise BackendError(self.address, f"model {s.model!r} {what} (--triton_model_name / "
+                                                     "--triton_num_models_per_server)", final=final)
                 meta = client.get_model_metadata(s.model, client_timeout=timeout)
             finally:
                 client.close()
         except InferenceServerException as err:
-            raise BackendError(self.address, f"health check failed: {_describe(err)}") from None
+            final = str(err.status() or "").rpartition(".")[2] in _FINAL_STATUSES
+            raise BackendError(self.address, f"health check failed: {_describe(err)}", final=final) from None
         declared = {t.name for t in meta.inputs}
         missing = [self.tensor(n) for n, (_, required) in INPUTS.items() if required and self.tensor(n) not in declared]
         if missing:
             raise BackendError(self.address, f"model {s.model!r} lacks input(s) {', '.join(missing)} "
-                                             f"(it has: {', '.join(sorted(declared))}); see --triton_tensor_names")
+                               f"(it has: {', '.join(sorted(declared))}); see --triton_tensor_names", final=True)
         self.model_inputs = declared
 
     def _enqueue_impl(self, requests: Sequence[Request]) -> None:
@@ -581,6 +592,27 @@ class TritonGrpcCore(LLMCore):
 
 def _scalar(value: Any, dtype) -> np.ndarray:
     return np.array([[value]], dtype=dtype)
+
+
+#: gRPC statuses of a health probe that retrying cannot change
+_FINAL_STATUSES = frozenset({"NOT_FOUND", "INVALID_ARGUMENT", "UNIMPLEMENTED", "UNAUTHENTICATED",
+                             "PERMISSION_DENIED", "FAILED_PRECONDITION"})
+
+
+def _model_state(client, model: str, timeout: float) -> tuple[str | None, str]:
+    """(state, reason) of `model` in the server's repository index: READY, LOADING, UNAVAILABLE, ...;
+    None when the index does not list it. An index that cannot be read counts as LOADING (retried)."""
+    try:
+        index = client.get_model_repository_index(client_timeout=timeout)
+    except InferenceServerException:
+        return "LOADING", ""
+    states = [(m.state, m.reason) for m in getattr(index, "models", ()) if m.name == model]
+    if not states:
+        return None, ""
+    for state, reason in states:  # several versions: any loading one may still become ready
+        if state == "LOADING":
+            return state, reason
+    return states[0][0] or "UNAVAILABLE", states[0][1]
 
 
 def _describe(err: BaseException) -> str:

@@ -1,7 +1,9 @@
 """The `trtllm_disagg` core: TensorRT-LLM disaggregated serving, driven through its router.
 
 Reads the disaggregated-serving YAML (hostname, port, context_servers, generation_servers) and
-talks to the router's OpenAI-compatible endpoint exactly as the `trtllm_endpoint` core does.
+talks to the router's OpenAI-compatible endpoint exactly as the `trtllm_endpoint` core does: the same
+health verdicts, key rules (no key over plain http to a router that is not loopback) and redaction; a
+`hostname` written as `https://host` reaches a router behind TLS (verified, --trtllm_ca_file).
 """
 
 from __future__ import annotations
@@ -62,5 +64,9 @@ class TrtllmDisaggCore(TrtllmEndpointCore):
 
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
-        read_disagg_config(config.trtllm_disagg_config_path)  # a bad file fails before anything starts
+        """One; a bad file, and the router's URL, CA file and key transport (as the endpoint core checks
+        them), fail here, before anything starts."""
+        router = read_disagg_config(config.trtllm_disagg_config_path)["router"]
+        TrtllmEndpointCore.num_cores(config.with_values(source=f"router in {config.trtllm_disagg_config_path}",
+                                                        trtllm_server_urls=router))
         return 1

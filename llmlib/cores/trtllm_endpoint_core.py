@@ -3,8 +3,8 @@
 Requests run as owned tasks on the core's asyncio loop thread over one keep-alive connection pool
 (`llmlib.http1`, a lean asyncio HTTP/1.1 client), at most `max_concurrency` in flight.
 
-Wire format. POST /v1/completions with the prompt as token ids (never re-tokenized; chat is used only
-when the dataset carries prompt texts). Streaming requests (Server / Interactive) use SSE with
+Wire format. POST <api>/completions (default /v1) with the prompt as token ids (never re-tokenized;
+chat is used only when the dataset carries prompt texts). Streaming requests (Server / Interactive) use SSE with
 `stream_options.include_usage`, so the first content chunk gives a real TTFT; others are one JSON reply.
 `return_token_ids: true` asks for output ids (vLLM's extension: `token_ids` in each choice); servers that
 do not return them give the count from `usage.completion_tokens`, and the core then delivers an empty id
@@ -21,9 +21,24 @@ the request's task wakes only when the response ends. A request is written in th
 takes it (`_begin`) when a concurrency slot and an idle connection are free, not one loop iteration
 later in its task's first step (behind the reads of every other stream); `send_times` records when.
 
+URLs and secrets. `--trtllm_server_urls` items are `host:port` (http) or `http[s]://host[:port][/prefix]`:
+the scheme is kept (https verifies the certificate, against `--trtllm_ca_file` when given) and so is the
+path prefix (`.../v1` is the API base; another prefix is put before `/v1`). The API key never goes over
+plain http to a host that is not loopback unless `--allow_api_key_over_http`; every error cause the core
+builds is redacted of it (`llmlib.secrets`), since servers and proxies may echo it.
+
+Reasoning. With a reasoning parser (vLLM, SGLang) or gpt-oss's harmony channels, a chat stream carries
+the thinking in `delta.reasoning_content` (or `delta.reasoning`) and the answer in `content`: the first
+chunk of either kind is the first token, and both count (their ids, `usage`, or their chunks). The ids
+logged are the server's for the whole generation, thinking and answer in order, as the reference
+implementations log them: the deepseek-r1 and gpt-oss-120b evaluators decode the whole output and find
+the answer in it themselves (the last boxed / ANSWER match; gpt-oss's `final` channel).
+
 Faults: each failed request gets a BackendError naming the URL: connection failed (refused, unknown
-host, connect timeout), connection dropped mid-request, malformed HTTP response, HTTP status >= 400
-(with the server's words), malformed reply or SSE chunk, server error in the stream, request timed out.
+host, connect timeout, TLS), connection dropped mid-request, malformed HTTP response, HTTP status >= 400
+(with the server's message, once), malformed reply or SSE chunk, server error in the stream, request
+timed out. A server that refuses token-id prompts gets one line naming `--trtllm_prompt_text_column`.
+Health checks mark causes that cannot heal `final` (see `_health`).
 """
 
 from __future__ import annotations
@@ -35,9 +50,9 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,13 +65,18 @@ from llmlib.generation import generation_params
 from llmlib.http1 import (
     ConnectError,
     ConnectionDropped,
+    EndpointURL,
     Exchange,
     HTTPClient,
     HTTPError,
     ProtocolError,
     RequestTimeout,
     Response,
+    TLSError,
+    parse_endpoint_url,
 )
+from llmlib.secrets import read_api_key, redact
+from llmlib.secrets import register as register_secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +109,12 @@ class EndpointSettings:
     use_uvloop: bool = True
     #: connections opened by `warm_up` (None: max_concurrency)
     connect_ahead: int | None = None
+    #: CA bundle (PEM) for https:// servers ("": the system's CAs); certificates are always verified
+    ca_file: str = ""
+    #: send the API key over plain http:// to a non-loopback host
+    allow_key_over_http: bool = False
+    #: probe once, in the health check, whether the server takes token-id prompts (when the core sends them)
+    probe_token_ids: bool = True
 
 
 def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
@@ -115,27 +141,42 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
         return_token_ids=bool(_opt(config, "trtllm_return_token_ids", True)),
         api_key=read_api_key(key_file) if key_file else None,
         connect_ahead=_opt(config, "trtllm_connect_ahead", None),
+        ca_file=str(_opt(config, "trtllm_ca_file", "")),
+        allow_key_over_http=bool(_opt(config, "allow_api_key_over_http", False)),
     )
 
 
-def read_api_key(path: str) -> str:
-    """The first line of `path` (the key itself never appears in a message)."""
-    try:
-        lines = Path(path).expanduser().read_text().strip().splitlines()
-    except OSError as err:
-        raise ConfigError(f"--openai_api_key_file={path!r} cannot be read ({type(err).__name__}); "
-                          "expected a file holding the API key") from None
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"--openai_api_key_file={path!r} is empty; expected the API key on its first line")
-    return lines[0].strip()
-
-
 def base_url(endpoint: str) -> str:
-    """`host:port` (or a URL, with or without a trailing /v1) -> `http://host:port`."""
-    url = endpoint.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        url = "http://" + url
-    return url[:-3] if url.endswith("/v1") else url
+    """`host:port` or `http[s]://host[:port][/prefix]` -> the address shown for it: scheme, host, port
+    and the path prefix as given (`127.0.0.1:8000` -> `http://127.0.0.1:8000`)."""
+    return endpoint_url(endpoint).address
+
+
+def endpoint_url(endpoint: str) -> EndpointURL:
+    """The parsed URL; ConfigError naming --trtllm_server_urls when it is malformed."""
+    try:
+        return parse_endpoint_url(endpoint)
+    except ValueError as err:
+        raise ConfigError(f"--trtllm_server_urls: {err}") from None
+
+
+def check_key_transport(url: EndpointURL, settings: EndpointSettings) -> None:
+    """A key goes in cleartext only to a loopback host, unless --allow_api_key_over_http says so."""
+    if settings.api_key and not url.tls and not url.loopback and not settings.allow_key_over_http:
+        raise ConfigError(f"--trtllm_server_urls={url.address}: the API key (--openai_api_key_file) would be "
+                          f"sent in cleartext over http:// to {url.host}, which is not a loopback address; use "
+                          "https://, or set --allow_api_key_over_http=true to send it anyway")
+
+
+def tls_context(settings: EndpointSettings) -> ssl.SSLContext:
+    """A verifying TLS context: the system's CAs, or those of --trtllm_ca_file."""
+    cafile = settings.ca_file or None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"--trtllm_ca_file={settings.ca_file!r} cannot be used ({type(err).__name__}: "
+                          f"{getattr(err, 'strerror', None) or err}); expected a PEM file of CA certificates") \
+            from None
 
 
 def prompt_texts(dataset: Any, settings: EndpointSettings) -> list[str] | None:
@@ -194,8 +235,62 @@ def request_payload(*, model: str | None, prompt: list[int] | str, max_tokens: i
 
 def snippet(data: bytes | str) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = text.strip().replace("\n", " ")
+    text = " ".join(text.split())
     return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
+
+
+def server_message(data: bytes | str) -> str:
+    """The server's own words from an error body, once and short: `error.message` (OpenAI, vLLM,
+    SGLang, trtllm-serve), `detail` (FastAPI: the first validation error, its location and how many
+    more), else the body's start."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return snippet(text)
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return snippet(str(err["message"]))
+        if isinstance(err, str) and err:
+            return snippet(err)
+        if isinstance(obj.get("message"), str) and obj["message"]:
+            return snippet(obj["message"])
+        detail = obj.get("detail")
+        if isinstance(detail, str) and detail:
+            return snippet(detail)
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            loc = ".".join(str(p) for p in first.get("loc") or ())
+            more = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
+            return snippet(f"{loc}: {first.get('msg', '')}{more}")
+    return snippet(text)
+
+
+_STRING_WANTED = ("valid string", "expected a string", "string_type", "must be a string", "should be a string",
+                  "expected str", "not a string", "invalid type: sequence")
+
+
+def refuses_token_ids(status: int, data: bytes | str) -> bool:
+    """An error reply that says the prompt must be text (llama-cpp-python: HTTP 500 with pydantic's
+    'Input should be a valid string' on `prompt`; TGI: 422 'invalid type: sequence, expected a string')."""
+    if status < 400:
+        return False
+    text = (data.decode("utf-8", "replace") if isinstance(data, bytes) else data).lower()
+    return "prompt" in text and any(w in text for w in _STRING_WANTED)
+
+
+def token_ids_refused_cause(status: int, data: bytes | str) -> str:
+    """One line for a server that takes no token-id prompt, naming the setting that fixes it."""
+    text = server_message(data)
+    m = _PROMPT_MSG_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    gist = f"prompt: {m.group(1)}" if m else (text if len(text) <= 80 else text[:80] + "...")
+    return (f"the server refuses token-id prompts (HTTP {status}: {gist}); send prompt texts instead with "
+            "--trtllm_prompt_text_column=<a text column of the dataset, e.g. input>")
+
+
+#: pydantic's message for a prompt that must be a string (llama-cpp-python quotes it in its error body)
+_PROMPT_MSG_RE = re.compile(r"(Input should be a valid string)", re.IGNORECASE)
 
 
 class ReplyError(Exception):
@@ -217,10 +312,13 @@ def _decode(data: bytes, what: str) -> Any:
 
 
 def _choice_content(choice: dict) -> tuple[Any, list | None]:
+    """(the text a choice adds, its token ids). A chat delta or message with a reasoning parser on
+    (vLLM, SGLang; gpt-oss's analysis channel) carries the thinking in `reasoning_content` (or
+    `reasoning`) and only the answer in `content`: either kind is output."""
     content = choice.get("text")
     if content is None:
         part = choice.get("delta") or choice.get("message") or {}
-        content = part.get("content")
+        content = part.get("content") or part.get("reasoning_content") or part.get("reasoning")
     return content, choice.get("token_ids")
 
 
@@ -443,11 +541,19 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if not 0 <= self.rank < len(urls):
             raise ConfigError(f"core {self.name}: rank {self.rank} but only {len(urls)} URL(s) in "
                               f"--trtllm_server_urls={','.join(urls)}")
-        self.url = base_url(urls[self.rank])
+        self.endpoint = endpoint_url(urls[self.rank])
+        self.url = self.endpoint.address
         self.settings = settings or endpoint_settings(self.config)
         s = self.settings
-        self._path = "/v1/chat/completions" if s.use_chat else "/v1/completions"
+        check_key_transport(self.endpoint, s)
+        if s.api_key:
+            register_secret(s.api_key)  # also when the settings were built in code
+        self._ssl = tls_context(s) if self.endpoint.tls else None
+        api = self.endpoint.api
+        self._path = f"{api}/chat/completions" if s.use_chat else f"{api}/completions"
         self._texts = prompt_texts(self.dataset, s)
+        #: prompts go as token ids (not texts): the health check probes once that the server takes them
+        self._ids_checked = self._texts is not None or not s.probe_token_ids
         if s.use_chat and self._texts is None:
             raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
                               "token ids only (the harness never detokenizes); use /v1/completions")
@@ -475,11 +581,24 @@ class TrtllmEndpointCore(AsyncLoopCore):
     # --- the contract -------------------------------------------------------------------------------
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
-        n = len(config.trtllm_server_urls)
-        if n == 0:
+        """One per URL; the URLs, the CA file and where the key may go are checked here, before anything
+        starts."""
+        urls = list(config.trtllm_server_urls)
+        if not urls:
             raise ConfigError(f"core {cls.name}: --trtllm_server_urls is empty; give host:port[,host:port...] "
                               "(one core per URL)")
-        return n
+        settings = endpoint_settings(config)
+        for text in urls:
+            url = endpoint_url(text)
+            check_key_transport(url, settings)
+            if url.tls:
+                tls_context(settings)
+        return len(urls)
+
+    def _error(self, cause: str, *, final: bool = False) -> BackendError:
+        """A BackendError naming this server, its cause redacted of every secret (a server or proxy may
+        echo the key in an error body or header) and on one line."""
+        return BackendError(self.url, redact(" ".join(str(cause).split())), final=final)
 
     @property
     def address(self) -> str:
@@ -509,19 +628,26 @@ class TrtllmEndpointCore(AsyncLoopCore):
             served = fut.result(2 * timeout_s + 1.0)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise BackendError(self.url, f"health check timed out after {timeout_s:g}s (no answer from "
-                                         "the event loop)") from None
+            raise self._error(f"health check timed out after {timeout_s:g}s (no answer from the event loop)") \
+                from None
         except concurrent.futures.CancelledError:  # the loop ended under it (stop)
-            raise BackendError(self.url, "core stopped during the health check") from None
+            raise self._error("core stopped during the health check") from None
         self.served_models = served
+        models = f"GET {self.endpoint.api}/models"
+        if not served:  # a router whose workers have not registered yet: retried
+            raise self._error(f"{models} lists no model (yet)")
         if self.settings.model:
             if self.settings.model not in served:
-                raise BackendError(self.url, f"model {self.settings.model!r} is not served here; it serves: "
-                                             f"{', '.join(served) or '(none)'}")
-        elif not served:
-            raise BackendError(self.url, "GET /v1/models lists no model")
+                raise self._error(f"model {self.settings.model!r} is not served here; it serves: "
+                                  f"{', '.join(served)} (--trtllm_endpoint_model)", final=True)
         else:
             self.model = served[0]
+        if not self._ids_checked:
+            fut = asyncio.run_coroutine_threadsafe(self._probe_token_ids(timeout_s), self._loop)
+            try:
+                fut.result(2 * timeout_s + 1.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                fut.cancel()  # no verdict: the timed requests will tell
 
     def warm_up(self) -> None:
         """Open `connect_ahead` connections (default: max_concurrency) before the timed run, so its
@@ -538,37 +664,72 @@ class TrtllmEndpointCore(AsyncLoopCore):
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, HTTPError) as err:
             fut.cancel()
             log.warning("%s: opened %d of %d connections ahead (%s); the rest open on demand", self.url,
-                        self._http.num_idle, n, err or "timed out")
+                        self._http.num_idle, n, redact(str(err)) or "timed out")
             return
         log.debug("%s: %d connections open ahead", self.url, idle)
 
     async def _health(self, timeout_s: float) -> list[str]:
-        """On the loop: the two GETs; the models served."""
+        """On the loop: the two GETs; the models served. Causes that can heal (refused while the server
+        starts, 5xx such as 503 while it loads, a timeout, a dropped connection) are retried by the
+        caller; the others are final: TLS failures, a reply that is not HTTP, 401/403 (the key), 404 on
+        /v1/models (not an OpenAI-compatible server, or a wrong path prefix), other 4xx, a body that is
+        not a model list."""
+        health, models = f"{self.endpoint.root}/health", f"{self.endpoint.api}/models"
         try:
-            r = await self._http.get("/health", timeout_s=timeout_s)
+            r = await self._http.get(health, timeout_s=timeout_s)
             if r.status >= 400 and r.status != 404:
-                raise BackendError(self.url, f"not ready: GET /health answered HTTP {r.status}: {snippet(r.body)}")
-            r = await self._http.get("/v1/models", timeout_s=timeout_s)
+                raise self._status_error(f"GET {health}", r)
+            r = await self._http.get(models, timeout_s=timeout_s)
         except RequestTimeout as err:
-            raise BackendError(self.url, f"health check timed out after {timeout_s:g}s ({type(err).__name__})") \
-                from err
+            raise self._error(f"health check timed out after {timeout_s:g}s ({type(err).__name__})") from err
+        except TLSError as err:
+            hint = ("; give the server's CA with --trtllm_ca_file" if err.verify and not self.settings.ca_file
+                    else "")
+            raise self._error(f"{err}{hint}", final=True) from err
+        except ProtocolError as err:
+            raise self._error(f"not an HTTP server, or not this protocol: {err}", final=True) from err
         except HTTPError as err:
-            raise BackendError(self.url, f"not reachable: {type(err).__name__}: {err}") from err
+            raise self._error(f"not reachable: {type(err).__name__}: {err}") from err
         if r.status >= 400:
-            raise BackendError(self.url, f"not ready: GET /v1/models answered HTTP {r.status}: {snippet(r.body)}")
+            if r.status == 404:
+                raise self._error(f"GET {models} answered HTTP 404: not an OpenAI-compatible server, or the wrong "
+                                  f"path prefix in --trtllm_server_urls ({server_message(r.body)})", final=True)
+            raise self._status_error(f"GET {models}", r)
         try:
             return [str(m["id"]) for m in r.json()["data"]]
         except (ValueError, KeyError, TypeError):
-            raise BackendError(self.url, f"GET /v1/models: expected {{'data': [{{'id': ...}}]}}, got "
-                                         f"{snippet(r.body)}") from None
+            raise self._error(f"GET {models}: expected {{'data': [{{'id': ...}}]}}, got {snippet(r.body)}",
+                              final=True) from None
+
+    def _status_error(self, what: str, r: Response) -> BackendError:
+        """An HTTP error status in the health check: 5xx can heal (503 while a model loads), 4xx cannot."""
+        if r.status >= 500:
+            return self._error(f"not ready: {what} answered HTTP {r.status}: {server_message(r.body)}")
+        hint = " (the API key was refused: --openai_api_key_file)" if r.status in (401, 403) else ""
+        return self._error(f"{what} answered HTTP {r.status}{hint}: {server_message(r.body)}", final=True)
+
+    async def _probe_token_ids(self, timeout_s: float) -> None:
+        """On the loop: a one-token request with a token-id prompt. A reply saying the prompt must be
+        text is final, in one line naming --trtllm_prompt_text_column; any other outcome passes (the
+        timed requests report their own errors)."""
+        body = {"prompt": [1], "max_tokens": 1, "temperature": 0.0}
+        if self.model:
+            body = {"model": self.model, **body}
+        try:
+            r = await self._http.post(self._path, json.dumps(body).encode(), timeout_s=timeout_s)
+        except HTTPError:
+            return
+        if refuses_token_ids(r.status, r.body):
+            raise self._error(token_ids_refused_cause(r.status, r.body), final=True)
+        self._ids_checked = True
 
     # --- the loop thread ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _loop_resources(self):
         """The connection pool, open while the loop takes requests."""
         s = self.settings
-        async with HTTPClient(self.url, headers=self._headers, connect_timeout_s=s.connect_timeout_s,
-                              max_idle=s.max_concurrency) as http:
+        async with HTTPClient(self.endpoint.origin, headers=self._headers, connect_timeout_s=s.connect_timeout_s,
+                              max_idle=s.max_concurrency, ssl_context=self._ssl) as http:
             self._http = http
             yield
 
@@ -623,7 +784,7 @@ class TrtllmEndpointCore(AsyncLoopCore):
             call.end()
             if rid in self._pending:
                 cause = "core stopped with the request pending" if self._stopping else "cancelled"
-                self._fail(rid, BackendError(self.url, cause))
+                self._fail(rid, self._error(cause))
             raise
         except RequestTimeout as err:
             error = f"request timed out after {timeout_s:g}s ({type(err).__name__})"
@@ -641,7 +802,7 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if self.send_times is not None and call.ex is not None and call.ex.sent_ns:
             self.send_times[rid] = call.ex.sent_ns
         if error is not None:
-            self._fail(rid, BackendError(self.url, error))
+            self._fail(rid, self._error(error))
             return
         self.token_sources[source] += 1
         self._complete(rid, tokens, n)
@@ -649,7 +810,9 @@ class TrtllmEndpointCore(AsyncLoopCore):
     def _result(self, call: _Call, r: Response) -> tuple[np.ndarray, int, str]:
         """(output ids, their count, source) of a finished response, or ReplyError."""
         if r.status >= 400:
-            raise ReplyError(f"HTTP {r.status}: {snippet(r.body)}")
+            if self._texts is None and not self.settings.use_chat and refuses_token_ids(r.status, r.body):
+                raise ReplyError(token_ids_refused_cause(r.status, r.body))
+            raise ReplyError(f"HTTP {r.status}: {server_message(r.body)}")
         if call.state is None:
             return parse_reply(r.body)
         if not call.state.done:
@@ -671,5 +834,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
                                chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
 
 
-__all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "endpoint_settings",
-           "parse_reply", "prompt_texts", "request_payload"]
+__all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "check_key_transport",
+           "endpoint_settings", "endpoint_url", "parse_reply", "prompt_texts", "read_api_key", "refuses_token_ids",
+           "request_payload", "server_message", "tls_context"]

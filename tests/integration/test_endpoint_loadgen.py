@@ -33,7 +33,7 @@ def endpoint_core():
 @pytest.fixture
 def mock_server():
     """The mock in its own process: 5 ms to the first token, 0.5 ms per token after it."""
-    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
                              "--first_token_delay_ms", "5", "--per_token_delay_ms", "0.5", "--output_tokens", "32"],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -92,8 +92,8 @@ def requests_for(dataset, indices: list[int], streaming: bool) -> list[Request]:
 
 
 # --- (a) health and model checks ---------------------------------------------------------------------
-def test_health_check_finds_the_served_model(server, make_core, recorder):
-    core = make_core(recorder, server.url)
+def test_health_check_finds_the_served_model(server, make_core, recorder, tiny_dataset):
+    core = make_core(recorder, server.url, dataset=tiny_dataset, prompt_text_column=TEXT_COLUMN)
     core.health_check()  # GET /health is a 404 here (allowed), then GET /v1/models
     assert core.model == MODEL_ALIAS and core.served_models == [MODEL_ALIAS]
 
@@ -107,21 +107,41 @@ def test_a_model_the_server_does_not_serve_is_named(server, make_core, recorder)
 
 
 # --- (b) token ids in, text and usage out ------------------------------------------------------------
-def test_token_id_prompts_are_refused_and_each_fails_as_data(server, make_core, recorder, tiny_dataset):
+def test_token_id_prompts_are_refused_in_one_line_naming_the_text_column(server, make_core, recorder, tiny_dataset):
     """The server validates `prompt` as str | list[str]: a list of token ids is an error (HTTP 500
-    with pydantic's message), so the core, left to send ids, fails every request, once each."""
+    with pydantic's message, one error per prompt element). The core's health check probes for it and
+    stops (final) with one line naming --trtllm_prompt_text_column; requests sent with ids anyway fail
+    once each, as data, with that same short line instead of the server's validation errors."""
     ids = tiny_dataset.input_tokens[0].tolist()
     status, text = post(f"http://{server.url}/v1/completions",
                         {"model": MODEL_ALIAS, "prompt": ids, "max_tokens": 4, "temperature": 0.0})
-    assert status >= 400 and "valid string" in text
+    assert status == 500 and text.count("valid string") > len(ids)  # the server's own, long answer
 
     core = make_core(recorder, server.url)  # no text column: token ids
-    core.health_check()
+    with pytest.raises(BackendError) as info:
+        core.health_check()
+    err = info.value
+    assert err.final and "refuses token-id prompts (HTTP 500" in err.cause
+    assert "--trtllm_prompt_text_column" in err.cause and "\n" not in str(err) and len(str(err)) < 300
     core.enqueue(requests_for(tiny_dataset, [0, 1, 2], streaming=False) + [
         Request(3, tiny_dataset.input_tokens[3], 64, True, sample_index=3)])
     assert recorder.wait_final(4, 30)
     assert set(recorder.failed) == {0, 1, 2, 3} and set(recorder.final.values()) == {1}
-    assert all("HTTP 500" in str(err) for err, _ in recorder.failed.values())
+    for failure, _ in recorder.failed.values():
+        assert "--trtllm_prompt_text_column" in failure.cause and len(failure.cause) < 300
+
+
+def test_a_run_without_the_text_column_stops_with_one_line(server, tmp_path):
+    """The whole harness: the health check's verdict is the run's one error line, naming the setting."""
+    args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Offline", "--show_progress=false",
+            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}", "--health_check_timeout_s=5"]
+    proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    lines = [line for line in out.splitlines() if "--trtllm_prompt_text_column" in line]
+    assert lines and all(len(line) < 600 for line in lines), out[-3000:]
+    assert "validation error" not in out and "list[str]" not in out, out[-3000:]
 
 
 def test_the_server_tokenizes_every_prompt_text_into_the_dataset_ids(server, tiny_dataset):

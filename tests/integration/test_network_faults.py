@@ -1,7 +1,7 @@
 """Faults of the network backends, through a whole LoadGen run: every run ends (no hang), every
 issued sample is counted as completed or failed, and the failures name their cause.
 
-The OpenAI-compatible mock runs as its own process (llmlib.mock_openai_server) and the Triton
+The OpenAI-compatible mock runs as its own process (tests.servers.mock_openai_server) and the Triton
 server is the real tritonserver of tests/servers/triton.py."""
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def accounted(o) -> None:
 
 
 class MockProcess:
-    """llmlib.mock_openai_server in its own process; `kill()` is a crash (SIGKILL)."""
+    """tests.servers.mock_openai_server in its own process; `kill()` is a crash (SIGKILL)."""
 
     def __init__(self, *flags: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0", *flags],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0", *flags],
                                      cwd=REPO, stdout=subprocess.PIPE, text=True)
         self.url = f"127.0.0.1:{int(self.proc.stdout.readline())}"
 

@@ -19,7 +19,7 @@ from llmlib.cores.triton_grpc_core import TritonGrpcCore, TritonSettings
 from llmlib.errors import BackendError
 from llmlib.harness import run_scenario
 from llmlib.loadgen_log import parse_detail_log, summarize
-from llmlib.mock_openai_server import output_ids
+from tests.servers.mock_openai_server import output_ids
 from tests.servers.triton import TritonServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -64,11 +64,13 @@ def test_health_check_reads_the_model_inputs(triton, make_core, recorder):
     core.health_check()
     assert {"input_ids", "input_lengths", "request_output_len", "end_id", "streaming"} <= core.model_inputs
     missing = make_core(recorder, triton.url, model="llama-405b")
-    with pytest.raises(BackendError, match="model 'llama-405b' not ready"):
+    with pytest.raises(BackendError, match="model 'llama-405b' not in the server's model repository") as info:
         missing.health_check()
+    assert info.value.final  # retrying cannot make it appear: the health check stops at once
     renamed = make_core(recorder, triton.url, tensor_names={"input_ids": "INPUT_ID"})
-    with pytest.raises(BackendError, match="lacks input.*INPUT_ID"):
+    with pytest.raises(BackendError, match="lacks input.*INPUT_ID") as info:
         renamed.health_check()
+    assert info.value.final
 
 
 def test_streamed_and_whole_outputs_exactly_once_over_two_clients(triton, make_core, recorder):
@@ -134,8 +136,9 @@ def test_model_errors_fail_only_their_requests(make_core, recorder):
 
 def test_server_down_at_start_is_a_clear_health_error(make_core, recorder):
     core = make_core(recorder, "127.0.0.1:9")
-    with pytest.raises(BackendError, match=r"grpc://127\.0\.0\.1:9/tensorrt_llm_0.*health check failed"):
+    with pytest.raises(BackendError, match=r"grpc://127\.0\.0\.1:9/tensorrt_llm_0.*health check failed") as info:
         core.health_check()
+    assert not info.value.final  # UNAVAILABLE: a server that is starting heals
     core.enqueue([req(1, True)])  # a request to a dead server fails, never hangs
     assert recorder.wait_final(1, 20) and 1 in recorder.failed
 

@@ -275,7 +275,7 @@ def test_minimum_does_not_apply_to_none():
 
 
 def test_endpoints_accepts_host_port_lists():
-    f = get_field("trtllm_server_urls")
+    f = get_field("triton_server_urls")
     assert f.parse("localhost:8000,10.0.0.2:8001", "src") == ["localhost:8000", "10.0.0.2:8001"]
     assert f.parse("http://node-1:8000/", "src") == ["node-1:8000"]
     assert f.parse("grpc://node-1:8001", "src") == ["node-1:8001"]
@@ -293,6 +293,24 @@ def test_endpoints_rejects(bad):
     assert "command line" in message
     assert "--trtllm_server_urls" in message
     assert repr(bad) in message
+
+
+def test_http_urls_keep_scheme_and_path_prefix():
+    """OpenAI-compatible server URLs keep https and a /v1 (or other) prefix; bare host:port stays as given."""
+    f = get_field("trtllm_server_urls")
+    assert f.parse("localhost:8000,10.0.0.2:8001", "src") == ["localhost:8000", "10.0.0.2:8001"]
+    assert f.parse("HTTPS://gw.example.com/llm/v1/", "src") == ["https://gw.example.com:443/llm/v1"]
+    assert f.parse("http://node-1:8000/v1,http://[::1]:9/", "src") == ["http://node-1:8000/v1", "http://[::1]:9"]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("grpc://h:1", "http:// or https://"), ("https://user:pw@h/v1", "credentials in a URL"),
+    ("http://h:1/v1?x=1", "query or fragment"), ("https://:443", "no host"), ("http://h:99999", "bad port")])
+def test_http_urls_rejects(bad, expected):
+    with pytest.raises(ConfigError, match=expected) as info:
+        get_field("trtllm_server_urls").parse(bad, "command line")
+    assert "command line: --trtllm_server_urls" in str(info.value)
+    assert "pw" not in str(info.value)
 
 
 def test_parse_endpoints_directly():

@@ -20,7 +20,7 @@ from llmlib.http1 import (
     RequestTimeout,
     split_url,
 )
-from llmlib.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 
 pytestmark = pytest.mark.timeout(30)
 

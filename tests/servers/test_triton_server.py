@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import np_to_triton_dtype
 
-from llmlib.mock_openai_server import output_ids
+from tests.servers.mock_openai_server import output_ids
 from tests.servers import triton as triton_helper
 from tests.servers.triton import TritonServer, TritonServerError, _group_pids, _mapped_shm, _model_copies
 

@@ -8,7 +8,7 @@ when every model is ready: {"grpc_port": ..., "http_port": ..., "metrics_port": 
 The models are decoupled (streaming) with max_batch_size > 0 and no dynamic batching, and take the inputs
 of tensorrtllm_backend's all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt (names, dtypes, dims;
 the sampling inputs are accepted and ignored). A request has batch size 1, as the in-flight batcher needs.
-Output ids are deterministic, like llmlib/mock_openai_server.py: id_i = 3 + (sum(prompt) + 7 i) mod
+Output ids are deterministic, like tests/servers/mock_openai_server.py: id_i = 3 + (sum(prompt) + 7 i) mod
 (vocab_size - 3), count min(request_output_len, --output_tokens).
 
 - streaming=true: one response per token (output_ids [1, 1, 1], sequence_length [1, 1] = 1), then an

@@ -10,7 +10,7 @@ from llmlib.cores import get_core_class
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_disagg_core import TrtllmDisaggCore, read_disagg_config
 from llmlib.errors import ConfigError
-from llmlib.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 from llmlib.server import LLMServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,3 +75,23 @@ def test_requests_go_through_the_router(tmp_path, make_config, tiny_benchmark, r
         assert len(recorder.completed) == 20 and not recorder.failed
         for r in reqs:
             assert list(recorder.completed[r.request_id][0]) == output_ids([int(t) for t in r.input_tokens], 7, 1000)
+
+
+def test_the_router_gets_the_endpoint_rules_for_keys_and_tls(tmp_path, make_config):
+    """A key to a remote router over plain http is refused before anything starts; https (a hostname
+    written with its scheme) or a loopback router are fine."""
+    key = tmp_path / "key.txt"
+    key.write_text("sk-router-key\n")
+    path = tmp_path / "disagg.yaml"
+
+    def cores(hostname: str, **values) -> int:
+        path.write_text(YAML.format(port=9000).replace("hostname: 127.0.0.1", f"hostname: {hostname}"))
+        return TrtllmDisaggCore.num_cores(make_config(trtllm_disagg_config_path=str(path),
+                                                      openai_api_key_file=str(key), **values))
+
+    with pytest.raises(ConfigError, match="cleartext.*--allow_api_key_over_http") as info:
+        cores("router.example.com")
+    assert "sk-router-key" not in str(info.value)
+    assert cores("https://router.example.com") == 1
+    assert cores("localhost") == 1
+    assert cores("router.example.com", allow_api_key_over_http="true") == 1

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +26,11 @@ from llmlib.cores.trtllm_endpoint_core import (
     request_payload,
 )
 from llmlib.errors import BackendError, ConfigError
-from llmlib.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 
 pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[3]  # `python -m tests.servers...` runs from the repository root
 
 OUT = 12  # tokens the mock generates (below tiny's max_new_tokens)
 
@@ -87,7 +90,7 @@ def test_one_core_per_url_and_none_is_an_error(make_config):
 
 def test_base_url_forms():
     assert base_url("127.0.0.1:8000") == "http://127.0.0.1:8000"
-    assert base_url("http://h:1/v1/") == "http://h:1"
+    assert base_url("http://h:1/v1/") == "http://h:1/v1"
     assert base_url("https://h:1") == "https://h:1"
 
 
@@ -467,8 +470,8 @@ def test_a_malformed_http_response_fails_its_request(make_core, recorder):
 
 
 def test_mock_command_line_prints_its_port_and_serves():
-    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0",
-                             "--output_tokens", "3"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
+                             "--output_tokens", "3"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         import httpx
@@ -483,8 +486,9 @@ def test_mock_command_line_prints_its_port_and_serves():
 
 
 def test_mock_processes_share_the_port_and_end_together():
-    proc = subprocess.Popen([sys.executable, "-m", "llmlib.mock_openai_server", "--port", "0", "--processes", "2",
-                             "--output_tokens", "4", "--token_text", " the"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
+                             "--processes", "2", "--output_tokens", "4", "--token_text", " the"],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         children = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]

@@ -71,3 +71,25 @@ def test_errors_are_described_with_the_real_exception_class():
     assert _describe(err) == "StatusCode.UNAVAILABLE: connect failed"
     assert _describe(InferenceServerException(msg="bad input")) == "bad input"
     assert _describe(ValueError("x")) == "ValueError: x"
+
+
+def test_model_state_from_the_repository_index():
+    """A model that is not ready: still loading (retried), failed to load or absent (final)."""
+    from types import SimpleNamespace
+
+    from tritonclient.utils import InferenceServerException
+
+    from llmlib.cores.triton_grpc_core import _model_state
+
+    def client(*models, fail=False):
+        def index(client_timeout):
+            if fail:
+                raise InferenceServerException(msg="index unavailable", status="StatusCode.UNAVAILABLE")
+            return SimpleNamespace(models=[SimpleNamespace(name=n, state=st, reason=r) for n, st, r in models])
+        return SimpleNamespace(get_model_repository_index=index)
+
+    assert _model_state(client(("m", "LOADING", "")), "m", 1) == ("LOADING", "")
+    assert _model_state(client(("m", "UNAVAILABLE", "load failed: OOM")), "m", 1) == ("UNAVAILABLE", "load failed: OOM")
+    assert _model_state(client(("m", "UNAVAILABLE", "v1"), ("m", "LOADING", "")), "m", 1)[0] == "LOADING"
+    assert _model_state(client(("other", "READY", "")), "m", 1) == (None, "")
+    assert _model_state(client(fail=True), "m", 1) == ("LOADING", "")

@@ -1,7 +1,7 @@
 """A fast OpenAI-compatible mock server (completions, chat, models, health) with fault injection.
 
 Raw asyncio HTTP/1.1 (keep-alive, chunked SSE), no dependency; run it as
-`python -m llmlib.mock_openai_server --port 0` (prints the port) or in-process with MockOpenAIServer.
+`python -m tests.servers.mock_openai_server --port 0` (prints the port) or in-process with MockOpenAIServer.
 
 Token ids: like vLLM (`return_token_ids: true` in the request), each choice of a reply or stream chunk
 then carries `token_ids`, the ids it adds; otherwise only `usage` tells the count. Output ids are
@@ -18,6 +18,15 @@ own HTTP chunk, the usage chunk, [DONE]) goes out in one write, so that the mock
 client: the client then sees every event of a stream in one read (or a few, for long outputs), and its
 time to first token is the time to the whole reply. `--processes N` runs N server processes on one
 listening socket (the kernel spreads connections over them; fault rates apply per process).
+
+Reasoning (`reasoning_tokens` R > 0, chat only): like vLLM / SGLang with a reasoning parser, the first R
+output tokens are the thinking, streamed as `delta.<reasoning_field>` (`reasoning_content`, or vLLM's newer
+`reasoning`), the rest as `delta.content`; a non-streamed reply has both in `message`; token ids and
+`usage.completion_tokens` cover all of them. Also: TLS (`ssl_context`, or `--tls_cert/--tls_key`), a
+path prefix the routes hang from (`path_prefix`: `<prefix>/v1/models`, `<prefix>/health`), answers that
+must be refused (`/v1/models` as 404, token-id prompts refused as llama-cpp-python does, HTTP 500 with a
+validation error), and `echo_key`: every error body and header carries the request's Authorization
+header, as some proxies do (for tests that a key never leaks).
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import contextvars
 import ctypes
 import json
 import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -41,6 +52,8 @@ from typing import Any
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             411: "Length Required", 500: "Internal Server Error", 503: "Service Unavailable"}
+#: the Authorization header of the request a connection's task is answering (echo_key)
+_AUTH: contextvars.ContextVar[str] = contextvars.ContextVar("auth", default="")
 #: Longest wait for the in-process server to start or stop.
 START_STOP_TIMEOUT_S = 10.0
 
@@ -64,6 +77,17 @@ class MockOptions:
     drop_rate: float = 0.0
     startup_delay_s: float = 0.0
     seed: int = 0
+    #: the first N output tokens of a chat reply are reasoning (delta.<reasoning_field>), the rest content
+    reasoning_tokens: int = 0
+    reasoning_field: str = "reasoning_content"
+    #: routes hang from this prefix ("/llm": /llm/v1/models, /llm/health)
+    path_prefix: str = ""
+    #: echo the request's Authorization header in every error body and an error header
+    echo_key: bool = False
+    #: refuse token-id prompts like llama-cpp-python (HTTP 500, a pydantic validation error per element)
+    refuse_token_ids: bool = False
+    #: no /v1/models route (a server that is not OpenAI-compatible)
+    no_models: bool = False
 
 
 def output_ids(prompt_ids: list[int], n: int, vocab_size: int) -> list[int]:
@@ -83,8 +107,9 @@ class _Handler:
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_id = 0
-        #: (token, chat, with ids, token text) -> the choice of a stream chunk for that token (not the last one)
-        self._choices: dict[tuple[int, bool, bool, str], bytes] = {}
+        #: (token, chat, with ids, token text, reasoning) -> the choice of a stream chunk for that token (not
+        #: the last one)
+        self._choices: dict[tuple[int, bool, bool, str, bool], bytes] = {}
 
     # --- connections ------------------------------------------------------------------------------
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,9 +123,18 @@ class _Handler:
             # a socket from socket.create_server (--processes): Nagle would hold each token ~40 ms
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            try:  # a TLS ClientHello on the plain port: answer 400 and close, as HTTP servers (h11) do
+                first = await reader.readexactly(1)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if first == b"\x16":
+                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                return
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = first + await reader.readuntil(b"\r\n\r\n")
+                    first = b""
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
@@ -122,6 +156,7 @@ class _Handler:
                     body = await reader.readexactly(length) if length else b""
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                _AUTH.set(headers.get("authorization", ""))  # this connection's task only
                 if not await self._route(method, target.split("?", 1)[0], body, writer):
                     return
         except ConnectionError:
@@ -152,16 +187,22 @@ class _Handler:
         if self._starting():
             self.stats["starting_503"] += 1
             return await self._send_json(writer, 503, _error("server is starting", 503))
+        prefix = self.options.path_prefix.rstrip("/")
+        full = path
+        if prefix:
+            if not path.startswith(prefix + "/"):
+                return await self._send_json(writer, 404, _error(f"no route {full}", 404))
+            path = path[len(prefix):]
         if path == "/health":
             return await self._send(writer, 200, b"", "text/plain")
-        if path == "/v1/models":
+        if path == "/v1/models" and not self.options.no_models:
             return await self._send_json(writer, 200, {"object": "list", "data": [
                 {"id": self.options.model, "object": "model", "created": 0, "owned_by": "mock"}]})
         if path in ("/v1/completions", "/v1/chat/completions"):
             if method != "POST":
                 return await self._send_json(writer, 405, _error(f"{path} takes POST", 405))
             return await self._generate(path == "/v1/chat/completions", body, writer)
-        return await self._send_json(writer, 404, _error(f"no route {path}", 404))
+        return await self._send_json(writer, 404, _error(f"no route {full}", 404))
 
     async def _generate(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> bool:
         stats = self.stats
@@ -180,6 +221,8 @@ class _Handler:
             prompt_ids, prompt_len = _prompt(req, chat)
         except (ValueError, TypeError, KeyError) as err:
             return await self._send_json(writer, 400, _error(f"bad request body: {err}", 400))
+        if opts.refuse_token_ids and not chat and isinstance(req.get("prompt"), list):
+            return await self._send_json(writer, 500, _validation_error(req["prompt"]))
         if req.get("model") not in (None, opts.model):
             return await self._send_json(writer, 404, _error(f"The model `{req.get('model')}` does not exist.", 404))
         fail, malformed, drop = (self._rng.random() < opts.fail_rate, self._rng.random() < opts.malformed_rate,
@@ -208,10 +251,14 @@ class _Handler:
         if malformed:
             self.stats["injected_malformed"] += 1
             return await self._send(writer, 200, b'{"id": "' + rid.encode() + b'", "choices": [{"te', "application/json")
-        text = opts.token_text * len(ids) if opts.token_text else "".join(f"t{i} " for i in ids)
+        texts = [opts.token_text or f"t{i} " for i in ids]
+        text = "".join(texts)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            k = opts.reasoning_tokens
+            choice["message"] = {"role": "assistant", "content": "".join(texts[k:]) if k else text}
+            if k:
+                choice["message"][opts.reasoning_field] = "".join(texts[:k])
         else:
             choice["text"] = text
         if with_ids:
@@ -233,11 +280,13 @@ class _Handler:
         if chat:  # like vLLM: a role-only chunk first, no content
             events.append(prefix + b'{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
         last = len(ids) - 1
+        thinking = opts.reasoning_tokens if chat else 0
         for i, tok in enumerate(ids):
-            events.append(prefix + self._choice(tok, chat, with_ids, i == last) + b"]}\n\n")
+            events.append(prefix + self._choice(tok, chat, with_ids, i == last, i < thinking) + b"]}\n\n")
             if i == 0 and malformed:
                 self.stats["injected_malformed"] += 1
-                events.append(prefix + b'{"index":0,"text":\n\n')
+                echo = f" {_AUTH.get()}".encode() if opts.echo_key else b""
+                events.append(prefix + b'{"index":0,"text":' + echo + b'\n\n')
         tail = b""
         if usage is not None:
             tail = prefix + b'],"usage":' + _DUMPS(usage).encode() + b"}\n\n"
@@ -273,31 +322,41 @@ class _Handler:
         self.stats["completed"] += 1
         return True
 
-    def _choice(self, tok: int, chat: bool, with_ids: bool, last: bool) -> bytes:
+    def _choice(self, tok: int, chat: bool, with_ids: bool, last: bool, reasoning: bool = False) -> bytes:
+        key = (tok, chat, with_ids, self.options.token_text, reasoning)
         if not last:
-            cached = self._choices.get((tok, chat, with_ids, self.options.token_text))
+            cached = self._choices.get(key)
             if cached is not None:
                 return cached
         content = _DUMPS(self.options.token_text or f"t{tok} ")
         finish = '"length"' if last else "null"
         id_part = f',"token_ids":[{tok}]' if with_ids else ""
         if chat:
-            choice = f'{{"index":0,"delta":{{"content":{content}}}{id_part},"finish_reason":{finish}}}'.encode()
+            field = self.options.reasoning_field if reasoning else "content"
+            choice = f'{{"index":0,"delta":{{"{field}":{content}}}{id_part},"finish_reason":{finish}}}'.encode()
         else:
             choice = f'{{"index":0,"text":{content}{id_part},"finish_reason":{finish}}}'.encode()
         if not last:
-            self._choices[(tok, chat, with_ids, self.options.token_text)] = choice
+            self._choices[key] = choice
         return choice
 
     # --- replies ----------------------------------------------------------------------------------
-    async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> bool:
+    async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str,
+                    extra_headers: str = "") -> bool:
         writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n".encode() + body)
+                     f"{extra_headers}Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                     + body)
         await writer.drain()
         return True
 
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, obj: Any) -> bool:
-        return await self._send(writer, status, _DUMPS(obj).encode(), "application/json")
+        extra = ""
+        if status >= 400 and self.options.echo_key:  # a leaky proxy: the credentials back in body and header
+            err = obj.get("error") if isinstance(obj, dict) else None
+            if isinstance(err, dict):
+                err["message"] = f"{err['message']} (request had Authorization: {_AUTH.get() or 'none'})"
+            extra = f"X-Echo-Authorization: {_AUTH.get()}\r\n"
+        return await self._send(writer, status, _DUMPS(obj).encode(), "application/json", extra)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -307,6 +366,17 @@ def _chunk(data: bytes) -> bytes:
 
 def _error(message: str, code: int) -> dict:
     return {"error": {"message": message, "type": "MockError", "code": code}}
+
+
+def _validation_error(prompt: list) -> dict:
+    """What llama-cpp-python answers for a token-id prompt: pydantic's errors, one per element, in an
+    HTTP 500 error body."""
+    lines = [f"{len(prompt) + 1} validation errors for CreateCompletionRequest", "prompt.str",
+             f"  Input should be a valid string [type=string_type, input_value={prompt!r}, input_type=list]"]
+    for i, tok in enumerate(prompt):
+        lines += [f"prompt.list[str].{i}", f"  Input should be a valid string [type=string_type, "
+                                           f"input_value={tok}, input_type=int]"]
+    return {"error": {"message": "\n".join(lines), "type": "internal_server_error", "code": 500}}
 
 
 def _prompt(req: dict, chat: bool) -> tuple[list[int], int]:
@@ -330,8 +400,10 @@ class MockOpenAIServer:
     connection at once (what a killed server does to requests in flight). Bounded: both wait at most
     START_STOP_TIMEOUT_S."""
 
-    def __init__(self, options: MockOptions | None = None, *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, options: MockOptions | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None):
         self.options = options or MockOptions()
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self.handler = _Handler(self.options)
@@ -356,7 +428,7 @@ class MockOpenAIServer:
             self._loop = loop
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self.handler.connection, self.host, self.port))
+                    asyncio.start_server(self.handler.connection, self.host, self.port, ssl=self.ssl_context))
                 self.port = self._server.sockets[0].getsockname()[1]
                 self.handler._started = time.monotonic()
             except OSError as err:
@@ -401,8 +473,8 @@ class MockOpenAIServer:
 
 
 # --- command line ---------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, int]:
-    p = argparse.ArgumentParser(prog="python -m llmlib.mock_openai_server", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, int, ssl.SSLContext | None]:
+    p = argparse.ArgumentParser(prog="python -m tests.servers.mock_openai_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--model", default="mock-model")
@@ -417,6 +489,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
     p.add_argument("--drop_rate", type=float, default=0.0, help="fraction whose connection is dropped")
     p.add_argument("--startup_delay_s", type=float, default=0.0, help="answer 503 everywhere for this long")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reasoning_tokens", type=int, default=0,
+                   help="chat: the first N output tokens are reasoning (delta.reasoning_content)")
+    p.add_argument("--reasoning_field", default="reasoning_content", choices=("reasoning_content", "reasoning"))
+    p.add_argument("--path_prefix", default="", help="routes hang from this prefix (e.g. /llm)")
+    p.add_argument("--echo_key", action="store_true",
+                   help="echo the request's Authorization header in error bodies and headers (a leaky proxy)")
+    p.add_argument("--tls_cert", default="", help="serve https with this certificate (PEM; with --tls_key)")
+    p.add_argument("--tls_key", default="", help="the certificate's private key (PEM)")
+    p.add_argument("--refuse_token_ids", action="store_true",
+                   help="answer token-id prompts HTTP 500 with a validation error, like llama-cpp-python")
     p.add_argument("--processes", type=int, default=1,
                    help="server processes sharing the listening socket (for clients faster than one process)")
     a = p.parse_args(argv)
@@ -429,14 +511,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
                        per_token_delay_ms=a.per_token_delay_ms, vocab_size=a.vocab_size, token_ids=not a.no_token_ids,
                        token_text=a.token_text,
                        fail_rate=a.fail_rate, malformed_rate=a.malformed_rate, drop_rate=a.drop_rate,
-                       startup_delay_s=a.startup_delay_s, seed=a.seed)
-    return a.host, a.port, opts, a.processes
+                       startup_delay_s=a.startup_delay_s, seed=a.seed, reasoning_tokens=a.reasoning_tokens,
+                       reasoning_field=a.reasoning_field, path_prefix=a.path_prefix, echo_key=a.echo_key,
+                       refuse_token_ids=a.refuse_token_ids)
+    ctx = None
+    if a.tls_cert or a.tls_key:
+        if not (a.tls_cert and a.tls_key):
+            p.error("--tls_cert and --tls_key go together")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    return a.host, a.port, opts, a.processes, ctx
 
 
-async def serve(sock: socket.socket, options: MockOptions) -> None:
+async def serve(sock: socket.socket, options: MockOptions, ssl_context: ssl.SSLContext | None = None) -> None:
     """Serve on a listening socket until SIGINT / SIGTERM."""
     handler = _Handler(options)
-    server = await asyncio.start_server(handler.connection, sock=sock)
+    server = await asyncio.start_server(handler.connection, sock=sock, ssl=ssl_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -455,7 +545,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    host, port, options, processes = parse_args(argv)
+    host, port, options, processes, ssl_context = parse_args(argv)
     try:
         sock = socket.create_server((host, port), backlog=1024)
     except OSError as err:
@@ -467,12 +557,12 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:
             _die_with_parent()
             options.seed += i  # each process its own draw of faults
-            asyncio.run(serve(sock, options))
+            asyncio.run(serve(sock, options, ssl_context))
             os._exit(0)
         children.append(pid)
     print(sock.getsockname()[1], flush=True)
     try:
-        asyncio.run(serve(sock, options))
+        asyncio.run(serve(sock, options, ssl_context))
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
