@@ -18,7 +18,7 @@ from llmlib.cores import CORES
 from llmlib.errors import HarnessError
 from llmlib.factory import repo_root
 from llmlib.fields import FIELDS
-from llmlib.secrets import install_log_filter
+from llmlib.secrets import install_log_filter, redact
 
 USAGE = """usage: python -m llmlib [--name=value ...]
        python -m llmlib --help | --list
@@ -182,9 +182,9 @@ def _run_one(config, benchmark, scenario: str) -> int:
         try:
             outcome = run_scenario(config, benchmark, scenario, control=control)
         except HarnessError as err:
-            print(f"error: {benchmark.name} {scenario}: {err}", file=sys.stderr)
+            print(redact(f"error: {benchmark.name} {scenario}: {err}"), file=sys.stderr)
             return control.exit_code or 2
-        print("\n" + format_summary(outcome), flush=True)
+        print("\n" + redact(format_summary(outcome)), flush=True)
         if control.exit_code is not None:
             return control.exit_code
         return 0 if outcome.ok else 1

@@ -26,6 +26,7 @@ from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import parse_detail_log, summarize
 from llmlib.reporter import LoadgenReporter
 from llmlib.run_control import RunControl
+from llmlib.secrets import config_secrets, redact, redact_obj
 from llmlib.server import Progress
 from llmlib.warmup import warmup_picks, warmup_shapes
 
@@ -322,7 +323,7 @@ class _Run:
         fh = self.errors_file
         if fh is not None:
             with self._errors_lock:
-                fh.write(f"{sample_index}\t{request_id}\t{cause}\n")
+                fh.write(f"{sample_index}\t{request_id}\t{redact(cause)}\n")
 
     def collect(self, *, loadgen_finished: bool) -> None:
         o, server, reporter, sut = self.outcome, self.server, self.reporter, self.sut
@@ -367,10 +368,11 @@ class _Run:
         if not outdir.is_dir():  # stopped while the dataset or the cores were being built
             self.outcome.notes.append("stopped before the run began: no results folder was made")
             print_it = True
-        text = format_summary(self.outcome)
+        text = redact(format_summary(self.outcome))  # server bodies quoted in causes may echo a key
         if outdir.is_dir():
             (outdir / "summary.txt").write_text(text + "\n")
-            (outdir / "summary.json").write_text(json.dumps(self.outcome.to_json(), indent=1, default=str) + "\n")
+            (outdir / "summary.json").write_text(json.dumps(redact_obj(self.outcome.to_json()), indent=1,
+                                                            default=str) + "\n")
         if print_it:
             print("\n" + text, flush=True)
 
@@ -400,6 +402,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
     settings = build_test_settings(lg, config, benchmark, scenario)
     config = derived_timeouts(config, benchmark, scenario, settings)
     gen = generation_params(config, benchmark)
+    config_secrets(config)  # registered for redaction before any text is written
     check_results_dir(config)
     outdir = results_dir_for(config, benchmark.name, scenario.name)
     outcome = RunOutcome(benchmark=benchmark.name, scenario=scenario.name, mode=config.test_mode,

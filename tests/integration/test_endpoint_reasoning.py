@@ -27,6 +27,7 @@ FIRST_MS, PER_TOKEN_MS = 5, 4  # the first answer token comes ~5 + 24 * 4 = 101 
 BENCHMARK = """\
 description: tiny-synthetic's shape with prompt texts, for chat endpoints (a test benchmark)
 loadgen_model: tiny-synthetic
+rounds: all
 dataset:
   format: pickle
   path: {path}
