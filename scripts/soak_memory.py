@@ -56,7 +56,7 @@ def main() -> int:
     p.add_argument("--duration_s", type=float, default=180.0)
     p.add_argument("--every_s", type=float, default=5.0, help="seconds between RSS readings")
     p.add_argument("--skip_s", type=float, default=60.0, help="start-up excluded from the growth fit")
-    p.add_argument("--bound_mb", type=float, default=64.0,
+    p.add_argument("--bound_mb", type=float, default=16.0,
                    help="the largest harness - bare RSS gap accepted at the end")
     p.add_argument("--outdir", default=str(REPO / "results" / "soak_memory"))
     p.add_argument("--repo", default=str(REPO), help="the checkout whose harness is measured (compare commits)")
