@@ -123,7 +123,7 @@ class ExpanderSUT:
         sampling = {k: v for k, v in gen.sampling().items() if k != "min_new_tokens"}
         sampling["max_tokens"] = gen.max_new_tokens
         worker = LLMCoreWorker(server, tokenizer, default_max_tokens=gen.max_new_tokens,
-                               stop_token_ids=tuple(gen.stop_token_ids))
+                               stop_token_ids=tuple(gen.stop_token_ids), params=gen)
         self.llm = ScaffoldingLlm(build_controller(method, params, sampling), {"generation": worker},
                                   max_parallel_requests=max_parallel)
         self._answers = dataset.extra.get("answer")

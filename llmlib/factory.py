@@ -62,6 +62,13 @@ def load_benchmark_dataset(benchmark: BenchmarkSpec) -> LLMDataset:
     return dataset
 
 
+def build_core(core_cls, config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None, *,
+               rank: int, sink):
+    """One core of `core_cls` from the fields (tests and scripts; the factory resolves once for all)."""
+    settings = core_cls.resolve_settings(config, benchmark)
+    return core_cls(settings, rank=rank, sink=sink, inputs=core_cls.core_inputs(settings, dataset))
+
+
 def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None = None) -> ServerBundle:
     """Build the server with `core_type`'s cores (as many as the core says the workload needs)."""
     core_cls = get_core_class(config.core_type)
@@ -73,10 +80,14 @@ def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMD
     server = LLMServer(policy=config.traffic_distribution_policy, request_timeout_s=config.request_timeout_s or 0.0,
                        max_consecutive_failures=config.max_consecutive_failures,
                        stall_warning_s=config.stall_warning_s or 0.0)
+    # the fields are read once, into the core's own settings; a core gets those, its rank, the sink and
+    # what the dataset must give it, and nothing else (so it can live in another process)
+    settings = core_cls.resolve_settings(config, benchmark)
+    inputs = core_cls.core_inputs(settings, dataset)
     cores = []
     try:
         for rank in range(n):
-            cores.append(core_cls(config=config, benchmark=benchmark, dataset=dataset, rank=rank, sink=server))
+            cores.append(core_cls(settings, rank=rank, sink=server, inputs=inputs))
         server.attach(cores)
     except BaseException:
         for core in cores:

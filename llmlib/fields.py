@@ -458,6 +458,3 @@ declare(name="llm_gen_config_path", kind="str", default="", group="trtllm",
         help="generation_config.json written during engine generation.")
 declare(name="num_gpus", kind="int", default=None, minimum=1, group="trtllm",
         help="GPUs to use (default: all visible). Data-parallel ranks = num_gpus / (TP x PP).")
-declare(name="hf_inject_oom_every", kind="int", default=0, minimum=0, group="hf",
-        help="Fault injection for tests: every Nth model call in a worker raises an out-of-memory error "
-             "(0 = off). The requests in that call fail; the run goes on.")

@@ -97,11 +97,8 @@ class LoadgenSUT:
         self.server = server
         self.reporter = reporter
         self.inputs = inputs
-        self.max_new_tokens = gen.max_new_tokens
+        self.params = gen  # one typed object shared by every request
         self.streaming = streaming
-        self.min_new_tokens = gen.min_new_tokens
-        self.stop_token_ids = gen.stop_token_ids
-        self.sampling = gen.sampling()  # one dict shared by every request
         self.issued = 0
         self.issue_errors = 0
         self._submit_one = server.submit_one
@@ -111,13 +108,10 @@ class LoadgenSUT:
         try:
             if len(ids) == 1:  # Server: one sample per call
                 idx = indices[0]
-                self._submit_one(Request(ids[0], self.inputs[idx], self.max_new_tokens, self.streaming, idx,
-                                         self.min_new_tokens, self.stop_token_ids, self.sampling), self.reporter)
+                self._submit_one(Request(ids[0], self.inputs[idx], self.params, self.streaming, idx), self.reporter)
                 return
-            inputs, max_new, streaming = self.inputs, self.max_new_tokens, self.streaming
-            min_new, stops, sampling = self.min_new_tokens, self.stop_token_ids, self.sampling
-            requests = [Request(rid, inputs[idx], max_new, streaming, idx, min_new, stops, sampling)
-                        for rid, idx in zip(ids, indices)]
+            inputs, params, streaming = self.inputs, self.params, self.streaming
+            requests = [Request(rid, inputs[idx], params, streaming, idx) for rid, idx in zip(ids, indices)]
             self.server.submit(requests, self.reporter)
         except Exception as err:  # never let an exception escape into LoadGen's thread
             self.issue_errors += 1
@@ -444,7 +438,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
             shapes = warmup_shapes(dataset.input_tokens, dataset.output_lens, gen.max_new_tokens, n_warmup)
             bundle.warmup.warm_up(config.warmup_queries, *shapes, streaming=scenario.streaming,
                                   sample_indices=warmup_picks(dataset.input_tokens, n_warmup),
-                                  timeout_s=config.warmup_timeout_s)
+                                  timeout_s=config.warmup_timeout_s, params=gen)
         else:
             bundle.warmup.warm_up_cores()
         if control.stopped:

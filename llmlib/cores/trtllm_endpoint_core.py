@@ -59,9 +59,8 @@ import numpy as np
 
 from llmlib.config import ResolvedConfig
 from llmlib.cores._async_loop import AsyncLoopCore
-from llmlib.cores.base import EMPTY_TOKENS, Request
+from llmlib.cores.base import EMPTY_TOKENS, CoreInputs, CoreSettings, Request
 from llmlib.errors import BackendError, ConfigError
-from llmlib.generation import generation_params
 from llmlib.http1 import (
     ConnectError,
     ConnectionDropped,
@@ -93,9 +92,10 @@ _IDS_RE = re.compile(rb'"token_ids"\s*:\s*\[([^\]]*)\]')
 
 # --- settings ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EndpointSettings:
+class EndpointSettings(CoreSettings):
     """The core's settings, from config fields where they are declared (see `endpoint_settings`)."""
 
+    urls: tuple[str, ...] = ()  # one core per URL: host:port or http[s]://host[:port][/prefix]
     max_concurrency: int = 256  # requests in flight per URL
     model: str = ""  # empty: the first model /v1/models lists (found by health_check)
     use_chat: bool = False
@@ -132,6 +132,7 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
     if concurrency < 1:
         raise ConfigError(f"--trtllm_max_concurrency={concurrency}: expected at least 1")
     return EndpointSettings(
+        urls=tuple(config.trtllm_server_urls),
         max_concurrency=concurrency,
         model=str(_opt(config, "trtllm_endpoint_model", "")),
         use_chat=bool(_opt(config, "trtllm_use_chat", False)),
@@ -533,9 +534,12 @@ class TrtllmEndpointCore(AsyncLoopCore):
 
     name = "trtllm_endpoint"
 
-    def __init__(self, *, settings: EndpointSettings | None = None, **kwargs):
-        super().__init__(**kwargs)
-        urls = list(self.config.trtllm_server_urls)
+    settings_type = EndpointSettings
+    settings: EndpointSettings
+
+    def __init__(self, settings: EndpointSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        urls = list(settings.urls)
         if not urls:
             raise ConfigError(f"core {self.name}: --trtllm_server_urls is empty; give host:port[,host:port...]")
         if not 0 <= self.rank < len(urls):
@@ -543,23 +547,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
                               f"--trtllm_server_urls={','.join(urls)}")
         self.endpoint = endpoint_url(urls[self.rank])
         self.url = self.endpoint.address
-        self.settings = settings or endpoint_settings(self.config)
-        s = self.settings
+        s = settings
         check_key_transport(self.endpoint, s)
         if s.api_key:
             register_secret(s.api_key)  # also when the settings were built in code
         self._ssl = tls_context(s) if self.endpoint.tls else None
         api = self.endpoint.api
         self._path = f"{api}/chat/completions" if s.use_chat else f"{api}/completions"
-        self._texts = prompt_texts(self.dataset, s)
+        self._texts = self.inputs.prompt_texts
         #: prompts go as token ids (not texts): the health check probes once that the server takes them
         self._ids_checked = self._texts is not None or not s.probe_token_ids
         if s.use_chat and self._texts is None:
             raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
                               "token ids only (the harness never detokenizes); use /v1/completions")
-        gen = generation_params(self.config, self.benchmark)
-        self._default_sampling = gen.sampling()
-        self._default_stops = gen.stop_token_ids
+        self._sampling_of: tuple[Any, dict[str, Any]] = (None, {})  # (params, its sampling dict)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
         if s.api_key:
             self._headers["Authorization"] = f"Bearer {s.api_key}"
@@ -568,9 +569,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self.served_models: list[str] = []
         #: which source gave each completed request's output length: token_ids / usage / chunks
         self.token_sources: collections.Counter = collections.Counter()
-        #: None, or a dict that gets, per request id, time.perf_counter_ns() when its bytes were written,
-        #: set just before its outcome is delivered (a probe for client-side queueing)
-        self.send_times: dict[int, int] | None = None
 
         self._http: HTTPClient | None = None
         self._slots = _Slots(s.max_concurrency)
@@ -579,6 +577,15 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self._start_loop(f"endpoint-{self.rank}")
 
     # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> EndpointSettings:
+        return endpoint_settings(config)
+
+    @classmethod
+    def core_inputs(cls, settings: EndpointSettings, dataset) -> CoreInputs:
+        """The prompt texts, when the server is sent texts instead of token ids."""
+        return CoreInputs(prompt_texts=prompt_texts(dataset, settings))
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         """One per URL; the URLs, the CA file and where the key may go are checked here, before anything
@@ -799,8 +806,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
         except HTTPError as err:
             error = f"HTTP error: {type(err).__name__}: {err}"
         call.release()  # before the outcome: a request the sink issues from it can take this slot at once
-        if self.send_times is not None and call.ex is not None and call.ex.sent_ns:
-            self.send_times[rid] = call.ex.sent_ns
         if error is not None:
             self._fail(rid, self._error(error))
             return
@@ -825,12 +830,14 @@ class TrtllmEndpointCore(AsyncLoopCore):
             prompt = self._texts[req.sample_index]
         else:
             prompt = req.input_tokens.tolist() if isinstance(req.input_tokens, np.ndarray) else list(req.input_tokens)
-        sampling = dict(req.sampling if req.sampling is not None else self._default_sampling)
-        if req.min_new_tokens:
-            sampling["min_new_tokens"] = req.min_new_tokens
-        return request_payload(model=self.model, prompt=prompt, max_tokens=req.max_new_tokens,
+        params = req.params
+        cached, sampling = self._sampling_of
+        if cached is not params:  # one dict per params object (the run shares one)
+            sampling = params.sampling()
+            self._sampling_of = (params, sampling)
+        return request_payload(model=self.model, prompt=prompt, max_tokens=params.max_new_tokens,
                                stream=bool(req.streaming), sampling=sampling,
-                               stop_token_ids=req.stop_token_ids or self._default_stops,
+                               stop_token_ids=params.stop_token_ids,
                                chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
 
 

@@ -7,11 +7,13 @@ import asyncio
 import numbers
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from llmlib.cores.base import Request
+from llmlib.generation import GenerationParams
 from llmlib.server import LLMServer, next_internal_request_id
 from scaffolding.task import GenerationTask, StreamGenerationTask
 from scaffolding.worker import Worker
@@ -96,7 +98,8 @@ class LLMCoreWorker(Worker):
       apply to every request; a task's `stop` adds token ids, or strings that the tokenizer maps
       to exactly one token each (a core stops on tokens only).
     - `default_sampling`: values for the sampling fields (and `stop`) a task leaves
-      unset; with nothing set at all the request carries no sampling and the core uses the run's.
+      unset, over `params` (the run's GenerationParams); with nothing set at all the request
+      carries `params` itself.
     - `streaming`: whether plain GenerationTasks are sent as streaming requests (then they get a
       TTFT; otherwise `ttft_s` stays None).
     - Results: output_tokens, output_str (decoded when there is a tokenizer), completion_tokens,
@@ -118,7 +121,7 @@ class LLMCoreWorker(Worker):
 
     def __init__(self, server: LLMServer, tokenizer: Any = None, *, default_max_tokens: int,
                  stop_token_ids: Iterable[int] = (), streaming: bool = False,
-                 default_sampling: Mapping[str, Any] | None = None):
+                 default_sampling: Mapping[str, Any] | None = None, params: GenerationParams | None = None):
         super().__init__()
         if not callable(getattr(server, "submit", None)):
             raise TypeError(f"LLMCoreWorker: server={server!r}; expected an llmlib LLMServer")
@@ -141,6 +144,8 @@ class LLMCoreWorker(Worker):
         self.default_stop = defaults.pop("stop", None)
         self.default_sampling = {k: v for k, v in defaults.items() if v is not None}
         self.stop_token_ids = tuple(stops)
+        #: the run's generation parameters, which a task's own values override
+        self.base_params = params if params is not None else GenerationParams(max_new_tokens=self.default_max_tokens)
         self.streaming = bool(streaming)
         self._stop_string_ids: dict[str, int] = {}
         self.register_task_handler(GenerationTask, self.generate)
@@ -194,9 +199,15 @@ class LLMCoreWorker(Worker):
             if t not in stops:
                 stops.append(t)
         sampling = {**self.default_sampling, **task.sampling()}  # a value set on the task wins
-        sampling.pop("max_tokens", None)  # the Request carries it
-        return Request(next_internal_request_id(), ids, max_tokens, streaming, sample_index=-1, min_new_tokens=0,
-                       stop_token_ids=tuple(stops), sampling=sampling or None)
+        sampling.pop("max_tokens", None)  # the params carry it
+        base = self.base_params
+        if not sampling and max_tokens == base.max_new_tokens and tuple(stops) == base.stop_token_ids \
+                and not base.min_new_tokens:
+            params = base  # nothing set: the run's own object
+        else:
+            params = replace(base, max_new_tokens=max_tokens, min_new_tokens=0, stop_token_ids=tuple(stops),
+                             **{k: v for k, v in sampling.items() if k in SAMPLING_FIELDS})
+        return Request(next_internal_request_id(), ids, params, streaming, sample_index=-1)
 
     def _input_ids(self, task: GenerationTask) -> np.ndarray:
         if task.input_tokens is not None:

@@ -41,8 +41,7 @@ def make_core(make_config, tiny_benchmark):
 
     def make(sink, url, model="tensorrt_llm_0", **settings):
         settings.setdefault("health_timeout_s", 5.0)
-        core = TritonGrpcCore(config=make_config(triton_server_urls=url), benchmark=tiny_benchmark, dataset=None,
-                              rank=0, sink=sink, settings=TritonSettings(url=url, model=model, **settings))
+        core = TritonGrpcCore(TritonSettings(url=url, model=model, **settings), rank=0, sink=sink)
         made.append(core)
         return core
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmlib.errors import BackendError
+from llmlib.generation import GenerationParams
 from scaffolding import (
     Controller, GenerationTask, NativeGenerationController, ScaffoldingLlm, StreamGenerationTask, TaskFailedError,
     TaskStatus, Worker,
@@ -129,10 +130,16 @@ def test_request_carries_sampling_stops_and_defaults(make_server, tokenizer):
     assert req.input_tokens.dtype == np.int32 and req.input_tokens.tolist() == [5, 6]
     assert req.max_new_tokens == 7 and req.streaming and req.sample_index == -1
     assert req.stop_token_ids == (2, 44, tokenizer.vocab["end"])
-    assert req.sampling == {"temperature": 0.9, "top_k": 4, "seed": 3}  # the task's value wins
-    plain = LLMCoreWorker(worker.server, default_max_tokens=3).build_request(GenerationTask(input_tokens=[1]),
-                                                                            streaming=False)
-    assert plain.sampling is None and plain.stop_token_ids == ()  # nothing set: the core's run defaults
+    p = req.params  # the task's value wins over the default, the default over the run's
+    assert (p.temperature, p.top_k, p.seed, p.top_p, p.min_new_tokens) == (0.9, 4, 3, 1.0, 0)
+    run = GenerationParams(max_new_tokens=3, temperature=0.7, top_p=0.5, stop_token_ids=(9,), min_new_tokens=2)
+    plain = LLMCoreWorker(worker.server, default_max_tokens=3, stop_token_ids=(9,), params=run).build_request(
+        GenerationTask(input_tokens=[1]), streaming=False)
+    assert plain.params.temperature == 0.7 and plain.params.top_p == 0.5 and plain.stop_token_ids == (9,)
+    assert plain.min_new_tokens == 0  # min_new_tokens is the benchmark's, for LoadGen samples only
+    bare = LLMCoreWorker(worker.server, default_max_tokens=3).build_request(GenerationTask(input_tokens=[1]),
+                                                                           streaming=False)
+    assert bare.params.greedy and bare.stop_token_ids == () and bare.max_new_tokens == 3
 
 
 class Given(Controller):
