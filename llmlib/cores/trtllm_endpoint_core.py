@@ -49,7 +49,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ import numpy as np
 
 from llmlib.config import ResolvedConfig
 from llmlib.cores._async_loop import AsyncLoopCore
-from llmlib.cores.base import EMPTY_TOKENS, CoreInputs, CoreSettings, Request
+from llmlib.cores.base import CoreInputs, CoreSettings, Request
 from llmlib.errors import BackendError, ConfigError
 from llmlib.http1 import (
     ConnectError,
@@ -74,6 +73,16 @@ from llmlib.http1 import (
     TLSError,
     parse_endpoint_url,
 )
+from llmlib.cores.wire.openai import (
+    PROMPT_MUST_BE_TEXT_RE,
+    ReplyError,
+    StreamState,
+    completion_body,
+    parse_reply,
+    refuses_token_ids,
+    server_message,
+    snippet,
+)
 from llmlib.secrets import read_api_key, redact
 from llmlib.secrets import register as register_secret
 
@@ -84,10 +93,6 @@ try:  # optional: about a fifth less client CPU per streamed token (one socket r
 except ImportError:  # pragma: no cover - depends on the environment
     _uvloop = None
 
-#: most characters of a server's reply quoted in an error
-SNIPPET_CHARS = 200
-
-_IDS_RE = re.compile(rb'"token_ids"\s*:\s*\[([^\]]*)\]')
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -195,273 +200,40 @@ def prompt_texts(dataset: Any, settings: EndpointSettings) -> list[str] | None:
     return extra[column]
 
 
-# --- payloads and replies (pure) ----------------------------------------------------------------------
+# --- payloads (the wire format is llmlib.cores.wire.openai's) ------------------------------------------
 def request_payload(*, model: str | None, prompt: list[int] | str, max_tokens: int, stream: bool,
                     sampling: dict[str, Any], stop_token_ids: Sequence[int] = (), chat: bool = False,
                     return_token_ids: bool = True) -> dict[str, Any]:
-    """The JSON body of one request. `top_k`, `min_tokens`, `stop_token_ids` and `return_token_ids`
-    are the extensions vLLM / trtllm-serve / SGLang accept."""
-    body: dict[str, Any] = {}
-    if model:
-        body["model"] = model
-    if chat:
-        if not isinstance(prompt, str):
-            raise ConfigError("the chat endpoint needs a text prompt; token ids need /v1/completions")
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    body["max_tokens"] = int(max_tokens)
+    """The JSON body of one harness request: greedy is temperature 0 alone; `top_k`, `min_tokens`,
+    `stop_token_ids` and `return_token_ids` are the extensions vLLM / trtllm-serve / SGLang accept."""
     temperature = float(sampling.get("temperature") or 0.0)
-    body["temperature"] = temperature
+    fields: dict[str, Any] = {"temperature": temperature}
     if temperature > 0:
-        body["top_p"] = float(sampling.get("top_p") or 1.0)
+        fields["top_p"] = float(sampling.get("top_p") or 1.0)
         if sampling.get("top_k"):
-            body["top_k"] = int(sampling["top_k"])
+            fields["top_k"] = int(sampling["top_k"])
     for name in ("frequency_penalty", "presence_penalty"):
         if sampling.get(name):
-            body[name] = float(sampling[name])
+            fields[name] = float(sampling[name])
     if sampling.get("seed") is not None:
-        body["seed"] = int(sampling["seed"])
+        fields["seed"] = int(sampling["seed"])
     if sampling.get("min_new_tokens"):
-        body["min_tokens"] = int(sampling["min_new_tokens"])
-    if stop_token_ids:
-        body["stop_token_ids"] = [int(t) for t in stop_token_ids]
-    if return_token_ids:
-        body["return_token_ids"] = True
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
-
-
-def snippet(data: bytes | str) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = " ".join(text.split())
-    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
-
-
-def server_message(data: bytes | str) -> str:
-    """The server's own words from an error body, once and short: `error.message` (OpenAI, vLLM,
-    SGLang, trtllm-serve), `detail` (FastAPI: the first validation error, its location and how many
-    more), else the body's start."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        fields["min_tokens"] = int(sampling["min_new_tokens"])
     try:
-        obj = json.loads(text)
-    except ValueError:
-        return snippet(text)
-    if isinstance(obj, dict):
-        err = obj.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return snippet(str(err["message"]))
-        if isinstance(err, str) and err:
-            return snippet(err)
-        if isinstance(obj.get("message"), str) and obj["message"]:
-            return snippet(obj["message"])
-        detail = obj.get("detail")
-        if isinstance(detail, str) and detail:
-            return snippet(detail)
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            first = detail[0]
-            loc = ".".join(str(p) for p in first.get("loc") or ())
-            more = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
-            return snippet(f"{loc}: {first.get('msg', '')}{more}")
-    return snippet(text)
-
-
-_STRING_WANTED = ("valid string", "expected a string", "string_type", "must be a string", "should be a string",
-                  "expected str", "not a string", "invalid type: sequence")
-
-
-def refuses_token_ids(status: int, data: bytes | str) -> bool:
-    """An error reply that says the prompt must be text (llama-cpp-python: HTTP 500 with pydantic's
-    'Input should be a valid string' on `prompt`; TGI: 422 'invalid type: sequence, expected a string')."""
-    if status < 400:
-        return False
-    text = (data.decode("utf-8", "replace") if isinstance(data, bytes) else data).lower()
-    return "prompt" in text and any(w in text for w in _STRING_WANTED)
+        return completion_body(model=model, prompt=prompt, chat=chat, max_tokens=max_tokens, stream=stream,
+                               fields=fields, stop_token_ids=stop_token_ids, return_token_ids=return_token_ids)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def token_ids_refused_cause(status: int, data: bytes | str) -> str:
     """One line for a server that takes no token-id prompt, naming the setting that fixes it."""
     text = server_message(data)
-    m = _PROMPT_MSG_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    m = PROMPT_MUST_BE_TEXT_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
     gist = f"prompt: {m.group(1)}" if m else (text if len(text) <= 80 else text[:80] + "...")
     return (f"the server refuses token-id prompts (HTTP {status}: {gist}); send prompt texts instead with "
             "--trtllm_prompt_text_column=<a text column of the dataset, e.g. input>")
 
-
-#: pydantic's message for a prompt that must be a string (llama-cpp-python quotes it in its error body)
-_PROMPT_MSG_RE = re.compile(r"(Input should be a valid string)", re.IGNORECASE)
-
-
-class ReplyError(Exception):
-    """A reply the core cannot use; the message is the BackendError's cause."""
-
-
-def _server_error(obj: Any) -> str | None:
-    if isinstance(obj, dict) and obj.get("error"):
-        err = obj["error"]
-        return snippet(str(err.get("message", err) if isinstance(err, dict) else err))
-    return None
-
-
-def _decode(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ReplyError(f"malformed {what}: {snippet(data)}") from None
-
-
-def _choice_content(choice: dict) -> tuple[Any, list | None]:
-    """(the text a choice adds, its token ids). A chat delta or message with a reasoning parser on
-    (vLLM, SGLang; gpt-oss's analysis channel) carries the thinking in `reasoning_content` (or
-    `reasoning`) and only the answer in `content`: either kind is output."""
-    content = choice.get("text")
-    if content is None:
-        part = choice.get("delta") or choice.get("message") or {}
-        content = part.get("content") or part.get("reasoning_content") or part.get("reasoning")
-    return content, choice.get("token_ids")
-
-
-def parse_reply(data: bytes) -> tuple[np.ndarray, int, str]:
-    """A non-streamed reply -> (output ids, their count, source: 'token_ids' | 'usage')."""
-    obj = _decode(data, "JSON reply")
-    err = _server_error(obj)
-    if err:
-        raise ReplyError(f"server error: {err}")
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
-        raise ReplyError(f"reply has no choices: {snippet(data)}")
-    _, ids = _choice_content(obj["choices"][0])
-    if ids is not None:
-        tokens = np.asarray(ids, dtype=np.uint32)
-        return tokens, len(tokens), "token_ids"
-    n = (obj.get("usage") or {}).get("completion_tokens")
-    if not isinstance(n, int):
-        raise ReplyError(f"reply has neither choices[0].token_ids nor usage.completion_tokens: {snippet(data)}")
-    return EMPTY_TOKENS, n, "usage"
-
-
-class StreamState:
-    """Parses one SSE stream of completion chunks (bytes in, as they arrive).
-
-    `feed(data)` returns True when this data brought the first content chunk. After `done`
-    (`data: [DONE]`), `result()` gives (ids, count, source)."""
-
-    __slots__ = ("_buf", "first_seen", "done", "ids_mode", "ids", "chunks", "last", "usage_tokens")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self.first_seen = False
-        self.done = False
-        self.ids_mode = False
-        self.ids: list[int] = []
-        self.chunks = 0  # events after the first content chunk, [DONE] excluded
-        self.last = b""  # the last of those
-        self.usage_tokens: int | None = None
-
-    def feed(self, data: bytes) -> bool:
-        buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self._buf = buf
-            return False
-        self._buf = buf[cut + 2:]
-        if self.done:
-            return False
-        # every `data:` line of the complete events, in order (other SSE lines are ignored)
-        datas = [line[5:].strip() for line in buf[:cut].split(b"\n") if line[:5] == b"data:"]
-        first = False
-        if not self.first_seen:
-            for i, item in enumerate(datas):
-                if self._event(item):
-                    first = True
-                if self.first_seen or self.done:
-                    datas = datas[i + 1:]
-                    break
-            else:
-                return False
-        if datas and not self.done:
-            self._later(datas)
-        return first
-
-    def _take_ids(self, data: bytes) -> None:
-        groups = _IDS_RE.findall(data)
-        if groups:
-            try:
-                self.ids.extend(map(int, filter(bytes.strip, b",".join(groups).split(b","))))
-            except ValueError:
-                raise ReplyError(f"malformed token_ids in SSE chunk: {snippet(data)}") from None
-
-    def _later(self, datas: list[bytes]) -> None:
-        """The events after the first content chunk, checked together (no JSON decode)."""
-        if b"[DONE]" in datas:
-            datas = datas[:datas.index(b"[DONE]")]
-            self.done = True
-            if not datas:
-                return
-        bad = [d for d in datas if d[:1] != b"{" or d[-1:] != b"}"]
-        if bad:
-            raise ReplyError(f"malformed SSE chunk: {snippet(bad[0])}")
-        joined = datas[0] if len(datas) == 1 else b"\n".join(datas)
-        if b'"error"' in joined:
-            for item in datas:
-                if b'"error"' in item:
-                    err = _server_error(_decode(item, "SSE chunk"))
-                    if err:
-                        raise ReplyError(f"server error in stream: {err}")
-        self.chunks += len(datas)
-        self.last = datas[-1]
-        if self.ids_mode:
-            self._take_ids(joined)
-
-    def _event(self, data: bytes) -> bool:
-        if self.done:
-            return False
-        if data == b"[DONE]":
-            self.done = True
-            return False
-        if not (data.startswith(b"{") and data.endswith(b"}")):
-            raise ReplyError(f"malformed SSE chunk: {snippet(data)}")
-        if b'"error"' in data:
-            err = _server_error(_decode(data, "SSE chunk"))
-            if err:
-                raise ReplyError(f"server error in stream: {err}")
-        obj = _decode(data, "SSE chunk")
-        choices = obj.get("choices") or []
-        if choices:
-            content, ids = _choice_content(choices[0])
-            if ids is not None:
-                self.ids_mode = True
-                self.ids.extend(int(t) for t in ids)
-            if ids or content:
-                self.first_seen = True
-                return True
-        usage = obj.get("usage")
-        if usage:
-            self.usage_tokens = usage.get("completion_tokens")
-        return False
-
-    def first_tokens(self) -> np.ndarray:
-        return np.asarray(self.ids, dtype=np.uint32) if self.ids else EMPTY_TOKENS
-
-    def result(self) -> tuple[np.ndarray, int, str]:
-        if self.ids_mode:
-            tokens = np.asarray(self.ids, dtype=np.uint32)
-            return tokens, len(tokens), "token_ids"
-        content_chunks = self.chunks + (1 if self.first_seen else 0)
-        if self.last:
-            obj = _decode(self.last, "SSE chunk")
-            usage = obj.get("usage")
-            if usage and isinstance(usage.get("completion_tokens"), int):
-                return EMPTY_TOKENS, usage["completion_tokens"], "usage"
-            choices = obj.get("choices")
-            if not choices or not _choice_content(choices[0])[0]:
-                content_chunks -= 1  # a last chunk with no choices or no content (finish_reason only) carried no tokens
-        elif self.usage_tokens is not None:
-            return EMPTY_TOKENS, int(self.usage_tokens), "usage"
-        return EMPTY_TOKENS, content_chunks, "chunks"
 
 
 # --- the core -----------------------------------------------------------------------------------------
