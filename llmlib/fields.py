@@ -388,6 +388,12 @@ declare(name="allow_api_key_over_http", kind="bool", default=False, group="endpo
         help="Send the API key over plain http:// to a host that is not loopback (cleartext on the "
              "network; refused unless set).")
 
+declare(name="workers_per_core", kind="str", default="0", group="endpoints",
+        help="Worker processes per network core (trtllm_endpoint, trtllm_disagg, triton_grpc; also dummy): "
+             "N >= 1 runs each core's connections, stream parsing and token counting in N processes, and the "
+             "LoadGen process only issues and completes; 0: in this process; auto: the machine's cores but one, "
+             "split between the cores.")
+
 # --- dummy core --------------------------------------------------------------------------------
 declare(name="dummy_num_cores", kind="int", default=1, minimum=1, group="dummy",
         help="Number of simulated engines (data-parallel cores).")

@@ -107,6 +107,8 @@ class LLMCore(ABC):
     name: str = "base"
     #: the settings dataclass this core is built from (declared next to it)
     settings_type: ClassVar[type[CoreSettings]] = CoreSettings
+    #: whether `--workers_per_core` may run this core's requests in worker processes (network cores)
+    supports_workers: ClassVar[bool] = False
 
     def __init__(self, settings: CoreSettings, *, rank: int, sink: ResponseSink, inputs: CoreInputs = NO_INPUTS):
         if not isinstance(settings, self.settings_type):
@@ -128,6 +130,12 @@ class LLMCore(ABC):
     def resolve_settings(cls, config: ResolvedConfig, benchmark: BenchmarkSpec) -> CoreSettings:
         """This core's settings from the resolved fields (the only place a core reads them)."""
         return cls.settings_type()
+
+    @classmethod
+    def worker_settings(cls, settings: CoreSettings, index: int, workers: int) -> CoreSettings:
+        """The settings of worker process `index` of `workers` that share this core (e.g. each with its
+        share of the connections)."""
+        return settings
 
     @classmethod
     def core_inputs(cls, settings: CoreSettings, dataset: Any) -> CoreInputs:

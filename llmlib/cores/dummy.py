@@ -47,6 +47,7 @@ class DummyCore(LLMCore):
     name = "dummy"
     settings_type = DummySettings
     settings: DummySettings
+    supports_workers = True  # the simulator, to measure and test the worker processes without a network
 
     def __init__(self, settings: DummySettings, **kwargs):
         super().__init__(settings, **kwargs)

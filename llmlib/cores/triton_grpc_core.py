@@ -281,6 +281,7 @@ class TritonGrpcCore(LLMCore):
 
     settings_type = TritonSettings
     settings: TritonSettings
+    supports_workers = True
 
     def __init__(self, settings: TritonSettings, **kwargs):
         super().__init__(settings, **kwargs)
@@ -307,6 +308,12 @@ class TritonGrpcCore(LLMCore):
         self._stop_stream: _StopStream | None = None
 
     # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def worker_settings(cls, settings: TritonSettings, index: int, workers: int) -> TritonSettings:
+        """Each worker process gets its share of the requests in flight (and at least one stream)."""
+        share = settings.max_concurrency // workers + (1 if index < settings.max_concurrency % workers else 0)
+        return dataclasses.replace(settings, max_concurrency=max(1, share))
+
     @classmethod
     def resolve_settings(cls, config: ResolvedConfig, benchmark) -> TritonSettings:
         return triton_settings(config)

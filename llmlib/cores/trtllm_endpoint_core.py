@@ -47,6 +47,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import ssl
@@ -308,6 +309,7 @@ class TrtllmEndpointCore(AsyncLoopCore):
 
     settings_type = EndpointSettings
     settings: EndpointSettings
+    supports_workers = True
 
     def __init__(self, settings: EndpointSettings, **kwargs):
         super().__init__(settings, **kwargs)
@@ -352,6 +354,16 @@ class TrtllmEndpointCore(AsyncLoopCore):
     @classmethod
     def resolve_settings(cls, config: ResolvedConfig, benchmark) -> EndpointSettings:
         return endpoint_settings(config)
+
+    @classmethod
+    def worker_settings(cls, settings: EndpointSettings, index: int, workers: int) -> EndpointSettings:
+        """Each worker process gets its share of the requests in flight and of the connections opened ahead."""
+        def share(n: int) -> int:
+            return n // workers + (1 if index < n % workers else 0)
+
+        ahead = settings.connect_ahead
+        return dataclasses.replace(settings, max_concurrency=max(1, share(settings.max_concurrency)),
+                                   connect_ahead=None if ahead is None else share(ahead))
 
     @classmethod
     def core_inputs(cls, settings: EndpointSettings, dataset) -> CoreInputs:
