@@ -102,6 +102,7 @@ class WorkerPoolCore(LLMCore):
         self._replies: dict[tuple[str, int, int], Any] = {}  # (kind, seq, worker) -> answer
         self._reply_cond = threading.Condition()
         self._seq = 0
+        self._final_report: dict[str, Any] = {"workers": workers}
         self._address = f"{core_cls.name}[{rank}]"
         self.worker_addresses: list[str | None] = [None] * workers
         self.worker_pids: list[int] = []
@@ -202,6 +203,9 @@ class WorkerPoolCore(LLMCore):
                 log.warning("%s: worker %d warm-up: %s", self.address, i, answer[2])
 
     def report(self) -> dict[str, Any]:
+        """The workers' cores' reports, merged (counts summed); after stop, the last one taken."""
+        if self._stopping:
+            return dict(self._final_report)
         merged: dict[str, Any] = {"workers": self.n_workers}
         for answer in self._control("x", 10.0):
             if answer is None or answer[0] != "ok":
@@ -218,6 +222,8 @@ class WorkerPoolCore(LLMCore):
     def stop(self) -> None:
         if self._stopping:
             return
+        if any(self._alive):
+            self._final_report = self.report()
         self._stopping = True
         if any(self._alive):
             self._control("s", 30.0)
