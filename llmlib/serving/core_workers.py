@@ -387,8 +387,7 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         core = core_cls(core_cls.worker_settings(settings, index, n), rank=rank, sink=Sink(), inputs=inputs)
     except Exception as err:  # noqa: BLE001 - the parent reports it
         send(("ready", 0, index, "error", f"{type(err).__name__}: {err}", isinstance(err, ConfigError)))
-        time.sleep(0.2)  # let the message leave before the context goes
-        ctx.destroy(linger=1000)
+        ctx.destroy(linger=1000)  # lingers until the message has left (at most 1 s)
         return
     send(("ready", 0, index, "ok", core.address, False))
 
@@ -431,8 +430,7 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
                 core.stop()
             finally:
                 send(("s", msg[1], index, "ok", None))
-                time.sleep(0.05)
-                ctx.destroy(linger=1000)
+                ctx.destroy(linger=1000)  # lingers until the answer has left (at most 1 s)
             return
 
 
