@@ -315,6 +315,10 @@ declare(name="max_consecutive_failures", kind="int", default=50, minimum=0, grou
 declare(name="interrupt_grace_s", kind="float", default=20.0, minimum=0, group="server",
         help="After Ctrl-C / SIGTERM (or a core lost), how long LoadGen may take to finish its test "
              "(pending requests fail at once) before the harness exits without LoadGen's summary.")
+declare(name="token_stats", kind="bool", default=False, group="server",
+        help="Stream every token of Server/Interactive requests to the harness (cores that stream: "
+             "trtllm_endpoint, trtllm_disagg, dummy) for per-request inter-token statistics in the summary; "
+             "off, LoadGen's requests get a first token and the final output only.")
 declare(name="flush_timeout_s", kind="float", default=60.0, minimum=0, group="server",
         help="How long the end-of-run flush waits for pending requests.")
 

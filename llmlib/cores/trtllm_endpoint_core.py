@@ -545,10 +545,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if req.streaming:
             rid = req.request_id
             state = call.state = StreamState()
+            if req.chunks:  # someone listens: the output so far after every read that brought tokens
+                seen = [0]
 
-            def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
-                if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
-                    self._first_token(rid, state.first_tokens())
+                def on_body(data: bytes) -> None:
+                    if state.feed(data):
+                        self._first_token(rid, state.first_tokens())
+                    n = state.tokens_so_far()
+                    if n > seen[0]:
+                        seen[0] = n
+                        self._chunk(rid, state.first_tokens(), n)
+            else:
+                def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
+                    if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
+                        self._first_token(rid, state.first_tokens())
 
         body = json.dumps(self._payload(req)).encode()
         call.ex = self._http.start("POST", self._path, body, on_body=on_body,
