@@ -43,10 +43,17 @@ def read_accuracy_log(path: str | Path, dtype: str = "uint32") -> list[LogEntry]
     path = Path(path)
     np_dtype = parse_dtype(dtype)
     try:
-        entries = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError as err:
         raise AccuracyLogError(f"{path}: no accuracy log (was the run AccuracyOnly?)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise AccuracyLogError(f"{path}: not valid JSON ({err})") from err
+    try:
+        if text.lstrip().startswith("[") or not text.strip():
+            entries = json.loads(text)
+        else:  # one JSON object per line (deepseek-r1's reference reads this form too)
+            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
         raise AccuracyLogError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(entries, list):
         raise AccuracyLogError(f"{path}: expected a JSON list of {{seq_id, qsl_idx, data}}, got {type(entries).__name__}")

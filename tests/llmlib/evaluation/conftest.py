@@ -55,8 +55,10 @@ def encode(tokenizer, text: str, *, eos: bool = False) -> list[int]:
 
 
 def write_log(path: Path, entries: list[tuple[int, list[int]]], dtype: str = "<u4") -> Path:
-    path.write_text(json.dumps([{"seq_id": k, "qsl_idx": i, "data": np.asarray(t, dtype=dtype).tobytes().hex().upper()}
-                                for k, (i, t) in enumerate(entries)]))
+    """LoadGen's layout: "[" alone on the first line, one entry per line (deepseek-r1's reader needs it)."""
+    lines = [json.dumps({"seq_id": k, "qsl_idx": i, "data": np.asarray(t, dtype=dtype).tobytes().hex().upper(),
+                         "token_count": len(t)}) for k, (i, t) in enumerate(entries)]
+    path.write_text("[\n" + ",\n".join(lines) + "\n]\n")
     return path
 
 
