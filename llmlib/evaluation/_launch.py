@@ -38,7 +38,8 @@ def main() -> None:
     limits = json.loads(sys.argv[1])
     argv = sys.argv[3:]
     env = dict(os.environ)
-    net = "netns" if limits.get("no_network", True) and _unshare_net() else "none"
+    want_ns = limits.get("no_network", True) and limits.get("try_netns", True)
+    net = "netns" if want_ns and _unshare_net() else "none"
     if limits.get("no_network", True) and net == "none":
         # No namespace: Python programs get sockets blocked by a sitecustomize on their path.
         env["PYTHONPATH"] = limits["socket_block_dir"] + os.pathsep + env.get("PYTHONPATH", "")

@@ -43,6 +43,7 @@ class Limits:
     max_procs: int = 32
     fsize_mb: int = 64
     no_network: bool = True
+    try_netns: bool = True  # False: skip the namespace and use the socket block (tests of the fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,8 @@ def _run_limited(argv: list[str], cwd: str, private: str, stdin: str, limits: Li
     Path(in_path).write_text(stdin, encoding="utf-8")
     report_r, report_w = os.pipe()
     spec = {"memory_mb": limits.memory_mb, "cpu_s": int(wall) + 1, "fsize_mb": limits.fsize_mb,
-            "max_procs": limits.max_procs, "no_network": limits.no_network, "report_fd": report_w,
+            "max_procs": limits.max_procs, "no_network": limits.no_network,
+            "try_netns": limits.try_netns, "report_fd": report_w,
             "socket_block_dir": _socket_block_dir()}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
