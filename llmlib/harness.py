@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -308,7 +307,7 @@ def evaluate_run(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset, outd
     tok_path = tokenizer_path_for(config, benchmark)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
     entries = read_accuracy_log(outdir / "mlperf_log_accuracy.json")
-    options = EvalOptions(prm800k_path=os.environ.get("PRM800K_PATH", ""), lcb_tests=os.environ.get("LCB_TESTS", ""))
+    options = EvalOptions(prm800k_path=config.prm800k_path, lcb_tests=config.lcb_tests)
     report = evaluate_accuracy(entries, table_from_dataset(benchmark, dataset), tokenizer, benchmark, options)
     write_results(report, outdir)
     return report

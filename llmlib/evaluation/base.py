@@ -70,9 +70,9 @@ class AccuracyReport:
 def checker_dict(values: dict[str, Any]) -> str:
     """A dict line as the reference scripts print it, with plain Python numbers (numpy 2 would print
     `np.int64(8167644)`, which the checker's `'gen_len':\\s([\\d.]+)` cannot read)."""
-    plain = {k: (int(v) if hasattr(v, "item") and float(v).is_integer() and "int" in type(v).__name__
-                 else (v.item() if hasattr(v, "item") else v)) for k, v in values.items()}
-    return repr(plain)
+    import numpy as np
+
+    return repr({k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()})
 
 
 def apply_targets(report: AccuracyReport, benchmark) -> AccuracyReport:

@@ -324,7 +324,7 @@ def evaluate_gpt_oss(entries: list[LogEntry], table, tokenizer, benchmark, optio
         if e.qsl_idx >= len(table):
             report.notes.append(f"qsl_idx {e.qsl_idx} is outside the dataset; skipped as the reference does")
             continue
-        raw = e.tokens.astype("<u4", copy=False).tobytes() if e.tokens.dtype.itemsize == 4 else e.tokens.astype("<i4").tobytes()
+        raw = e.tokens.tobytes()  # the reference unpacks the logged bytes as int32 whatever --dtype says
         ids = list(struct.unpack(f"<{len(raw) // 4}i", raw))
         dataset = table["dataset"].iloc[e.qsl_idx]
         if dataset is None or _isna(dataset) or not dataset:
