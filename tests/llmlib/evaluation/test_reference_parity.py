@@ -59,8 +59,9 @@ PREDS = [
 
 def rouge_log(tmp_path, tokenizer):
     # Out of order, a duplicate of sample 1 (same tokens), an EOS that decoding drops, an empty output.
+    # Sample 2's last tokens are cut: its bytes may end inside a character (decoded as U+FFFD by both).
     entries = [(4, encode(tokenizer, PREDS[4], eos=True)), (1, encode(tokenizer, PREDS[1])), (0, encode(tokenizer, PREDS[0])),
-               (1, encode(tokenizer, PREDS[1])), (3, []), (2, encode(tokenizer, PREDS[2], eos=True))]
+               (1, encode(tokenizer, PREDS[1])), (3, []), (2, encode(tokenizer, PREDS[2])[:-3])]
     return write_log(tmp_path / "mlperf_log_accuracy.json", entries, "<i4")
 
 
@@ -211,7 +212,9 @@ def test_deepseek_r1_exact_match_equals_the_reference(tmp_path, tokenizer_dir, t
     pd.DataFrame({"dataset": [r[0] for r in DS_ROWS], "gt_output": [r[1] for r in DS_ROWS],
                   "question": ["q"] * len(DS_ROWS)}).to_pickle(ds)
     entries = [(i, encode(tokenizer, r[2], eos=i % 3 == 0)) for i, r in enumerate(DS_ROWS)]
-    log = write_log(tmp_path / "mlperf_log_accuracy.json", entries[::-1] + [(1, encode(tokenizer, "ANSWER: C"))], "<i4")
+    # A later duplicate with another answer (the first counts) and a qsl_idx outside the dataset (skipped).
+    log = write_log(tmp_path / "mlperf_log_accuracy.json",
+                    entries[::-1] + [(1, encode(tokenizer, "ANSWER: C")), (len(DS_ROWS) + 3, encode(tokenizer, "x"))], "<i4")
     work = copy_script(LANGUAGE / "deepseek-r1", tmp_path / "ref")
     out = run_reference(work / "eval_accuracy.py", ["--input-file", str(log), "--dataset-file", str(ds)],
                         tokenizer_dir, work)
@@ -246,7 +249,8 @@ def test_gpt_oss_120b_weighted_exact_match_equals_the_reference(tmp_path, tokeni
     pd.DataFrame({"dataset": [r[0] for r in GPT_ROWS], "ground_truth": [r[1] for r in GPT_ROWS],
                   "question": ["q"] * len(GPT_ROWS)}).to_parquet(ds)
     entries = [(i, encode(tokenizer, r[2])) for i, r in enumerate(GPT_ROWS)]
-    log = write_log(tmp_path / "mlperf_log_accuracy.json", entries + [entries[4]], "<i4")  # every entry counts
+    # Every entry counts, duplicates too; a qsl_idx outside the dataset is skipped.
+    log = write_log(tmp_path / "mlperf_log_accuracy.json", entries + [entries[4], (len(GPT_ROWS), [5])], "<i4")
     work = copy_script(LANGUAGE / "gpt-oss-120b", tmp_path / "ref")
     out = run_reference(work / "eval_mlperf_accuracy.py", ["--mlperf-log", str(log), "--reference-data", str(ds),
                         "--tokenizer", str(tokenizer_dir)], tokenizer_dir, work)
