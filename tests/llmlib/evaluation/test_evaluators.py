@@ -276,6 +276,7 @@ def test_mbxp_hang_and_crash_fail_their_samples_only():
 
 # ----------------------------------------------------------------------------- command line
 
+@pytest.mark.slow  # seconds
 def test_command_line_scores_a_foreign_log(tmp_path, tokenizer_dir, tokenizer):
     ds = tmp_path / "ds.pkl"
     pd.DataFrame({"output": ["The cat sat. It was happy."]}).to_pickle(ds)

@@ -38,6 +38,7 @@ def test_a_hang_is_killed_at_the_deadline():
     assert time.monotonic() - t0 < 4
 
 
+@pytest.mark.slow  # seconds
 def test_a_sleeping_child_left_behind_is_killed_with_its_group():
     shared = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
     shared.chmod(0o777)  # the program runs as another user
@@ -58,6 +59,7 @@ def test_a_sleeping_child_left_behind_is_killed_with_its_group():
         shutil.rmtree(shared, ignore_errors=True)
 
 
+@pytest.mark.slow  # seconds
 def test_a_fork_bomb_fails_its_sample_and_leaves_nothing_behind():
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     t0 = time.monotonic()
@@ -119,6 +121,7 @@ def test_a_missing_interpreter_fails_the_program_not_the_caller():
     assert not r.ok and r.returncode == 127 and "cannot run" in r.stderr
 
 
+@pytest.mark.slow  # seconds
 def test_parallel_evaluation_survives_bad_programs_and_runs_concurrently():
     programs = ["print(1)", "raise SystemExit(3)", "while True: pass", "import time; time.sleep(1); print(2)",
                 "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass", "print(3)"]
