@@ -2,10 +2,11 @@
 folder, with wall-time, CPU, memory, file-size and process-count limits and no network, many at once.
 
 Isolation (see `_launch.py`): a fresh network namespace when the kernel allows (`network: netns`),
-else socket creation blocked for Python programs (`socket-blocked`); generated code never runs as
-root (root drops to `nobody`, so RLIMIT_NPROC counts); the program leads a new session whose whole
-process group is killed at the deadline and after it ends, so a hang or a fork bomb fails only its
-own sample. The scratch folder is removed afterwards.
+else socket creation blocked for Python programs (`socket-blocked`); a PID namespace whose init is
+killed at the deadline, taking every process of the program with it (else the program's process
+group is killed at the deadline and after it ends); generated code never runs as root (root drops
+to `nobody`, so RLIMIT_NPROC counts). A hang or a fork bomb fails only its own sample. The scratch
+folder is removed afterwards.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Limits:
     fsize_mb: int = 64
     no_network: bool = True
     try_netns: bool = True  # False: skip the namespace and use the socket block (tests of the fallback)
+    try_pidns: bool = True  # False: no PID namespace; the process group kill alone (tests of the fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class RunResult:
     wall_s: float
     network: str  # netns | socket-blocked | none
     scratch: str = field(default="", compare=False)  # the folder it ran in (gone by now)
+    pid_namespace: bool = False  # ran under its own init: nothing it started can outlive it
 
     @property
     def ok(self) -> bool:
@@ -103,7 +106,7 @@ def _run_limited(argv: list[str], cwd: str, private: str, stdin: str, limits: Li
     report_r, report_w = os.pipe()
     spec = {"memory_mb": limits.memory_mb, "cpu_s": int(wall) + 1, "fsize_mb": limits.fsize_mb,
             "max_procs": limits.max_procs, "no_network": limits.no_network,
-            "try_netns": limits.try_netns, "report_fd": report_w,
+            "try_netns": limits.try_netns, "try_pidns": limits.try_pidns, "report_fd": report_w,
             "socket_block_dir": _socket_block_dir()}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
@@ -119,17 +122,25 @@ def _run_limited(argv: list[str], cwd: str, private: str, stdin: str, limits: Li
             os.close(report_w)
             return RunResult(None, "", f"sandbox: cannot start ({e})", False, 0.0, "none", cwd)
         os.close(report_w)
+        with os.fdopen(report_r, "rb") as r:  # the launcher writes "<network> <init pid or 0>", then closes it
+            words = r.read().decode().split()
+        network = words[0] if words else "none"
+        init_pid = int(words[1]) if len(words) > 1 else 0
         try:
             rc = proc.wait(timeout=wall)
         except subprocess.TimeoutExpired:
             timed_out, rc = True, None
+            if init_pid:  # the namespace's init: killing it kills and reaps everything inside
+                try:
+                    os.kill(init_pid, signal.SIGKILL)
+                    proc.wait(timeout=5)  # the launcher reaps its init and exits: no zombie is left
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
         finally:
             _kill_group(proc)
-    with os.fdopen(report_r, "rb") as r:
-        network = r.read().decode() or "none"
     wall_s = time.monotonic() - t0
     read = lambda p: Path(p).read_bytes()[: 1 << 20].decode("utf-8", errors="replace")  # noqa: E731
-    return RunResult(rc, read(out_path), read(err_path), timed_out, wall_s, network, cwd)
+    return RunResult(rc, read(out_path), read(err_path), timed_out, wall_s, network, cwd, init_pid > 0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
