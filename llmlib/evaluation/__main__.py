@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default="", help="tokenizer folder (or `char`)")
     p.add_argument("--dtype", default="uint32", choices=sorted(DTYPES),
                    help="token dtype of the log (this harness writes uint32; the references' --dtype)")
-    p.add_argument("--evaluator", default="", help=f"override the benchmark's evaluator ({', '.join(EVALUATORS.names())})")
+    p.add_argument("--evaluator", default="",
+                   help=f"override the benchmark's evaluator ({', '.join(EVALUATORS.names())})")
     p.add_argument("--prm800k_path", default="", help="openai/prm800k checkout (MATH500 grading)")
     p.add_argument("--lcb_tests", default="", help="LiveCodeBench test cases (JSON/JSONL rows)")
     p.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")

@@ -63,7 +63,10 @@ def load_lcb_tests(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"--lcb_tests={path}: no such file")
     text = path.read_text(encoding="utf-8")
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise ConfigError(f"--lcb_tests={path}: not JSON or JSON lines ({err})") from err
     out: dict[str, dict[str, Any]] = {}

@@ -75,7 +75,8 @@ def evaluate_llama405b(entries: list[LogEntry], table, tokenizer, benchmark, opt
         n = kinds.count(kind)
         if n:
             key = "rougeL" if kind == "rouge" else "exact_match"
-            report.per_dataset[kind] = {"samples": n, key: float(np.mean([r[key] for r, k in zip(per, kinds) if k == kind]))}
+            values = [r[key] for r, k in zip(per, kinds) if k == kind]
+            report.per_dataset[kind] = {"samples": n, key: float(np.mean(values))}
     report.metrics = metrics
     report.checker_line = checker_dict(metrics)
     return report

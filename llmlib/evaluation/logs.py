@@ -56,7 +56,8 @@ def read_accuracy_log(path: str | Path, dtype: str = "uint32") -> list[LogEntry]
     except json.JSONDecodeError as err:
         raise AccuracyLogError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(entries, list):
-        raise AccuracyLogError(f"{path}: expected a JSON list of {{seq_id, qsl_idx, data}}, got {type(entries).__name__}")
+        raise AccuracyLogError(f"{path}: expected a JSON list of {{seq_id, qsl_idx, data}}, "
+                               f"got {type(entries).__name__}")
     out: list[LogEntry] = []
     for k, e in enumerate(entries):
         try:

@@ -190,7 +190,8 @@ def prm800k_grader(path: str) -> Callable[..., bool]:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = importlib.import_module("grading.grader")
         except ImportError as err:
-            raise HarnessError(f"prm800k's grader needs sympy and pylatexenc: pip install -e '.[accuracy]' ({err})") from err
+            raise HarnessError("prm800k's grader needs sympy and pylatexenc: "
+                               f"pip install -e '.[accuracy]' ({err})") from err
         finally:
             sys.path.remove(str(base))
         _graders[path] = module.grade_answer
@@ -266,8 +267,10 @@ def _score_rows(rows: list[dict[str, Any]], flavour: str, options: EvalOptions, 
         tests = load_lcb_tests(options.lcb_tests) if options.lcb_tests else {}
         if not tests:
             report.notes.append(f"{len(lcb)} LiveCodeBench samples scored 0: no test cases given (--lcb_tests)")
-        results = run_parallel(lambda r: grade_livecodebench(r["extracted"], tests.get(str(r["ground_truth"])), options),
-                               lcb, options.n_workers())
+        def grade(row: dict[str, Any]) -> tuple[bool, str]:  # ground truth of a LiveCodeBench row: its question_id
+            return grade_livecodebench(row["extracted"], tests.get(str(row["ground_truth"])), options)
+
+        results = run_parallel(grade, lcb, options.n_workers())
         for row, (ok, why) in zip(lcb, results):
             row["correct"], row["why"] = ok, why
 
@@ -295,8 +298,9 @@ def evaluate_deepseek_r1(entries: list[LogEntry], table, tokenizer, benchmark, o
         if e.qsl_idx >= len(table):
             report.notes.append(f"qsl_idx {e.qsl_idx} is outside the dataset; skipped as the reference does")
             continue
-        rows.append({"qsl_idx": e.qsl_idx, "dataset": datasets[e.qsl_idx], "ground_truth": table[gt_col].iloc[e.qsl_idx],
-                     "text": decode(tokenizer, e.tokens), "tokens": len(e.tokens)})
+        rows.append({"qsl_idx": e.qsl_idx, "dataset": datasets[e.qsl_idx],
+                     "ground_truth": table[gt_col].iloc[e.qsl_idx], "text": decode(tokenizer, e.tokens),
+                     "tokens": len(e.tokens)})
     if not rows:
         raise HarnessError("deepseek-r1: no valid predictions in the accuracy log")
     _score_rows(rows, "deepseek-r1", options, report)
@@ -329,7 +333,8 @@ def evaluate_gpt_oss(entries: list[LogEntry], table, tokenizer, benchmark, optio
         dataset = table["dataset"].iloc[e.qsl_idx]
         if dataset is None or _isna(dataset) or not dataset:
             raise DatasetError("gpt-oss-120b: a sample has no dataset name")
-        rows.append({"qsl_idx": e.qsl_idx, "dataset": str(dataset).lower(), "ground_truth": table["ground_truth"].iloc[e.qsl_idx],
+        rows.append({"qsl_idx": e.qsl_idx, "dataset": str(dataset).lower(),
+                     "ground_truth": table["ground_truth"].iloc[e.qsl_idx],
                      "text": decode(tokenizer, ids, skip_special_tokens=False), "tokens": len(ids)})
     if not rows:
         raise HarnessError("gpt-oss-120b: no valid predictions in the accuracy log")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from llmlib.benchmarks import AccuracyTarget, load_benchmark
-from llmlib.errors import ConfigError, CoreUnavailableError, HarnessError
+from llmlib.errors import ConfigError, CoreUnavailableError
 from llmlib.evaluation import (EVALUATORS, AccuracyLogError, EvalOptions, evaluate_accuracy, read_accuracy_log,
                                write_results)
 from llmlib.evaluation.livecodebench import grade_livecodebench, load_lcb_tests, outputs_match
@@ -29,7 +29,7 @@ from llmlib.evaluation.reasoning import (extract_final_section, parse_aime_answe
 from llmlib.evaluation.rouge import rouge_scores
 from llmlib.evaluation.sandbox import Limits
 
-from conftest import LANGUAGE, REPO, encode, write_log
+from _evalhelpers import LANGUAGE, REPO, encode, write_log
 
 
 class WordTokenizer:
@@ -205,7 +205,8 @@ def lcb_file(tmp_path, private_compressed=True):
     private = json.dumps([{"input": "5\n", "output": "10\n", "testtype": "stdin"}])
     if private_compressed:  # LiveCodeBench's own encoding of private tests
         private = base64.b64encode(zlib.compress(pickle.dumps(private))).decode()
-    rows = [{"question_id": "q_stdin", "public_test_cases": json.dumps([{"input": "2\n", "output": "4", "testtype": "stdin"}]),
+    public = json.dumps([{"input": "2\n", "output": "4", "testtype": "stdin"}])
+    rows = [{"question_id": "q_stdin", "public_test_cases": public,
              "private_test_cases": private, "metadata": "{}"},
             {"question_id": "q_call", "public_test_cases": [{"input": "[1, 2]\n3", "output": "[1, 2, 3]",
                                                             "testtype": "functional"}],
@@ -223,7 +224,8 @@ def test_livecodebench_runs_the_users_tests(tmp_path):
     assert grade_livecodebench("print(4)", tests["q_stdin"], opts)[0] is False  # passes the public test only
     call = "class Solution:\n    def append(self, xs, x):\n        return xs + [x]\n"
     assert grade_livecodebench(call, tests["q_call"], opts)[0] is True
-    assert grade_livecodebench("class Solution:\n    def append(self, xs, x):\n        return xs\n", tests["q_call"], opts)[0] is False
+    wrong = "class Solution:\n    def append(self, xs, x):\n        return xs\n"
+    assert grade_livecodebench(wrong, tests["q_call"], opts)[0] is False
     ok, why = grade_livecodebench("while True: pass", tests["q_stdin"], EvalOptions(timeout_s=1))
     assert not ok and "timed out" in why
     assert grade_livecodebench(double, None, opts) == (False, "no test cases for this question_id")

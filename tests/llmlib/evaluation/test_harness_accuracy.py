@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import LANGUAGE, REPO, copy_script, printed_metrics, run_reference
+from _evalhelpers import LANGUAGE, REPO, copy_script, printed_metrics, run_reference
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.loadgen, pytest.mark.timeout(900)]

@@ -13,7 +13,7 @@ import pytest
 from llmlib.benchmarks import AccuracyTarget, load_benchmark
 from llmlib.evaluation import EvalOptions, evaluate_files
 
-from conftest import LANGUAGE, REFERENCE, copy_script, encode, printed_metrics, run_reference, write_log
+from _evalhelpers import LANGUAGE, REFERENCE, copy_script, encode, printed_metrics, run_reference, write_log
 
 pytestmark = pytest.mark.slow
 
