@@ -15,9 +15,12 @@ pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.loadgen, pytest.mark.timeout(900)]
 
 
-def test_accuracy_run_is_scored_as_the_reference_scores_its_log(tmp_path):
+# The tiny model reproduces its references (ROUGE 100); the dummy core cut to 12 tokens does not.
+@pytest.mark.parametrize("core_args", [[], ["--core_type=dummy", "--dummy_output_len=12", "--dummy_zero_latency=true"]],
+                         ids=["hf-tiny-model", "dummy-truncated"])
+def test_accuracy_run_is_scored_as_the_reference_scores_its_log(tmp_path, core_args):
     proc = subprocess.run([sys.executable, "-m", "llmlib", "--show_progress=false", f"--results_dir={tmp_path}",
-                           "--benchmarks=tiny", "--scenarios=Offline", "--test_mode=AccuracyOnly"],
+                           "--benchmarks=tiny", "--scenarios=Offline", "--test_mode=AccuracyOnly", *core_args],
                           cwd=REPO, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outdir = tmp_path / "local" / "tiny" / "Offline" / "accuracy"
@@ -33,4 +36,6 @@ def test_accuracy_run_is_scored_as_the_reference_scores_its_log(tmp_path):
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum", "tokens_per_sample", "gen_len", "gen_num"]
     for k in keys:
         assert abs(ref[k] - ours[k]) <= 0.01, (k, ref[k], ours[k])
-    print(f"PARITY tiny AccuracyOnly run reference={ {k: ref[k] for k in keys} } project={ {k: ours[k] for k in keys} }")
+    if core_args:
+        assert ours["rougeL"] < 100 and ours["tokens_per_sample"] == 12.0
+    print(f"PARITY tiny AccuracyOnly run {core_args} reference={ {k: ref[k] for k in keys} } project={ {k: ours[k] for k in keys} }")
