@@ -70,3 +70,8 @@ def printed_metrics(stdout: str) -> dict[str, float]:
     lines = [l for l in stdout.splitlines() if "'" in l and ":" in l]
     assert lines, stdout[-2000:]
     return {k: float(v) for k, v in _VALUE.findall(lines[-1])}
+
+
+def show_parity(name: str, ref: dict, ours: dict, keys) -> None:
+    """One line per run for the report: the reference's figures next to the project's (pytest -s)."""
+    print(f"PARITY {name} reference={ {k: ref[k] for k in keys} } project={ {k: ours[k] for k in keys} }")

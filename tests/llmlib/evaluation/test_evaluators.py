@@ -246,7 +246,8 @@ def test_bad_lcb_files_are_named(tmp_path):
 
 def reasoning_spec(evaluator):
     base = load_benchmark("llama3.1-405b")
-    acc = dataclasses.replace(base.accuracy, evaluator=evaluator, tokens_per_sample_min=None, tokens_per_sample_max=None,
+    acc = dataclasses.replace(base.accuracy, evaluator=evaluator, tokens_per_sample_min=None,
+                              tokens_per_sample_max=None,
                               metrics=(AccuracyTarget(name="exact_match", reference=50.0, ratio=1.0),))
     return dataclasses.replace(base, accuracy=acc)
 
@@ -254,7 +255,8 @@ def reasoning_spec(evaluator):
 def test_deepseek_r1_scores_livecodebench_with_user_tests(tmp_path, tokenizer):
     table = pd.DataFrame({"dataset": ["livecodebench", "livecodebench", "gpqa", "aime"],
                           "gt_output": ["q_stdin", "q_stdin", "B", "17"]})
-    outs = ["```python\nn = int(input())\nprint(n * 2)\n```", "```python\nwhile True: pass\n```", "ANSWER: B", "\\boxed{16}"]
+    outs = ["```python\nn = int(input())\nprint(n * 2)\n```", "```python\nwhile True: pass\n```", "ANSWER: B",
+            "\\boxed{16}"]
     log = entries([(i, encode(tokenizer, t)) for i, t in enumerate(outs)])
     opts = EvalOptions(lcb_tests=str(lcb_file(tmp_path)), timeout_s=1, workers=2)
     report = evaluate_accuracy(log, table, tokenizer, reasoning_spec("deepseek-r1"), opts)
@@ -282,7 +284,8 @@ def test_mbxp_hang_and_crash_fail_their_samples_only():
 def test_command_line_scores_a_foreign_log(tmp_path, tokenizer_dir, tokenizer):
     ds = tmp_path / "ds.pkl"
     pd.DataFrame({"output": ["The cat sat. It was happy."]}).to_pickle(ds)
-    log = write_log(tmp_path / "mlperf_log_accuracy.json", [(0, encode(tokenizer, "It was happy. The cat sat."))], "<i8")
+    log = write_log(tmp_path / "mlperf_log_accuracy.json", [(0, encode(tokenizer, "It was happy. The cat sat."))],
+                    "<i8")
     cmd = [sys.executable, "-m", "llmlib.evaluation", "--benchmark", "llama2-70b-99.9", "--log", str(log),
            "--dataset", str(ds), "--tokenizer", str(tokenizer_dir), "--dtype", "int64", "--outdir", str(tmp_path / "o")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

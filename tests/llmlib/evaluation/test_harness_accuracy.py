@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from _evalhelpers import LANGUAGE, REPO, copy_script, printed_metrics, run_reference
+from _evalhelpers import LANGUAGE, REPO, copy_script, printed_metrics, run_reference, show_parity
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.loadgen, pytest.mark.timeout(900)]
@@ -38,4 +38,4 @@ def test_accuracy_run_is_scored_as_the_reference_scores_its_log(tmp_path, core_a
         assert abs(ref[k] - ours[k]) <= 0.01, (k, ref[k], ours[k])
     if core_args:
         assert ours["rougeL"] < 100 and ours["tokens_per_sample"] == 12.0
-    print(f"PARITY tiny AccuracyOnly run {core_args} reference={ {k: ref[k] for k in keys} } project={ {k: ours[k] for k in keys} }")
+    show_parity(f"tiny AccuracyOnly run {core_args}", ref, ours, keys)

@@ -13,7 +13,8 @@ import pytest
 from llmlib.benchmarks import AccuracyTarget, load_benchmark
 from llmlib.evaluation import EvalOptions, evaluate_files
 
-from _evalhelpers import LANGUAGE, REFERENCE, copy_script, encode, printed_metrics, run_reference, write_log
+from _evalhelpers import (LANGUAGE, REFERENCE, copy_script, encode, printed_metrics, run_reference, show_parity,
+                          write_log)
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +61,8 @@ PREDS = [
 def rouge_log(tmp_path, tokenizer):
     # Out of order, a duplicate of sample 1 (same tokens), an EOS that decoding drops, an empty output.
     # Sample 2's last tokens are cut: its bytes may end inside a character (decoded as U+FFFD by both).
-    entries = [(4, encode(tokenizer, PREDS[4], eos=True)), (1, encode(tokenizer, PREDS[1])), (0, encode(tokenizer, PREDS[0])),
-               (1, encode(tokenizer, PREDS[1])), (3, []), (2, encode(tokenizer, PREDS[2])[:-3])]
+    enc = [encode(tokenizer, p) for p in PREDS]
+    entries = [(4, enc[4] + [tokenizer.eos_token_id]), (1, enc[1]), (0, enc[0]), (1, enc[1]), (3, []), (2, enc[2][:-3])]
     return write_log(tmp_path / "mlperf_log_accuracy.json", entries, "<i4")
 
 
@@ -70,8 +71,9 @@ def test_llama2_70b_rouge_and_lsum_equal_the_reference(tmp_path, tokenizer_dir, 
     pd.DataFrame({"input": ["q"] * len(REFS), "output": REFS}).to_pickle(ds)
     log = rouge_log(tmp_path, tokenizer)
     work = copy_script(LANGUAGE / "llama2-70b", tmp_path / "ref")
-    out = run_reference(work / "evaluate-accuracy.py", ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file",
-                        str(log), "--dataset-file", str(ds), "--dtype", "int32"], tokenizer_dir, work)
+    args = ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file", str(log), "--dataset-file",
+            str(ds), "--dtype", "int32"]
+    out = run_reference(work / "evaluate-accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     report = evaluate_files(load_benchmark("llama2-70b-99.9"), log, ds, tokenizer_dir, EvalOptions(dtype="int32"),
                             tmp_path / "ours")
@@ -82,7 +84,7 @@ def test_llama2_70b_rouge_and_lsum_equal_the_reference(tmp_path, tokenizer_dir, 
     for acc_type, key in (("ROUGE1", "rouge1"), ("ROUGE2", "rouge2"), ("ROUGEL", "rougeL"),
                           ("TOKENS_PER_SAMPLE", "tokens_per_sample")):
         assert abs(checker_reads(txt, acc_type) - ref[key]) <= 0.01
-    print(f"PARITY llama2-70b reference={ {k: ref[k] for k in keys} } project={ {k: report.metrics[k] for k in keys} }")
+    show_parity("llama2-70b", ref, report.metrics, keys)
 
 
 def test_llama2_70b_dtype_flag_is_respected(tmp_path, tokenizer_dir, tokenizer):
@@ -90,8 +92,9 @@ def test_llama2_70b_dtype_flag_is_respected(tmp_path, tokenizer_dir, tokenizer):
     pd.DataFrame({"output": REFS}).to_pickle(ds)
     log = write_log(tmp_path / "log.json", [(i, encode(tokenizer, p)) for i, p in enumerate(PREDS)], "<i8")
     work = copy_script(LANGUAGE / "llama2-70b", tmp_path / "ref")
-    out = run_reference(work / "evaluate-accuracy.py", ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file",
-                        str(log), "--dataset-file", str(ds)], tokenizer_dir, work)  # its default: int64
+    args = ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file", str(log), "--dataset-file",
+            str(ds)]  # its default: int64
+    out = run_reference(work / "evaluate-accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     report = evaluate_files(load_benchmark("llama2-70b-99.9"), log, ds, tokenizer_dir, EvalOptions(dtype="int64"),
                             tmp_path / "ours")
@@ -103,8 +106,9 @@ def test_llama3_1_8b_rouge_and_gen_len_equal_the_reference(tmp_path, tokenizer_d
     pd.DataFrame({"input": ["q"] * len(REFS), "tok_input": [[1, 2]] * len(REFS), "output": REFS}).to_json(ds)
     log = rouge_log(tmp_path, tokenizer)
     work = copy_script(LANGUAGE / "llama3.1-8b", tmp_path / "ref")
-    out = run_reference(work / "evaluation.py", ["--mlperf-accuracy-file", str(log), "--dataset-file", str(ds),
-                        "--dtype", "int32", "--total-sample-count", str(len(REFS))], tokenizer_dir, work)
+    args = ["--mlperf-accuracy-file", str(log), "--dataset-file", str(ds), "--dtype", "int32",
+            "--total-sample-count", str(len(REFS))]
+    out = run_reference(work / "evaluation.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     report = evaluate_files(load_benchmark("llama3.1-8b"), log, ds, tokenizer_dir, EvalOptions(dtype="int32"),
                             tmp_path / "ours")
@@ -112,7 +116,7 @@ def test_llama3_1_8b_rouge_and_gen_len_equal_the_reference(tmp_path, tokenizer_d
     assert_close(ref, report.metrics, keys)
     txt = (tmp_path / "ours" / "accuracy.txt").read_text()
     assert checker_reads(txt, "GEN_LEN") == ref["gen_len"] and checker_reads(txt, "ROUGELSUM") == ref["rougeLsum"]
-    print(f"PARITY llama3.1-8b reference={ {k: ref[k] for k in keys} } project={ {k: report.metrics[k] for k in keys} }")
+    show_parity("llama3.1-8b", ref, report.metrics, keys)
 
 
 def test_llama3_1_405b_per_sample_metrics_equal_the_reference(tmp_path, tokenizer_dir, tokenizer):
@@ -130,11 +134,12 @@ def test_llama3_1_405b_per_sample_metrics_equal_the_reference(tmp_path, tokenize
     ds = tmp_path / "405b.pkl"
     pd.DataFrame({"metric": [r[0] for r in rows], "gt_output": [r[1] for r in rows],
                   "input": ["q"] * len(rows)}).to_pickle(ds)
-    log = write_log(tmp_path / "log.json", [(i, encode(tokenizer, r[2], eos=i % 2 == 0)) for i, r in enumerate(rows)][::-1]
-                    + [(0, encode(tokenizer, rows[0][2], eos=True))], "<i4")
+    logged = [(i, encode(tokenizer, r[2], eos=i % 2 == 0)) for i, r in enumerate(rows)][::-1]
+    log = write_log(tmp_path / "log.json", logged + [(0, encode(tokenizer, rows[0][2], eos=True))], "<i4")
     work = copy_script(LANGUAGE / "llama3.1-405b", tmp_path / "ref")
-    out = run_reference(work / "evaluate-accuracy.py", ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file",
-                        str(log), "--dataset-file", str(ds), "--dtype", "int32"], tokenizer_dir, work)
+    args = ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file", str(log), "--dataset-file",
+            str(ds), "--dtype", "int32"]
+    out = run_reference(work / "evaluate-accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     report = evaluate_files(load_benchmark("llama3.1-405b"), log, ds, tokenizer_dir, EvalOptions(dtype="int32"),
                             tmp_path / "ours")
@@ -142,7 +147,7 @@ def test_llama3_1_405b_per_sample_metrics_equal_the_reference(tmp_path, tokenize
     assert_close(ref, report.metrics, keys)
     txt = (tmp_path / "ours" / "accuracy.txt").read_text()
     assert abs(checker_reads(txt, "exact_match") - ref["exact_match"]) <= 0.01
-    print(f"PARITY llama3.1-405b reference={ {k: ref[k] for k in keys} } project={ {k: report.metrics[k] for k in keys} }")
+    show_parity("llama3.1-405b", ref, report.metrics, keys)
 
 
 def test_mixtral_rouge_gsm8k_mbxp_equal_the_reference(tmp_path, tokenizer_dir, tokenizer):
@@ -168,8 +173,9 @@ def test_mixtral_rouge_gsm8k_mbxp_equal_the_reference(tmp_path, tokenizer_dir, t
     entries = [(i, encode(tokenizer, r[3], eos=True)) for i, r in enumerate(rows)]
     log = write_log(tmp_path / "log.json", entries + [entries[2]], "<i4")  # a duplicate: gen_num counts it
     work = copy_script(LANGUAGE / "mixtral-8x7b", tmp_path / "ref")
-    out = run_reference(work / "evaluate-accuracy.py", ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file",
-                        str(log), "--dataset-file", str(ds), "--dtype", "int32", "--n_workers", "2"], tokenizer_dir, work)
+    args = ["--checkpoint-path", str(tokenizer_dir), "--mlperf-accuracy-file", str(log), "--dataset-file",
+            str(ds), "--dtype", "int32", "--n_workers", "2"]
+    out = run_reference(work / "evaluate-accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     report = evaluate_files(load_benchmark("mixtral-8x7b"), log, ds, tokenizer_dir,
                             EvalOptions(dtype="int32", workers=2), tmp_path / "ours")
@@ -177,14 +183,16 @@ def test_mixtral_rouge_gsm8k_mbxp_equal_the_reference(tmp_path, tokenizer_dir, t
     assert_close(ref, report.metrics, keys)
     assert 0 < ref["mbxp"] < 100 and 0 < ref["gsm8k"] < 100
     txt = (tmp_path / "ours" / "accuracy.txt").read_text()
-    for acc_type, key in (("gsm8k_accuracy", "gsm8k"), ("mbxp_accuracy", "mbxp"), ("TOKENS_PER_SAMPLE", "tokens_per_sample")):
+    gated = (("gsm8k_accuracy", "gsm8k"), ("mbxp_accuracy", "mbxp"), ("TOKENS_PER_SAMPLE", "tokens_per_sample"))
+    for acc_type, key in gated:
         assert abs(checker_reads(txt, acc_type) - ref[key]) <= 0.01
-    print(f"PARITY mixtral-8x7b reference={ {k: ref[k] for k in keys} } project={ {k: report.metrics[k] for k in keys} }")
+    show_parity("mixtral-8x7b", ref, report.metrics, keys)
 
 
 def reasoning_spec(evaluator: str):
     base = load_benchmark("llama3.1-405b")
-    acc = dataclasses.replace(base.accuracy, evaluator=evaluator, tokens_per_sample_min=None, tokens_per_sample_max=None,
+    acc = dataclasses.replace(base.accuracy, evaluator=evaluator, tokens_per_sample_min=None,
+                              tokens_per_sample_max=None,
                               metrics=(AccuracyTarget(name="exact_match", reference=80.0, ratio=0.99),))
     return dataclasses.replace(base, name=evaluator, accuracy=acc)
 
@@ -214,10 +222,10 @@ def test_deepseek_r1_exact_match_equals_the_reference(tmp_path, tokenizer_dir, t
     entries = [(i, encode(tokenizer, r[2], eos=i % 3 == 0)) for i, r in enumerate(DS_ROWS)]
     # A later duplicate with another answer (the first counts) and a qsl_idx outside the dataset (skipped).
     log = write_log(tmp_path / "mlperf_log_accuracy.json",
-                    entries[::-1] + [(1, encode(tokenizer, "ANSWER: C")), (len(DS_ROWS) + 3, encode(tokenizer, "x"))], "<i4")
+                    entries[::-1] + [(1, encode(tokenizer, "ANSWER: C")), (len(DS_ROWS) + 3, [5])], "<i4")
     work = copy_script(LANGUAGE / "deepseek-r1", tmp_path / "ref")
-    out = run_reference(work / "eval_accuracy.py", ["--input-file", str(log), "--dataset-file", str(ds)],
-                        tokenizer_dir, work)
+    args = ["--input-file", str(log), "--dataset-file", str(ds)]
+    out = run_reference(work / "eval_accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     options = EvalOptions(prm800k_path=str(LANGUAGE / "deepseek-r1" / "submodules" / "prm800k"), workers=2)
     report = evaluate_files(reasoning_spec("deepseek-r1"), log, ds, tokenizer_dir, options, tmp_path / "ours")
@@ -227,11 +235,12 @@ def test_deepseek_r1_exact_match_equals_the_reference(tmp_path, tokenizer_dir, t
     txt = (tmp_path / "ours" / "accuracy.txt").read_text()
     assert abs(checker_reads(txt, "exact_match") - ref["exact_match"]) <= 0.01
     assert abs(checker_reads(txt, "TOKENS_PER_SAMPLE") - ref["tokens_per_sample"]) <= 0.01
-    print(f"PARITY deepseek-r1 reference={ {k: ref[k] for k in keys} } project={ {k: report.metrics[k] for k in keys} }")
+    show_parity("deepseek-r1", ref, report.metrics, keys)
 
 
 GPT_ROWS = [
-    ("gpqa_diamond", "B", "<|channel|>analysis<|message|>maybe A<|end|><|start|>assistant<|channel|>final<|message|>**B**<|return|>"),
+    ("gpqa_diamond", "B",
+     "<|channel|>analysis<|message|>maybe A<|end|><|start|>assistant<|channel|>final<|message|>**B**<|return|>"),
     ("gpqa_diamond", "C", "<|channel|>final 明<|message|>The Answer: C<|return|>"),  # corrupted marker
     ("gpqa_diamond", "D", "no final channel. FINAL ANSWER: (A)"),
     ("mmlu_pro", "J", "<|channel|>final<|message|>I pick option J because<|return|>"),
@@ -252,8 +261,8 @@ def test_gpt_oss_120b_weighted_exact_match_equals_the_reference(tmp_path, tokeni
     # Every entry counts, duplicates too; a qsl_idx outside the dataset is skipped.
     log = write_log(tmp_path / "mlperf_log_accuracy.json", entries + [entries[4], (len(GPT_ROWS), [5])], "<i4")
     work = copy_script(LANGUAGE / "gpt-oss-120b", tmp_path / "ref")
-    out = run_reference(work / "eval_mlperf_accuracy.py", ["--mlperf-log", str(log), "--reference-data", str(ds),
-                        "--tokenizer", str(tokenizer_dir)], tokenizer_dir, work)
+    args = ["--mlperf-log", str(log), "--reference-data", str(ds), "--tokenizer", str(tokenizer_dir)]
+    out = run_reference(work / "eval_mlperf_accuracy.py", args, tokenizer_dir, work)
     ref = printed_metrics(out)
     options = EvalOptions(prm800k_path=str(LANGUAGE / "gpt-oss-120b" / "submodules" / "prm800k"))
     report = evaluate_files(reasoning_spec("gpt-oss-120b"), log, ds, tokenizer_dir, options, tmp_path / "ours")

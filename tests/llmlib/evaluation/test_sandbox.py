@@ -21,8 +21,8 @@ def py(code: str, limits: Limits = FAST, **kw):
 
 
 def test_a_good_program_passes_and_sees_its_stdin_and_files():
-    r = run_program(["python3", "main.py"], {"main.py": "import sys; print(sys.stdin.read().upper(), open('data.txt').read())",
-                                             "data.txt": "hello"}, stdin="abc", limits=FAST)
+    code = "import sys; print(sys.stdin.read().upper(), open('data.txt').read())"
+    r = run_program(["python3", "main.py"], {"main.py": code, "data.txt": "hello"}, stdin="abc", limits=FAST)
     assert r.ok and r.stdout.split() == ["ABC", "hello"] and r.stderr == ""
 
 
@@ -157,5 +157,6 @@ def test_parallel_evaluation_survives_bad_programs_and_runs_concurrently():
 
 @pytest.mark.parametrize("timeout", [0.5])
 def test_output_flood_is_capped(timeout):
-    r = py("import sys\nwhile True: sys.stdout.write('x' * 65536)", Limits(timeout_s=timeout, memory_mb=256, fsize_mb=1))
+    r = py("import sys\nwhile True: sys.stdout.write('x' * 65536)",
+           Limits(timeout_s=timeout, memory_mb=256, fsize_mb=1))
     assert not r.ok and len(r.stdout) <= 1 << 20
