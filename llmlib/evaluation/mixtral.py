@@ -42,18 +42,57 @@ def gsm8k_correct(pred_text: str, target: Any) -> bool:
     return got is not None and _try_float(str(target)) == got
 
 
-# MBXP: the languages the reference evaluates (others are skipped, as there), how mxeval builds the
-# program and how it is run. Python: prompt + completion + "\n" + test + "\n" + check(entry_point);
-# the others: prompt + completion + test, passing on exit status 0.
+# MBXP: the languages the reference evaluates (others are skipped, as there), how mxeval builds and
+# judges each. Python: exec(prompt + completion + "\n" + test + "\n" + check(entry_point)) in a
+# process under mxeval's reliability guard, passing when nothing is raised; the others: prompt +
+# completion + test written to a file, compiled where needed, passing on exit status 0 (mxeval takes
+# TypeScript as compiled when tsc exits 2, and so do we). Compiles get 100 s, as in mxeval.
 MBXP_LANGUAGES: dict[str, dict[str, Any]] = {
-    "python": {"file": "main.py", "run": ["python3", "main.py"]},
+    "python": {"file": "program.py", "run": ["python3", "main.py"]},
     "javascript": {"file": "main.js", "run": ["node", "main.js"]},
     "typescript": {"file": "main.ts", "compile": ["npx", "tsc", "main.ts", "--target", "es5", "--lib", "es2016"],
-                   "run": ["node", "main.js"], "compile_ok": (0, 2)},
+                   "run": ["node", "main.js"], "compile_ok": (2,)},
     "cpp": {"file": "main.cpp", "compile": ["g++", "main.cpp", "-o", "main_cpp"], "run": ["./main_cpp"]},
     "php": {"file": "main.php", "run": ["php", "main.php"]},
     "ruby": {"file": "main.rb", "run": ["ruby", "main.rb"]},
 }
+
+_PASSED = "__llmlib_mbxp_passed__"
+# mxeval's check_correctness for Python: the program exec'd with empty globals (so `__name__` is
+# "builtins" and a `__main__` block does not run), output swallowed, stdin unreadable, destructive
+# functions disabled, any exception (SystemExit included) a failure; passing means reaching the end.
+_PY_RUNNER = """import builtins, contextlib, faulthandler, io, os, shutil, subprocess, sys
+_src = open("program.py", encoding="utf-8").read()
+_out, _exit = sys.__stdout__, os._exit
+class _WriteOnly(io.StringIO):
+    def read(self, *a, **k): raise IOError
+    def readline(self, *a, **k): raise IOError
+    def readlines(self, *a, **k): raise IOError
+    def readable(self, *a, **k): return False
+faulthandler.disable()
+builtins.exit = builtins.quit = builtins.help = None
+os.environ["OMP_NUM_THREADS"] = "1"
+for _name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
+              "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
+              "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+    setattr(os, _name, None)
+shutil.rmtree = shutil.move = shutil.chown = None
+subprocess.Popen = None
+for _m in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+    sys.modules[_m] = None
+_stream = _WriteOnly()
+try:
+    with contextlib.redirect_stdout(_stream), contextlib.redirect_stderr(_stream):
+        sys.stdin = _stream
+        exec(_src, {})
+except BaseException as _e:
+    sys.__stderr__.write(f"failed: {_e}\\n")
+    sys.__stderr__.flush()
+    _exit(1)
+_out.write("%s\\n")
+_out.flush()
+_exit(0)
+""" % _PASSED
 
 
 def mbxp_solution(lang: str, response: str) -> str:
@@ -89,21 +128,17 @@ def run_mbxp(problem: dict[str, str], limits: Limits) -> tuple[bool, str]:
     if not tool.startswith("./") and shutil.which(tool) is None:
         return False, f"{tool} is not installed"
     program = mbxp_program(lang, mbxp_solution(lang, problem["response"]), problem["test_code"], problem["entry_point"])
-    if "compile" in how:
-        result = _compile_and_run(how, program, limits)
-    else:
-        result = run_program(how["run"], {how["file"]: program}, limits=limits)
+    files = {how["file"]: program}
+    if lang == "python":
+        files["main.py"] = _PY_RUNNER
+    result = run_program(how["run"], files, limits=limits, compile_argv=how.get("compile"),
+                         compile_ok=how.get("compile_ok", (0,)))
     if result.timed_out:
         return False, "timed out"
-    return result.ok, "" if result.ok else (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-
-
-def _compile_and_run(how: dict[str, Any], program: str, limits: Limits):
-    # One scratch folder for both steps: the compiler's output is what runs.
-    script = (f"{' '.join(how['compile'])} >/dev/null 2>&1; rc=$?; "
-              f"case \" {' '.join(map(str, how.get('compile_ok', (0,))))} \" in *\" $rc \"*) ;; *) exit 97;; esac; "
-              f"exec {' '.join(how['run'])}")
-    return run_program(["/bin/sh", "-c", script], {how["file"]: program}, limits=limits)
+    if not result.compiled:
+        return False, "did not compile"
+    passed = result.ok and (lang != "python" or _PASSED in result.stdout)
+    return passed, "" if passed else (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
 
 
 def evaluate_mixtral(entries: list[LogEntry], table, tokenizer, benchmark, options: EvalOptions) -> AccuracyReport:

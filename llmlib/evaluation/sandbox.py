@@ -11,6 +11,7 @@ folder is removed afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -60,10 +61,11 @@ class RunResult:
     network: str  # netns | socket-blocked | none
     scratch: str = field(default="", compare=False)  # the folder it ran in (gone by now)
     pid_namespace: bool = False  # ran under its own init: nothing it started can outlive it
+    compiled: bool = True  # False: the compile step failed and the program never ran
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.compiled
 
 
 def _socket_block_dir() -> str:
@@ -79,9 +81,11 @@ def _socket_block_dir() -> str:
 
 
 def run_program(argv: list[str], files: dict[str, str] | None = None, *, stdin: str = "",
-                limits: Limits = Limits(), compile_argv: list[str] | None = None) -> RunResult:
-    """Write `files` into a fresh scratch folder, optionally compile, run `argv` there under the
-    limits, and return how it ended. Never raises for anything the program does."""
+                limits: Limits = Limits(), compile_argv: list[str] | None = None,
+                compile_ok: tuple[int, ...] = (0,), compile_timeout_s: float = 100.0) -> RunResult:
+    """Write `files` into a fresh scratch folder, optionally compile (success: an exit status in
+    `compile_ok`), run `argv` there under the limits, and return how it ended. Never raises for
+    anything the program does."""
     scratch = tempfile.mkdtemp(prefix="llmlib-sandbox-")
     private = tempfile.mkdtemp(prefix="llmlib-sandbox-out-")  # 0700: the program cannot reach it
     try:
@@ -91,9 +95,9 @@ def run_program(argv: list[str], files: dict[str, str] | None = None, *, stdin: 
             for p in [scratch, *[str(Path(scratch) / n) for n in (files or {})]]:
                 os.chown(p, 65534, 65534)
         if compile_argv:
-            built = _run_limited(compile_argv, scratch, private, "", limits, wall=max(limits.timeout_s, 60.0))
-            if not built.ok:
-                return built
+            built = _run_limited(compile_argv, scratch, private, "", limits, wall=compile_timeout_s)
+            if built.timed_out or built.returncode not in compile_ok:
+                return dataclasses.replace(built, compiled=False)
         return _run_limited(argv, scratch, private, stdin, limits, wall=limits.timeout_s)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -276,6 +276,15 @@ def test_mbxp_hang_and_crash_fail_their_samples_only():
     js = {"lang": "javascript", "entry_point": "add", "test_code": "\nif (add(1,2) !== 3) process.exit(1);\n",
           "response": "function add(a, b) { return a + b; }"}
     assert run_mbxp(js, Limits(timeout_s=5.0, memory_mb=1024))[0] is True  # V8 reserves ~1 GB of address space
+    # mxeval's exec: output is swallowed, exit() is gone, a __main__ block does not run.
+    assert run_mbxp(dict(ok, response="def add(a, b):\n    print('noise')\n    return a + b\n"), limits) == (True, "")
+    assert run_mbxp(dict(ok, response="def add(a, b):\n    return a + b\nexit(0)\n"), limits)[0] is False
+    main_block = "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    raise SystemExit(1)\n"
+    assert run_mbxp(dict(ok, response=main_block), limits) == (True, "")
+    cpp_test = "\nint main() { return add(1, 2) == 3 ? 0 : 1; }\n"
+    cpp = {"lang": "cpp", "entry_point": "add", "test_code": cpp_test, "response": "int add(int a, int b) { return a + b; }"}
+    assert run_mbxp(cpp, limits) == (True, "")
+    assert run_mbxp(dict(cpp, response="int add(int a, int b) { return a + ; }"), limits) == (False, "did not compile")
 
 
 # ----------------------------------------------------------------------------- command line

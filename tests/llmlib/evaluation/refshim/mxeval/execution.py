@@ -1,4 +1,5 @@
-"""mxeval.execution stand-in: python, javascript and cpp programs, judged by exit status like mxeval."""
+"""mxeval.execution stand-in: python (exec'd as mxeval does), javascript and cpp programs (judged by
+exit status as mxeval does)."""
 
 import os
 import subprocess
@@ -21,9 +22,30 @@ def _run(cmds, files, timeout):
     return {"passed": True, "result": "passed"}
 
 
+# mxeval runs the Python check program with exec() and empty globals in a child process, with its
+# output swallowed, stdin unreadable and exit/quit removed; any exception fails it.
+_EXEC = """
+import builtins, io, sys
+class W(io.StringIO):
+    def read(self, *a): raise IOError
+    def readline(self, *a): raise IOError
+src = open("check.py").read()
+builtins.exit = None
+builtins.quit = None
+real = sys.stdout
+sys.stdout = sys.stderr = sys.stdin = W()
+try:
+    exec(src, {})
+except BaseException as e:
+    sys.__stderr__.write("failed: %s" % e)
+    raise SystemExit(1)
+real.write("passed")
+"""
+
+
 def check_correctness(problem, completion, timeout, completion_id=None):
     program = problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
-    return _run([[sys.executable, "main.py"]], {"main.py": program}, timeout)
+    return _run([[sys.executable, "runner.py"]], {"check.py": program, "runner.py": _EXEC}, timeout)
 
 
 def check_correctness_javascript(problem, completion, timeout, completion_id=None, verbose=False):
