@@ -282,7 +282,8 @@ def test_mbxp_hang_and_crash_fail_their_samples_only():
     main_block = "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    raise SystemExit(1)\n"
     assert run_mbxp(dict(ok, response=main_block), limits) == (True, "")
     cpp_test = "\nint main() { return add(1, 2) == 3 ? 0 : 1; }\n"
-    cpp = {"lang": "cpp", "entry_point": "add", "test_code": cpp_test, "response": "int add(int a, int b) { return a + b; }"}
+    cpp = {"lang": "cpp", "entry_point": "add", "test_code": cpp_test,
+           "response": "int add(int a, int b) { return a + b; }"}
     assert run_mbxp(cpp, limits) == (True, "")
     assert run_mbxp(dict(cpp, response="int add(int a, int b) { return a + ; }"), limits) == (False, "did not compile")
 

@@ -164,8 +164,10 @@ def test_mixtral_rouge_gsm8k_mbxp_equal_the_reference(tmp_path, tokenizer_dir, t
         ("MBXP", "python_add", py_test, "def add(a, b):\n    raise ValueError('crash')\n"),
         ("MBXP", "python_add", py_test, "def add(a, b):\n    return a \\_ b\n"),  # escaped underscore: a syntax error
         # mxeval execs with empty globals: a __main__ block does not run (here it would wait for input).
-        ("MBXP", "python_add", py_test, "def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n    input()\n"),
-        ("MBXP", "python_add", py_test, "import sys\ndef add(a, b):\n    return a + b\nsys.exit(0)\n"),  # SystemExit fails
+        ("MBXP", "python_add", py_test,
+         "def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n    input()\n"),
+        ("MBXP", "python_add", py_test,
+         "import sys\ndef add(a, b):\n    return a + b\nsys.exit(0)\n"),  # SystemExit fails the sample
         ("MBXP", "javascript_add", js_test, "function add(a, b) { return a + b; }\n```"),
         ("MBXP", "javascript_add", js_test, "function add(a, b) { return a - b; }"),
         ("MBXP", "kotlin_add", "fun main() {}", "fun add(a: Int, b: Int) = a + b"),  # not evaluated by the reference
