@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prm800k_path", default="", help="openai/prm800k checkout (MATH500 grading)")
     p.add_argument("--lcb_tests", default="", help="LiveCodeBench test cases (JSON/JSONL rows)")
     p.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
-    p.add_argument("--timeout_s", type=float, default=20.0, help="wall time per generated program")
+    p.add_argument("--timeout_s", type=float, default=20.0, help="wall time per MBXP program (the reference's 20 s)")
+    p.add_argument("--lcb_timeout_s", type=int, default=60,
+                   help="seconds per LiveCodeBench test case (as the references)")
     p.add_argument("--outdir", default="", help="where accuracy.txt / accuracy.json go (default: next to the log)")
     args = p.parse_args(argv)
     try:
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             EVALUATORS.get(args.evaluator)
             benchmark = replace(benchmark, accuracy=replace(benchmark.accuracy, evaluator=args.evaluator))
         options = EvalOptions(dtype=args.dtype, prm800k_path=args.prm800k_path, lcb_tests=args.lcb_tests,
-                              workers=args.workers, timeout_s=args.timeout_s)
+                              workers=args.workers, timeout_s=args.timeout_s, lcb_timeout_s=args.lcb_timeout_s)
         report = evaluate_files(benchmark, args.log, args.dataset, args.tokenizer or None, options, args.outdir or None)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)

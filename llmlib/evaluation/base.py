@@ -21,6 +21,7 @@ class EvalOptions:
     lcb_tests: str = ""  # LiveCodeBench test cases (JSON/JSONL of question_id -> tests)
     workers: int = 0  # code sandbox processes; 0: one per core
     timeout_s: float = 20.0  # wall time per program (MBXP's reference gives 20 s)
+    lcb_timeout_s: int = 60  # per LiveCodeBench test case (the references run LiveCodeBench with 60)
     memory_mb: int = 2048  # address-space limit per program
 
     def n_workers(self) -> int:

@@ -7,14 +7,13 @@ import base64
 import json
 import pickle
 import zlib
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from llmlib.errors import ConfigError
 from llmlib.evaluation.sandbox import Limits, run_program
 
-# What LiveCodeBench puts before a generated program (its testing_util import header, abridged).
+# What LiveCodeBench puts before a generated program (its testing_util's import header).
 IMPORT_HEADER = (
     "from string import *\nfrom re import *\nfrom datetime import *\nfrom collections import *\n"
     "from heapq import *\nfrom bisect import *\nfrom copy import *\nfrom math import *\nfrom random import *\n"
@@ -25,14 +24,170 @@ IMPORT_HEADER = (
     "import io\nimport sys\nimport json\nsys.setrecursionlimit(50000)\n"
 )
 
-_CALL_RUNNER = """
-import json as _json, sys as _sys
-_inputs = [_json.loads(_l) for _l in open("input.txt", encoding="utf-8").read().split("\\n")]
-_expected = _json.loads(open("expected.txt", encoding="utf-8").read())
-_got = getattr(Solution(), {fn!r})(*_inputs)
-if isinstance(_got, tuple):
-    _got = list(_got)
-_sys.exit(0 if _got == _expected else 3)
+# Runs in the sandbox, grading one program the way LiveCodeBench's run_test does: call-based problems
+# call Solution().<func_name>(*json lines) and compare JSON (tuples as lists); stdin problems unwrap a
+# trailing `if __name__ == '__main__':`, wrap the code in a function (imports hoisted), feed each
+# input through a patched stdin, swallow SystemExit, and compare stripped lines, else as decimals.
+# Each test has `timeout` seconds (SIGALRM); the first failure ends it. The verdict is the last line.
+_RUNNER = r"""
+import ast, builtins, faulthandler, json, os, shutil, signal, subprocess, sys
+from decimal import Decimal
+from io import StringIO
+from types import ModuleType
+from unittest.mock import mock_open, patch
+
+sys.set_int_max_str_digits(50000)
+spec = json.load(open("tests.json", encoding="utf-8"))
+out, exit_now = sys.__stdout__, os._exit
+HEADER = spec["header"]
+
+
+class Timeout(Exception):
+    pass
+
+
+def on_alarm(signum, frame):
+    raise Timeout()
+
+
+def verdict(results, error=""):
+    out.write("\n" + json.dumps({"results": results, "error": error}) + "\n")
+    out.flush()
+    exit_now(0)
+
+
+def guard():
+    faulthandler.disable()
+    builtins.quit = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
+                 "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
+                 "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+        setattr(os, name, None)
+    shutil.rmtree = shutil.move = shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for m in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[m] = None
+
+
+def unwrap_main(code):
+    try:
+        tree = ast.parse(code)
+        last = tree.body[-1]
+        if isinstance(last, ast.If) and ast.unparse(last.test).strip() == "__name__ == '__main__'":
+            code = ast.unparse(tree.body[:-1]) + "\n" + ast.unparse(last.body)
+    except Exception:
+        pass
+    return code
+
+
+def as_function(code):
+    try:
+        tree = ast.parse(code)
+        imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+        rest = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+        fn = ast.FunctionDef(name="wrapped_function", args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[],
+                             kw_defaults=[], defaults=[]), body=rest, decorator_list=[], lineno=-1)
+        return HEADER + "\n" + ast.unparse(imports) + "\n" + ast.unparse(fn)
+    except Exception:
+        return code
+
+
+def load(code, timeout):
+    signal.alarm(timeout)
+    try:
+        module = ModuleType("tmp_sol", "")
+        exec(code, module.__dict__)
+        return module.Solution() if "class Solution" in code else module
+    finally:
+        signal.alarm(0)
+
+
+def lines(text):
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def decimals(line):
+    try:
+        return [Decimal(x) for x in line.split()]
+    except Exception:
+        return None
+
+
+def same_output(got, want):
+    g, w = lines(got), lines(want)
+    if len(g) != len(w):
+        return False
+    for a, b in zip(g, w):
+        if a == b:
+            continue
+        da, db = decimals(a), decimals(b)
+        if da is None or db is None or da != db:
+            return False
+    return True
+
+
+def run_stdin(method, text):
+    it = iter(text.split("\n"))
+    captured = StringIO()
+    with patch("builtins.open", mock_open(read_data=text)), patch("sys.stdin", StringIO(text)), \
+            patch("sys.stdin.readline", lambda *a: next(it)), \
+            patch("sys.stdin.readlines", lambda *a: text.split("\n")), \
+            patch("sys.stdin.read", lambda *a: text), patch("sys.stdout", captured):
+        try:
+            method()
+        except SystemExit:
+            pass
+    return captured.getvalue()
+
+
+signal.signal(signal.SIGALRM, on_alarm)
+guard()
+timeout, results = spec["timeout"], []
+try:
+    if spec["fn_name"]:
+        solution = load(HEADER + "\n\n" + spec["code"], timeout)
+        method = getattr(solution, spec["fn_name"], None)
+        if method is None:
+            verdict([-4], "no method " + spec["fn_name"])
+        for inp, want in zip(spec["inputs"], spec["outputs"]):
+            args = [json.loads(line) for line in inp.split("\n")]
+            signal.alarm(timeout)
+            try:
+                got = method(*args)
+            except Timeout:
+                verdict(results + [-3], "time limit exceeded")
+            except Exception as e:
+                verdict(results + [-4], "runtime error: " + repr(e)[:200])
+            finally:
+                signal.alarm(0)
+            if isinstance(got, tuple):
+                got = list(got)
+            if got != json.loads(want):
+                verdict(results + [-2], "wrong answer")
+            results.append(True)
+    else:
+        module = load(as_function(unwrap_main(spec["code"])), timeout)
+        method = getattr(module, "wrapped_function", None)
+        if method is None:
+            verdict([-4], "no wrapped_function")
+        for inp, want in zip(spec["inputs"], spec["outputs"]):
+            signal.alarm(timeout)
+            try:
+                got = run_stdin(method, inp)
+            except Timeout:
+                verdict(results + [-3], "time limit exceeded")
+            except Exception as e:
+                verdict(results + [-4], "runtime error: " + repr(e)[:200])
+            finally:
+                signal.alarm(0)
+            if not same_output(got, want):
+                verdict(results + [-2], "wrong answer")
+            results.append(True)
+except BaseException as e:
+    verdict([-4], "error during testing: " + repr(e)[:200])
+verdict(results)
 """
 
 
@@ -85,53 +240,32 @@ def load_lcb_tests(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def outputs_match(got: str, expected: str) -> bool:
-    """Line by line after stripping; where a line differs, equal as numbers token by token."""
-    g = [l.strip() for l in got.strip().split("\n")]
-    e = [l.strip() for l in expected.strip().split("\n")]
-    if g == e:
-        return True
-    if len(g) != len(e):
-        return False
-    for gl, el in zip(g, e):
-        if gl == el:
-            continue
-        gt, et = gl.split(), el.split()
-        if len(gt) != len(et):
-            return False
-        try:
-            if any(Decimal(a) != Decimal(b) for a, b in zip(gt, et)):
-                return False
-        except InvalidOperation:
-            return False
-    return True
-
-
 def grade_livecodebench(code: str, problem: dict[str, Any] | None, options) -> tuple[bool, str]:
-    """Run every test case of the problem against the code: (all passed, why not)."""
+    """Run every test case of the problem against the code in one sandboxed process, as
+    LiveCodeBench does: (all passed, why not)."""
     if not code:
         return False, "no code"
     if problem is None:
         return False, "no test cases for this question_id"
-    if not problem["tests"]:
+    tests = problem["tests"]
+    if not tests:
         return False, "the problem has no test cases"
-    limits = Limits(timeout_s=options.timeout_s, memory_mb=options.memory_mb)
-    for n, test in enumerate(problem["tests"]):
-        if test.get("testtype") == "functional":
-            if not problem.get("func_name"):
-                return False, "functional test without metadata.func_name"
-            program = IMPORT_HEADER + code + "\n" + _CALL_RUNNER.format(fn=problem["func_name"])
-            result = run_program(["python3", "main.py"], {"main.py": program, "input.txt": test["input"],
-                                                           "expected.txt": test["output"]}, limits=limits)
-            if not result.ok:
-                return False, f"test {n}: " + ("timed out" if result.timed_out else "wrong answer or error")
-        else:
-            result = run_program(["python3", "main.py"], {"main.py": IMPORT_HEADER + code}, stdin=test["input"],
-                                 limits=limits)
-            if result.timed_out:
-                return False, f"test {n}: timed out"
-            if result.returncode != 0:
-                return False, f"test {n}: exit {result.returncode}"
-            if not outputs_match(result.stdout, test["output"]):
-                return False, f"test {n}: wrong answer"
-    return True, "all tests passed"
+    call = any(t.get("testtype") == "functional" for t in tests)
+    if call and not problem.get("func_name"):
+        return False, "functional tests without metadata.func_name"
+    timeout = int(options.lcb_timeout_s)
+    spec = {"code": code, "fn_name": problem["func_name"] if call else None, "header": IMPORT_HEADER,
+            "inputs": [t["input"] for t in tests], "outputs": [t["output"] for t in tests], "timeout": timeout}
+    # LiveCodeBench's own global deadline for a program: (timeout + 1) per test + 5 s.
+    limits = Limits(timeout_s=(timeout + 1) * len(tests) + 5, memory_mb=max(options.memory_mb, 4096))
+    result = run_program(["python3", "runner.py"], {"runner.py": _RUNNER, "tests.json": json.dumps(spec)},
+                         limits=limits)
+    if result.timed_out:
+        return False, "global timeout"
+    try:
+        verdict = json.loads(result.stdout.strip().splitlines()[-1])
+        results = verdict["results"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return False, f"no verdict (exit {result.returncode}): {result.stderr.strip()[-200:]}"
+    passed = len(results) == len(tests) and all(r is True for r in results)
+    return passed, "all tests passed" if passed else f"test {len(results) - 1}: {verdict['error']}"

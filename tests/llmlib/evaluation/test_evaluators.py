@@ -20,7 +20,7 @@ from llmlib.benchmarks import AccuracyTarget, load_benchmark
 from llmlib.errors import ConfigError, CoreUnavailableError
 from llmlib.evaluation import (EVALUATORS, AccuracyLogError, EvalOptions, evaluate_accuracy, read_accuracy_log,
                                write_results)
-from llmlib.evaluation.livecodebench import grade_livecodebench, load_lcb_tests, outputs_match
+from llmlib.evaluation.livecodebench import grade_livecodebench, load_lcb_tests
 from llmlib.evaluation.logs import LogEntry
 from llmlib.evaluation.mixtral import find_number, run_mbxp
 from llmlib.evaluation.punkt_data import ensure_punkt
@@ -218,22 +218,42 @@ def lcb_file(tmp_path, private_compressed=True):
 
 def test_livecodebench_runs_the_users_tests(tmp_path):
     tests = load_lcb_tests(lcb_file(tmp_path))
-    opts = EvalOptions(timeout_s=5)
+    opts = EvalOptions(lcb_timeout_s=5)
     double = "n = int(input())\nprint(n * 2)"
     assert grade_livecodebench(double, tests["q_stdin"], opts) == (True, "all tests passed")
     assert grade_livecodebench("print(4)", tests["q_stdin"], opts)[0] is False  # passes the public test only
     call = "class Solution:\n    def append(self, xs, x):\n        return xs + [x]\n"
     assert grade_livecodebench(call, tests["q_call"], opts)[0] is True
     wrong = "class Solution:\n    def append(self, xs, x):\n        return xs\n"
-    assert grade_livecodebench(wrong, tests["q_call"], opts)[0] is False
-    ok, why = grade_livecodebench("while True: pass", tests["q_stdin"], EvalOptions(timeout_s=1))
-    assert not ok and "timed out" in why
+    assert grade_livecodebench(wrong, tests["q_call"], opts) == (False, "test 0: wrong answer")
+    ok, why = grade_livecodebench("while True: pass", tests["q_stdin"], EvalOptions(lcb_timeout_s=1))
+    assert not ok and "time limit exceeded" in why
     assert grade_livecodebench(double, None, opts) == (False, "no test cases for this question_id")
 
 
-def test_livecodebench_output_comparison():
-    assert outputs_match("4\n", "4") and outputs_match("1.50 2", "1.5 2.0") and not outputs_match("4", "5")
-    assert not outputs_match("1\n2", "1")
+STDIN = {"func_name": None, "tests": [{"input": "3\n1 2\n", "output": "1.50 2\n3", "testtype": "stdin"}]}
+
+
+@pytest.mark.parametrize("code, passed", [
+    ("n = int(input())\na, b = map(int, input().split())\nprint(1.5, b)\nprint(n)", True),  # equal as decimals
+    ("print('1.50 2')", False),  # a line missing
+    ("import sys\ndef main():\n    n = int(sys.stdin.readline())\n    print('1.50 2')\n    print(n)\n"
+     "if __name__ == '__main__':\n    main()", True),  # the __main__ block is unwrapped and run
+    ("print('1.50 2')\nprint(3)\nimport sys\nsys.exit(1)", True),  # SystemExit is swallowed, as in LiveCodeBench
+    ("print('1.50 2')\nprint(3)\nraise ValueError('late')", False),  # a runtime error fails
+    ("print('1.50 2'\n", False),  # a syntax error fails
+    # LiveCodeBench's sys.stdin.readline returns lines without their newline: len("3") + 2 == 3.
+    ("line = __import__('sys').stdin.readline()\nprint('1.50 2')\nprint(len(line) + 2)", True),
+])
+def test_livecodebench_stdin_grading_follows_its_rules(code, passed):
+    assert grade_livecodebench(code, STDIN, EvalOptions(lcb_timeout_s=5))[0] is passed
+
+
+def test_livecodebench_call_based_takes_tuples_as_lists():
+    problem = {"func_name": "pair", "tests": [{"input": "1\n\"a\"", "output": "[1, \"a\"]", "testtype": "functional"}]}
+    # `List` comes from the import header LiveCodeBench puts before the code.
+    code = "class Solution:\n    def pair(self, x: int, s: str) -> List:\n        return (x, s)\n"
+    assert grade_livecodebench(code, problem, EvalOptions(lcb_timeout_s=5)) == (True, "all tests passed")
 
 
 def test_bad_lcb_files_are_named(tmp_path):
@@ -258,11 +278,11 @@ def test_deepseek_r1_scores_livecodebench_with_user_tests(tmp_path, tokenizer):
     outs = ["```python\nn = int(input())\nprint(n * 2)\n```", "```python\nwhile True: pass\n```", "ANSWER: B",
             "\\boxed{16}"]
     log = entries([(i, encode(tokenizer, t)) for i, t in enumerate(outs)])
-    opts = EvalOptions(lcb_tests=str(lcb_file(tmp_path)), timeout_s=1, workers=2)
+    opts = EvalOptions(lcb_tests=str(lcb_file(tmp_path)), lcb_timeout_s=1, workers=2)
     report = evaluate_accuracy(log, table, tokenizer, reasoning_spec("deepseek-r1"), opts)
     assert report.metrics["exact_match"] == 50.0 and report.passed
     assert report.per_dataset["livecodebench"] == {"correct": 1, "total": 2, "accuracy": 50.0}
-    no_tests = evaluate_accuracy(log, table, tokenizer, reasoning_spec("deepseek-r1"), EvalOptions(timeout_s=1))
+    no_tests = evaluate_accuracy(log, table, tokenizer, reasoning_spec("deepseek-r1"), EvalOptions(lcb_timeout_s=1))
     assert no_tests.metrics["exact_match"] == 25.0 and any("--lcb_tests" in n for n in no_tests.notes)
 
 
