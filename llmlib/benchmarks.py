@@ -60,7 +60,7 @@ _TOP_LEVEL_KEYS = frozenset(
     }
 )
 _SCENARIO_KEYS = frozenset({"loadgen_scenario", "loadgen_model", "ttft_ms", "tpot_ms", "streaming"})
-_ACCURACY_KEYS = frozenset({"evaluator", "ratio", "metrics", "tokens_per_sample"})
+_ACCURACY_KEYS = frozenset({"ratio", "metrics", "tokens_per_sample", "evaluator"})
 _METRIC_KEYS = frozenset({"name", "reference", "ratio", "max_ratio"})
 _TOKENS_KEYS = frozenset({"reference", "min_ratio", "max_ratio", "min", "max"})
 
@@ -100,9 +100,9 @@ class AccuracySpec:
     """Accuracy targets of a benchmark: metric floors and the bounds on mean output tokens per sample."""
 
     metrics: tuple[AccuracyTarget, ...] = ()
-    evaluator: str = "rouge"  # a name in llmlib.evaluation.EVALUATORS
     tokens_per_sample_min: float | None = None
     tokens_per_sample_max: float | None = None
+    evaluator: str | None = None  # the scorer (llmlib.evaluation) by name; None: the ROUGE-family default
 
     def metric(self, name: str) -> AccuracyTarget:
         for target in self.metrics:
@@ -432,11 +432,7 @@ def _check_accuracy(c: _Checker, raw: dict[str, Any]) -> AccuracySpec:
     if accuracy is None:
         return AccuracySpec()
     c.only(accuracy, _ACCURACY_KEYS, "accuracy.")
-    evaluator = c.string(accuracy, "evaluator", "accuracy.") if "evaluator" in accuracy else "rouge"
-    from llmlib.evaluation import EVALUATORS
-
-    if evaluator not in EVALUATORS:
-        raise c.fail("accuracy.evaluator", f"one of {', '.join(EVALUATORS.names())}", evaluator)
+    evaluator = c.string(accuracy, "evaluator", "accuracy.", required=False)
     default_ratio = c.number(accuracy, "ratio", "accuracy.", required=False)
     metrics_raw = accuracy.get("metrics", [])
     if not isinstance(metrics_raw, list):
@@ -462,8 +458,8 @@ def _check_accuracy(c: _Checker, raw: dict[str, Any]) -> AccuracySpec:
             )
         )
     low, high = _check_tokens_per_sample(c, accuracy)
-    return AccuracySpec(metrics=tuple(metrics), evaluator=evaluator, tokens_per_sample_min=low,
-                        tokens_per_sample_max=high)
+    return AccuracySpec(metrics=tuple(metrics), tokens_per_sample_min=low, tokens_per_sample_max=high,
+                        evaluator=evaluator)
 
 
 def _check_tokens_per_sample(c: _Checker, accuracy: dict[str, Any]) -> tuple[float | None, float | None]:

@@ -15,6 +15,7 @@ from llmlib.evaluation.logs import AccuracyLogError, LogEntry, read_accuracy_log
 from llmlib.registry import Registry
 
 __all__ = [
+    "DEFAULT_EVALUATOR",
     "EVALUATORS",
     "AccuracyLogError",
     "AccuracyReport",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 EVALUATORS = Registry("evaluator")
+DEFAULT_EVALUATOR = "rouge"  # a benchmark whose YAML names none (the ROUGE family, the project's own)
 EVALUATORS.register("rouge", "llmlib.evaluation.rouge:evaluate_rouge", extra="accuracy")
 EVALUATORS.register("mixtral-8x7b", "llmlib.evaluation.mixtral:evaluate_mixtral", extra="accuracy")
 EVALUATORS.register("llama3.1-405b", "llmlib.evaluation.llama405b:evaluate_llama405b", extra="accuracy")
@@ -40,7 +42,7 @@ EVALUATORS.register("gpt-oss-120b", "llmlib.evaluation.reasoning:evaluate_gpt_os
 def evaluate_accuracy(entries: list[LogEntry], table, tokenizer, benchmark,
                       options: EvalOptions | None = None, *, evaluator: str | None = None) -> AccuracyReport:
     """Score the log with the benchmark's evaluator and hold the result to its targets."""
-    name = evaluator or benchmark.accuracy.evaluator
+    name = evaluator or benchmark.accuracy.evaluator or DEFAULT_EVALUATOR
     func = EVALUATORS.get(name)
     if not entries:
         raise AccuracyLogError("the accuracy log holds no samples")

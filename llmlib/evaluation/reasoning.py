@@ -198,6 +198,20 @@ def prm800k_grader(path: str) -> Callable[..., bool]:
         return module.grade_answer
 
 
+def find_prm800k(explicit: str = "") -> str:
+    """Where prm800k's grader is: --prm800k_path, else PRM800K_PATH, else a checkout in build/prm800k,
+    or in an mlcommons/inference checkout (or the MLPerf reference files) beside this repository."""
+    if explicit or os.environ.get("PRM800K_PATH"):
+        return explicit or os.environ["PRM800K_PATH"]
+    root = Path(__file__).resolve().parents[2]
+    in_reference = Path("language") / "deepseek-r1" / "submodules" / "prm800k"
+    for candidate in (root / "build" / "prm800k", root.parent / "inference" / in_reference,
+                      root.parent / "shared" / "mlperf-reference" / in_reference):
+        if (candidate / "prm800k" / "grading" / "grader.py").is_file():
+            return str(candidate)
+    return ""
+
+
 class _Graders:
     def __init__(self, options: EvalOptions):
         self.options = options
@@ -208,7 +222,7 @@ class _Graders:
         parsed = str(parsed).strip()
         if not parsed:
             return False
-        grade = prm800k_grader(self.options.prm800k_path or os.environ.get("PRM800K_PATH", ""))
+        grade = prm800k_grader(find_prm800k(self.options.prm800k_path))
         return bool(grade(given_answer=parsed, ground_truth=str(ground_truth)))
 
 
@@ -300,13 +314,14 @@ def evaluate_deepseek_r1(entries: list[LogEntry], table, tokenizer, benchmark, o
             continue
         rows.append({"qsl_idx": e.qsl_idx, "dataset": datasets[e.qsl_idx],
                      "ground_truth": table[gt_col].iloc[e.qsl_idx], "text": decode(tokenizer, e.tokens),
-                     "tokens": len(e.tokens)})
+                     "tokens": len(e.tokens), "ids": e.tokens})
     if not rows:
         raise HarnessError("deepseek-r1: no valid predictions in the accuracy log")
     _score_rows(rows, "deepseek-r1", options, report)
     exact = sum(100.0 if r["correct"] else 0.0 for r in rows) / len(rows)
     tps = sum(r["tokens"] for r in rows) / len(rows)
-    report.metrics = {"exact_match": exact, "tokens_per_sample": tps, "num-samples": len(rows)}
+    report.metrics = {"exact_match": exact, "tokens_per_sample": tps, "num-samples": len(rows), "gen_num": len(rows),
+                      **_token_match(rows, table, benchmark)}
     report.per_dataset = _per_dataset(rows, lambda r: str(r["dataset"]))
     report.checker_line = repr({"exact_match": float(exact), "tokens_per_sample": float(tps), "num-samples": len(rows)})
     return report
@@ -335,7 +350,7 @@ def evaluate_gpt_oss(entries: list[LogEntry], table, tokenizer, benchmark, optio
             raise DatasetError("gpt-oss-120b: a sample has no dataset name")
         rows.append({"qsl_idx": e.qsl_idx, "dataset": str(dataset).lower(),
                      "ground_truth": table["ground_truth"].iloc[e.qsl_idx],
-                     "text": decode(tokenizer, ids, skip_special_tokens=False), "tokens": len(ids)})
+                     "text": decode(tokenizer, ids, skip_special_tokens=False), "tokens": len(ids), "ids": ids})
     if not rows:
         raise HarnessError("gpt-oss-120b: no valid predictions in the accuracy log")
     _score_rows(rows, "gpt-oss-120b", options, report)
@@ -349,13 +364,27 @@ def evaluate_gpt_oss(entries: list[LogEntry], table, tokenizer, benchmark, optio
     tps = sum(r["tokens"] for r in rows) / len(rows)
     report.metrics = {"exact_match": round(pct, 3), "final_score": final, "max_score": best,
                       "overall_accuracy": 100.0 * sum(c for c, _ in stats.values()) / len(rows),
-                      "tokens_per_sample": tps, "num-samples": len(rows)}
+                      "tokens_per_sample": tps, "num-samples": len(rows), "gen_num": len(rows),
+                      **_token_match(rows, table, benchmark)}
     report.per_dataset = _per_dataset(rows, lambda r: r["dataset"])
     for d, info in report.per_dataset.items():
         info["repeats"] = GPT_OSS_REPEATS.get(d, 1)
     # The reference prints only 'exact_match' (3 decimals); the checker also bounds tokens_per_sample.
     report.checker_line = f"{{'exact_match': {pct:.3f}, 'tokens_per_sample': {tps:.1f}, 'num-samples': {len(rows)}}}"
     return report
+
+
+def _token_match(rows: list[dict[str, Any]], table, benchmark) -> dict[str, float]:
+    """exact_token_match: outputs equal to the dataset's reference tokens (the project's stand-ins
+    carry them), not a reference metric; {} when the dataset has none."""
+    column = (benchmark.dataset or {}).get("reference_tokens_column") if benchmark is not None else None
+    if not column or column not in table.columns:
+        return {}
+    import numpy as np
+
+    same = sum(1 for r in rows if np.array_equal(np.asarray(r["ids"], dtype=np.int64),
+                                                 np.asarray(table[column].iloc[r["qsl_idx"]], dtype=np.int64)))
+    return {"exact_token_match": round(100.0 * same / len(rows), 4)}
 
 
 def _per_dataset(rows: list[dict[str, Any]], key: Callable[[dict], str]) -> dict[str, dict[str, Any]]:

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmlib.benchmarks import AccuracyTarget, load_benchmark
+from llmlib.benchmarks import AccuracyTarget, list_benchmarks, load_benchmark
 from llmlib.errors import ConfigError, CoreUnavailableError
-from llmlib.evaluation import (EVALUATORS, AccuracyLogError, EvalOptions, evaluate_accuracy, read_accuracy_log,
-                               write_results)
+from llmlib.evaluation import (DEFAULT_EVALUATOR, EVALUATORS, AccuracyLogError, EvalOptions, evaluate_accuracy,
+                               read_accuracy_log, write_results)
 from llmlib.evaluation.livecodebench import grade_livecodebench, load_lcb_tests
 from llmlib.evaluation.logs import LogEntry
 from llmlib.evaluation.mixtral import find_number, run_mbxp
@@ -150,14 +150,19 @@ def test_unknown_evaluator_names_the_choices():
     assert {"rouge", "mixtral-8x7b", "llama3.1-405b", "deepseek-r1", "gpt-oss-120b"} <= set(EVALUATORS.names())
 
 
-def test_benchmarks_name_their_evaluator(tmp_path):
-    assert load_benchmark("llama2-70b-99.9").accuracy.evaluator == "rouge"
+def test_benchmarks_name_their_evaluator():
+    assert load_benchmark("llama2-70b-99.9").accuracy.evaluator is None  # the default: rouge
     assert load_benchmark("mixtral-8x7b").accuracy.evaluator == "mixtral-8x7b"
     assert load_benchmark("llama3.1-405b").accuracy.evaluator == "llama3.1-405b"
-    (tmp_path / "b.yaml").write_text((REPO / "configs" / "benchmarks" / "tiny.yaml").read_text()
-                                     .replace("accuracy:\n", "accuracy:\n  evaluator: rogue\n", 1))
-    with pytest.raises(ConfigError, match="accuracy.evaluator.*rouge"):
-        load_benchmark("b", configs_dir=tmp_path)
+    for name in list_benchmarks():  # every shipped benchmark names an evaluator that exists
+        assert (load_benchmark(name).accuracy.evaluator or DEFAULT_EVALUATOR) in EVALUATORS, name
+
+
+def test_an_unknown_evaluator_in_a_benchmark_is_named_with_the_choices():
+    bench = load_benchmark("tiny")
+    typo = dataclasses.replace(bench, accuracy=dataclasses.replace(bench.accuracy, evaluator="rogue"))
+    with pytest.raises(CoreUnavailableError, match="Unknown evaluator 'rogue'. Did you mean: rouge"):
+        evaluate_accuracy(entries([(0, [1])]), pd.DataFrame({"output": ["w1"]}), WordTokenizer(), typo)
 
 
 # ---------------------------------------------------------------------------- reasoning parsers
@@ -192,6 +197,16 @@ def test_math500_needs_the_prm800k_checkout():
         prm800k_grader("/nonexistent")
     grade = prm800k_grader(str(LANGUAGE / "deepseek-r1" / "submodules" / "prm800k"))
     assert grade("0.5", "\\frac{1}{2}") and not grade("0.6", "\\frac{1}{2}")
+
+
+def test_the_grader_is_found_from_the_flag_the_environment_or_a_checkout(monkeypatch):
+    from llmlib.evaluation.reasoning import find_prm800k
+
+    monkeypatch.setenv("PRM800K_PATH", "/from/env")
+    assert find_prm800k("/from/flag") == "/from/flag" and find_prm800k() == "/from/env"
+    monkeypatch.delenv("PRM800K_PATH")
+    found = find_prm800k()  # beside this repository: the MLPerf reference files' submodule
+    assert found == "" or prm800k_grader(found)("1/2", "\\frac{1}{2}")
 
 
 def test_gsm8k_number_rules():
