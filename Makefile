@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_ARGS ?=
 TEST_ARGS ?=
+EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config evaluate test test_quick bench_spine clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +26,9 @@ run_harness: install  ## run LoadGen: make run_harness RUN_ARGS="--benchmarks=..
 
 print_config: install  ## print the resolved configuration with the source of every value
 	$(PY) -m llmlib --print_config $(RUN_ARGS)
+
+evaluate: install  ## score a log another harness wrote: make evaluate EVAL_ARGS="--benchmark B --log L --dataset D --tokenizer T"
+	$(PY) -m llmlib.evaluation $(EVAL_ARGS)
 
 test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python)
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh

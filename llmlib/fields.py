@@ -254,6 +254,12 @@ declare(name="user_conf", kind="str", default="", group="run",
 declare(name="tokenizer_path", kind="str", default="", group="run",
         help="Tokenizer folder for decoding outputs (default: --hf_model_path, or a tokenizer found "
              "next to the dataset file); `char` is the math dataset's character tokenizer.")
+declare(name="prm800k_path", kind="str", default="", env="PRM800K_PATH", group="run",
+        help="openai/prm800k checkout whose grading/ grades MATH500 answers (deepseek-r1, gpt-oss-120b), "
+             "e.g. <mlcommons/inference>/language/deepseek-r1/submodules/prm800k.")
+declare(name="lcb_tests", kind="str", default="", env="LCB_TESTS", group="run",
+        help="LiveCodeBench test cases (JSON/JSONL rows: question_id, public/private_test_cases, metadata) "
+             "that generated code is run against in the sandbox.")
 declare(name="scaffolding", kind="str", default="", group="run",
         help="Run each sample through a test-time-compute method: native, majority_vote:samples=8, "
              "token_budget:budget=512,batch=2. Empty: off.")
