@@ -92,7 +92,9 @@ def generate_disagg_config(argv: list[str]) -> int:
     from llmlib.ops.launch import _model
 
     config, benchmark, scenario = _one_server_config(argv)
-    disagg.write_config(config, _model(config, benchmark, scenario, repo_root()), dry_run=config.dry_run, out=_say)
+    first = disagg.mpi_rank().rank == 0  # the other ranks of an mpirun only check the world size
+    model = _model(config, benchmark, scenario, repo_root()) if first or config.dry_run else ""
+    disagg.write_config(config, model, dry_run=config.dry_run, out=_say)
     return 0
 
 
