@@ -85,7 +85,9 @@ def engine_dir(config, benchmark, scenario: str, root: Path) -> Path:
 
 
 def model_dir(config, benchmark, root: Path) -> Path:
-    return _abs(root, config.trtllm_model_path) if config.trtllm_model_path else root / "build" / "models" / benchmark.name / "hf"
+    if config.trtllm_model_path:
+        return _abs(root, config.trtllm_model_path)
+    return root / "build" / "models" / benchmark.name / "hf"
 
 
 def plan(config, benchmark, scenario: str, *, root: Path, env: Mapping[str, str] | None = None) -> list[Step]:

@@ -520,3 +520,30 @@ def serve(specs: list[ServerSpec], *, timeout_s: float, out: Callable[[str], Non
             launcher.stop()
         out(f"{signal.Signals(stop.signum or signal.SIGINT).name}: stopped {len(specs)} server(s)")
         return stop.exit_code
+
+
+class launched_servers:
+    """`with launched_servers(config, benchmark, scenario) as served:` starts the servers of --server_kind
+    (run_harness --launch_servers), waits for them, yields the config pointing at them, and stops them."""
+
+    def __init__(self, config, benchmark, scenario: str, *, out: Callable[[str], None] | None = None):
+        from llmlib.factory import repo_root
+
+        self.config = config
+        self.specs = plan_servers(config, benchmark, scenario, root=repo_root())
+        self.launcher = Launcher(self.specs, out=out or (lambda text: print(text, file=sys.stderr, flush=True)))
+
+    def __enter__(self):
+        check_ports_free(self.specs)
+        self.launcher.start()
+        try:
+            self.launcher.wait_ready(self.config.server_ready_timeout_s)
+        except BaseException:
+            self.launcher.stop()
+            raise
+        urls = ",".join(s.url for s in self.specs)
+        field = "triton_server_urls" if self.config.server_kind == "triton" else "trtllm_server_urls"
+        return self.config.with_values(source="--launch_servers", **{field: urls})
+
+    def __exit__(self, *exc) -> None:
+        self.launcher.stop()

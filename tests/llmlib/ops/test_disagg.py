@@ -11,8 +11,8 @@ import yaml
 from llmlib.config import resolve
 from llmlib.cores.trtllm_disagg_core import read_disagg_config
 from llmlib.errors import ConfigError
-from llmlib.ops.disagg import (MpiRank, build_config, instance_size, mpi_rank, router_spec, run_leader, slots, worker_spec,
-                               write_config)
+from llmlib.ops.disagg import (MpiRank, build_config, instance_size, mpi_rank, router_spec, run_leader, slots,
+                               worker_spec, write_config)
 
 REPO = Path(__file__).resolve().parents[3]
 

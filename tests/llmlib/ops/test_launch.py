@@ -57,12 +57,13 @@ def test_vllm_and_sglang_turn_prefix_caching_off(tiny_benchmark, tmp_path):
     assert v[v.index("--max-num-seqs") + 1] == "256" and v[v.index("--tensor-parallel-size") + 1] == "1"
     g = specs(tiny_benchmark, tmp_path, gpus=2, server_kind="sglang", trtllm_model_path="/m",
               tensor_parallelism=2)[0].argv
-    assert "--disable-radix-cache" in g and g[g.index("--tp-size") + 1] == "2" and g[g.index("--model-path") + 1] == "/m"
+    assert "--disable-radix-cache" in g and g[g.index("--tp-size") + 1] == "2"
+    assert g[g.index("--model-path") + 1] == "/m"
 
 
 def test_triton_gets_a_model_repository_for_the_trtllm_backend(tiny_benchmark, tmp_path):
-    s = specs(tiny_benchmark, tmp_path, gpus=2, server_kind="triton", triton_server_urls="127.0.0.1:8001,127.0.0.1:8002",
-              engine_dir="/engines/e", triton_num_models_per_server=2)
+    s = specs(tiny_benchmark, tmp_path, gpus=2, server_kind="triton", engine_dir="/engines/e",
+              triton_server_urls="127.0.0.1:8001,127.0.0.1:8002", triton_num_models_per_server=2)
     assert [x.ports for x in s] == [(8001, 8101, 8201), (8002, 8102, 8202)]
     assert s[0].argv[0] == "tritonserver" and "--grpc-port=8001" in s[0].argv and s[0].health_port == 8101
     pbtxt = {p.parent.name: t for p, t in s[0].files.items() if p.name == "config.pbtxt"}
@@ -223,3 +224,23 @@ def test_cli_one_failing_server_exits_1_with_a_clear_message(tmp_path):
     assert proc.returncode == 1, out
     assert "error: server 1" in out and "exited with code 3 before it was ready" in out and "| boom" in out
     assert not any(_alive(p) for p in _server_pids(out.splitlines()))
+
+
+@pytest.mark.loadgen
+@pytest.mark.timeout(180)
+def test_run_harness_launch_servers_starts_and_stops_them_around_a_valid_run(tmp_path):
+    """`--launch_servers`: the harness starts two mock servers, runs Offline against them, stops them."""
+    urls = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmlib", "--benchmarks=tiny", "--scenarios=Offline", "--core_type=trtllm_endpoint",
+         "--launch_servers", "--server_kind=custom", f"--server_command={MOCK} --first_token_delay_ms 1200",
+         f"--trtllm_server_urls={urls}", f"--server_log_dir={tmp_path / 'logs'}", f"--results_dir={tmp_path}",
+         "--show_progress=false", "--min_duration_ms=1000", "--min_query_count=16", "--offline_expected_qps=1",
+         "--warmup_queries=1"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    s = __import__("json").loads((tmp_path / "local" / "tiny" / "Offline" / "performance" / "summary.json").read_text())
+    assert s["validity"] == "VALID" and s["failed"] == 0 and s["issued"] == s["completed"] >= 16
+    assert len(s["core_stats"]) == 2
+    pids = [int(ln.split("pid ")[1].split()[0]) for ln in proc.stderr.splitlines() if ": pid " in ln]
+    assert len(pids) == 2 and not any(_alive(p) for p in pids)
