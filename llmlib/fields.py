@@ -394,20 +394,20 @@ declare(name="dry_run", kind="bool", default=False, group="ops",
              "files, touch nothing.")
 declare(name="precision", kind="str", default="fp8", group="ops",
         choices=("fp8", "fp4", "nvfp4", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "fp16", "bf16"),
-        help="Quantization format of the checkpoint (quantize.py --qformat; fp4 = nvfp4, fp16/bf16 = full_prec).")
+        help="Quantization format of the checkpoint (quantize.py's qformat; fp4 = nvfp4, fp16/bf16 = full_prec).")
 declare(name="checkpoint_dtype", kind="str", default="float16", group="ops",
         choices=("auto", "float16", "bfloat16", "float32"),
-        help="dtype of the parts quantization leaves unquantized (quantize.py --dtype).")
+        help="dtype of the parts quantization leaves unquantized (quantize.py's dtype).")
 declare(name="quantized_checkpoint_dir", kind="str", default="", group="ops",
         help="Where quantization writes the checkpoint (default build/models/<benchmark>/<precision>-tp<T>pp<P>).")
 declare(name="calib_dataset_path", kind="str", default="", group="ops",
-        help="Calibration data folder for quantization (quantize.py --calib_dataset; empty: its default).")
+        help="Calibration data folder for quantization (quantize.py's calib_dataset; empty: its default).")
 declare(name="calib_batch_size", kind="int", default=1024, minimum=1, group="ops",
-        help="Calibration batch size; quantize.py gets --calib_size = batch size x batches.")
+        help="Calibration batch size; quantize.py's calib_size = batch size x batches.")
 declare(name="calib_max_batches", kind="int", default=1, minimum=1, group="ops",
-        help="Calibration batches; quantize.py gets --calib_size = batch size x batches.")
+        help="Calibration batches; quantize.py's calib_size = batch size x batches.")
 declare(name="gpu_batch_size", kind="int", default=256, minimum=1, group="ops",
-        help="Engine max batch size (trtllm-build --max_batch_size; not allowed in --trtllm_build_flags).")
+        help="Engine max batch size (trtllm-build's max_batch_size; not allowed in --trtllm_build_flags).")
 declare(name="build_steps", kind="list", default=["quantize", "build"], choices=("quantize", "build"),
         group="ops", help="Steps generate_engines runs, in order.")
 declare(name="force_calibration", kind="bool", default=False, group="ops",

@@ -62,7 +62,7 @@ def _one_server_config(argv: list[str]):
 def run_llm_server(argv: list[str]) -> int:
     from llmlib.factory import repo_root
     from llmlib.ops import disagg
-    from llmlib.ops.launch import check_ports_free, plan_servers, serve, visible_gpus
+    from llmlib.ops.launch import check_model, check_ports_free, plan_servers, serve, visible_gpus
 
     root = repo_root()
     config, benchmark, scenario = _one_server_config(argv)
@@ -74,7 +74,9 @@ def run_llm_server(argv: list[str]) -> int:
         if launch_type == "leader":
             return disagg.run_leader(config, root=root, out=_say)
         return disagg.run_worker(config, benchmark, scenario, root=root, gpus=visible_gpus(), out=_say)
-    specs = plan_servers(config, benchmark, scenario, root=root)
+    # a dry run may plan for the GPUs of another machine: --num_gpus
+    gpus = config.num_gpus if config.dry_run and config.num_gpus else None
+    specs = plan_servers(config, benchmark, scenario, root=root, gpus=gpus)
     if config.dry_run:
         for spec in specs:
             _say(f"# {spec.name} -> {spec.url} (ready: GET {spec.health_path} on port {spec.health_port})")
@@ -82,6 +84,7 @@ def run_llm_server(argv: list[str]) -> int:
                 _say(f"# file {path}:\n" + "".join(f"#   {ln}\n" for ln in text.splitlines()))
             _say(spec.shell())
         return 0
+    check_model(config, benchmark, scenario, root=root)
     check_ports_free(specs)
     return serve(specs, timeout_s=config.server_ready_timeout_s, out=_say)
 

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from llmlib.errors import ConfigError, OpsError
-from llmlib.ops.launch import (LOCAL_HOSTS, Launcher, ServerSpec, StopSignals, check_ports_free, probe,
-                               server_spec, tail)
+from llmlib.ops.launch import (LOCAL_HOSTS, Launcher, ServerSpec, StopSignals, check_model, check_ports_free,
+                               probe, server_spec, tail)
 
 ROLES = ("context_servers", "generation_servers")
 LAUNCH_TYPE_ENV = "MLPERF_DISAGG_LAUNCH_TYPE"
@@ -237,6 +237,7 @@ def run_worker(config, benchmark, scenario: str, *, root: Path, gpus: int, env: 
         if spec is None:
             out(f"{tag}: part of {slot.role} {slot.index} ({slot.url}), started by rank {slot.first_rank}")
             return _hold(None, stop, out)
+        check_model(config, benchmark, scenario, root=root)
         check_ports_free([spec])
         launcher = Launcher([spec], out=lambda t: out(f"{tag}: {t}"))
         try:

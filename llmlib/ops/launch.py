@@ -400,6 +400,7 @@ class Launcher:
         """Until every server answers its readiness path; OpsError naming the first that exited or did
         not come up in time, with the tail of its log."""
         deadline = time.monotonic() + timeout_s
+        stop = threading.Event() if stop is None else stop
         waiting = set(range(len(self.specs)))
         delay = 0.1
         while waiting:
@@ -419,10 +420,8 @@ class Launcher:
                 raise OpsError(f"not ready within {timeout_s:g}s (--server_ready_timeout_s): {names}; "
                                f"GET {spec.health_path} on port {spec.health_port} never answered 200; last lines "
                                f"of {spec.log_path}:\n{tail(spec.log_path)}")
-            if stop is not None and stop.wait(delay):
+            if stop.wait(delay):  # a stop (Ctrl-C) ends the wait at once
                 raise OpsError("stopped while waiting for the servers")
-            if stop is None:
-                time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
     def exited(self) -> tuple[ServerSpec, int] | None:
@@ -529,11 +528,14 @@ class launched_servers:
     def __init__(self, config, benchmark, scenario: str, *, out: Callable[[str], None] | None = None):
         from llmlib.factory import repo_root
 
-        self.config = config
+        self.config, self.benchmark, self.scenario = config, benchmark, scenario
         self.specs = plan_servers(config, benchmark, scenario, root=repo_root())
         self.launcher = Launcher(self.specs, out=out or (lambda text: print(text, file=sys.stderr, flush=True)))
 
     def __enter__(self):
+        from llmlib.factory import repo_root
+
+        check_model(self.config, self.benchmark, self.scenario, root=repo_root())
         check_ports_free(self.specs)
         self.launcher.start()
         try:
@@ -547,3 +549,20 @@ class launched_servers:
 
     def __exit__(self, *exc) -> None:
         self.launcher.stop()
+
+
+def check_model(config, benchmark, scenario: str, *, root: Path) -> None:
+    """The checkpoint / engine a server loads must be there (one-line ConfigError). A model named like a
+    hub repository (org/name, not a path) is left to the server."""
+    model = _model(config, benchmark, scenario, root) if config.server_kind != "custom" else ""
+    if not model:
+        return
+    path = Path(model)
+    if config.server_kind == "triton" or (config.server_kind == "trtllm-serve" and config.trtllm_backend == "trt"):
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"engine folder {path} (--engine_dir) holds no config.json: build it with "
+                              "`make generate_engines`")
+        return
+    looks_like_path = path.is_absolute() or model.startswith((".", "build/")) or model.count("/") != 1
+    if looks_like_path and not path.exists():
+        raise ConfigError(f"checkpoint {model} (--trtllm_model_path) does not exist")

@@ -244,3 +244,16 @@ def test_run_harness_launch_servers_starts_and_stops_them_around_a_valid_run(tmp
     assert len(s["core_stats"]) == 2
     pids = [int(ln.split("pid ")[1].split()[0]) for ln in proc.stderr.splitlines() if ": pid " in ln]
     assert len(pids) == 2 and not any(_alive(p) for p in pids)
+
+
+def test_missing_checkpoint_or_engine_folders_are_named(tiny_benchmark, tmp_path):
+    from llmlib.ops.launch import check_model
+
+    with pytest.raises(ConfigError, match=r"^checkpoint /no/such/model \(--trtllm_model_path\) does not exist$"):
+        check_model(cfg(trtllm_model_path="/no/such/model"), tiny_benchmark, "Offline", root=REPO)
+    check_model(cfg(trtllm_model_path="meta-llama/Llama-3.1-8B-Instruct"), tiny_benchmark, "Offline", root=REPO)
+    with pytest.raises(ConfigError, match=r"engine folder .*/e \(--engine_dir\) holds no config.json: build it with"):
+        check_model(cfg(server_kind="triton", engine_dir=str(tmp_path / "e")), tiny_benchmark, "Offline", root=REPO)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "config.json").write_text("{}")
+    check_model(cfg(server_kind="triton", engine_dir=str(tmp_path / "e")), tiny_benchmark, "Offline", root=REPO)
