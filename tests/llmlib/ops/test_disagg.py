@@ -102,3 +102,33 @@ def test_missing_yaml_path_is_named(tmp_path):
     c = resolve(cli={}, env={}, layers=())
     with pytest.raises(ConfigError, match=r"--trtllm_disagg_config_path \(env DISAGG_CONFIG_PATH\) is empty"):
         build_config(c, "/m") and write_config(c, "/m", env={})
+
+
+def test_cli_launch_type_is_checked_and_worker_dry_run_prints_its_server(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    yaml_path = tmp_path / "d.yaml"
+    base = [sys.executable, "-m", "llmlib.ops"]
+    args = ["--benchmarks=tiny", "--scenarios=Offline", "--core_type=trtllm_disagg",
+            f"--trtllm_disagg_config_path={yaml_path}", "--server_kind=llama-cpp", "--trtllm_model_path=/m.gguf",
+            "--disagg_num_gen_servers=2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for var in ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(var, None)
+    gen = subprocess.run([*base, "generate_disagg_config", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert gen.returncode == 0 and yaml_path.is_file(), gen.stderr
+    bad = subprocess.run([*base, "run_llm_server", *args], cwd=REPO, env=dict(env, MLPERF_DISAGG_LAUNCH_TYPE="boss"),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "MLPERF_DISAGG_LAUNCH_TYPE='boss': expected worker" in bad.stderr
+    dry = subprocess.run([*base, "run_llm_server", *args, "--dry_run"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(env, MLPERF_DISAGG_LAUNCH_TYPE="worker", OMPI_COMM_WORLD_RANK="2",
+                                  OMPI_COMM_WORLD_SIZE="3"), timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "# rank 2/3: generation_servers 1 (localhost:8003)" in dry.stdout and "--port 8003" in dry.stdout
+    alone = subprocess.run([*base, "run_llm_server", *args, "--dry_run"], cwd=REPO, capture_output=True, text=True,
+                           env=dict(env, MLPERF_DISAGG_LAUNCH_TYPE="worker"), timeout=60)
+    assert alone.returncode == 2 and "MPI world size 1 (no MPI launcher) != the instance size 3" in alone.stderr
