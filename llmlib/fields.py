@@ -435,7 +435,8 @@ declare(name="server_base_port", kind="int", default=8000, minimum=1, maximum=65
         help="Port of rank 0 when --trtllm_server_urls is empty (rank i: base + i).")
 declare(name="server_health_path", kind="str", default="", group="ops",
         help="Readiness path polled on each server (default per kind: /health, /v2/health/ready for Triton, "
-             "/v1/models for llama-cpp).")
+             "/v1/models for llama-cpp); `grpc` / `grpc:<model>`: Triton's gRPC ServerReady / ModelReady on the "
+             "server's own port.")
 declare(name="server_ready_timeout_s", kind="float", default=900.0, positive=True, group="ops",
         help="Deadline for every launched server to answer its readiness path.")
 declare(name="server_log_dir", kind="str", default="build/logs/servers", group="ops",

@@ -101,8 +101,9 @@ def server_addresses(config) -> list[tuple[str, int]]:
     --server_host:--server_base_port. Each must be this machine."""
     from llmlib.http1 import parse_endpoint_url
 
-    urls = config.triton_server_urls if config.server_kind == "triton" else config.trtllm_server_urls
-    name = "--triton_server_urls" if config.server_kind == "triton" else "--trtllm_server_urls"
+    triton = config.server_kind == "triton" or config.core_type == "triton_grpc"
+    urls = config.triton_server_urls if triton else config.trtllm_server_urls
+    name = "--triton_server_urls" if triton else "--trtllm_server_urls"
     out = []
     for item in urls:
         try:
@@ -352,9 +353,27 @@ def _die_with_parent() -> None:
 
 
 def probe(host: str, port: int, path: str, timeout_s: float = 2.0) -> bool:
-    """True when GET http://host:port<path> answers 200."""
+    """True when GET http://host:port<path> answers 200; with the path `grpc`, when the gRPC server on
+    that port says it is ready (Triton's ServerReady, through tritonclient); `grpc:<model>`, when that
+    model is ready (ModelReady)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     netloc = f"[{host}]" if ":" in host else host
+    if path == "grpc" or path.startswith("grpc:"):
+        model = path.partition(":")[2]
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError as err:
+            raise ConfigError("--server_health_path=grpc needs tritonclient[grpc] (the `triton` extra)") from err
+        try:
+            client = grpcclient.InferenceServerClient(f"{netloc}:{port}")
+            try:
+                if model:
+                    return bool(client.is_model_ready(model, client_timeout=timeout_s))
+                return bool(client.is_server_ready(client_timeout=timeout_s))
+            finally:
+                client.close()
+        except Exception:  # not listening yet, or not ready: tritonclient raises its own kinds
+            return False
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(f"http://{netloc}:{port}{path}", timeout=timeout_s) as resp:
@@ -544,7 +563,8 @@ class launched_servers:
             self.launcher.stop()
             raise
         urls = ",".join(s.url for s in self.specs)
-        field = "triton_server_urls" if self.config.server_kind == "triton" else "trtllm_server_urls"
+        triton = self.config.server_kind == "triton" or self.config.core_type == "triton_grpc"
+        field = "triton_server_urls" if triton else "trtllm_server_urls"
         return self.config.with_values(source="--launch_servers", **{field: urls})
 
     def __exit__(self, *exc) -> None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -202,3 +203,37 @@ def test_disaggregated_flow_under_mpirun_to_a_valid_run(gguf, mpirun, disagg_rou
     while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_mentioning(str(tmp_path)) == [], (rc_leader, rc_workers)
+
+
+def test_launch_servers_with_a_real_tritonserver_to_a_valid_run(tmp_path):
+    """run_harness --launch_servers starting the tests' tritonserver (PyTriton's, emulating the TensorRT-LLM
+    backend) as a custom command, ready by gRPC ModelReady, driven by the triton_grpc core, then stopped:
+    nothing of it (tritonserver included) is left."""
+    from tests.servers.triton import SERVER_SCRIPT, SERVER_VENV
+
+    python = SERVER_VENV / "bin" / "python"
+    if not python.is_file():
+        pytest.fail(f"{python} is missing: build it with `make test_servers`", pytrace=False)
+    port = free_ports(1)
+    ws = Path(tempfile.mkdtemp(prefix="ops-tr-", dir="/tmp"))  # short: PyTriton binds unix sockets in it
+    command = (f"{python} {SERVER_SCRIPT} --grpc_port {{port}} --output_tokens 8 --first_token_delay_ms 100 "
+               f"--per_token_delay_ms 150 --workspace {ws}")
+    run = subprocess.run(
+        [sys.executable, "-m", "llmlib", "--benchmarks=tiny-synthetic", "--scenarios=Offline",
+         "--core_type=triton_grpc", "--launch_servers", "--server_kind=custom", f"--server_command={command}",
+         "--server_health_path=grpc:tensorrt_llm", f"--triton_server_urls=127.0.0.1:{port}", "--server_ready_timeout_s=150",
+         f"--server_log_dir={tmp_path / 'logs'}", f"--results_dir={tmp_path / 'results'}", "--show_progress=false",
+         "--offline_expected_qps=200", "--min_duration_ms=1000", "--min_query_count=256", "--warmup_queries=2"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    s = json.loads((tmp_path / "results" / "local" / "tiny-synthetic" / "Offline" / "performance" /
+                    "summary.json").read_text())
+    assert s["core_type"] == "triton_grpc" and s["validity"] == "VALID" and s["failed"] == 0
+    assert s["issued"] == s["completed"] >= 256
+    assert "server 0: ready" in run.stderr
+    deadline = time.monotonic() + 20
+    while (_processes_mentioning(str(tmp_path)) or _processes_mentioning(str(ws))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_mentioning(str(tmp_path)) + _processes_mentioning(str(ws))
+    shutil.rmtree(ws, ignore_errors=True)
+    assert left == []
