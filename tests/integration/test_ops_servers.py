@@ -221,7 +221,8 @@ def test_launch_servers_with_a_real_tritonserver_to_a_valid_run(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "llmlib", "--benchmarks=tiny-synthetic", "--scenarios=Offline",
          "--core_type=triton_grpc", "--launch_servers", "--server_kind=custom", f"--server_command={command}",
-         "--server_health_path=grpc:tensorrt_llm", f"--triton_server_urls=127.0.0.1:{port}", "--server_ready_timeout_s=150",
+         "--server_health_path=grpc:tensorrt_llm", f"--triton_server_urls=127.0.0.1:{port}",
+         "--server_ready_timeout_s=150",
          f"--server_log_dir={tmp_path / 'logs'}", f"--results_dir={tmp_path / 'results'}", "--show_progress=false",
          "--offline_expected_qps=200", "--min_duration_ms=1000", "--min_query_count=256", "--warmup_queries=2"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
