@@ -46,6 +46,7 @@ class Step:
     settings: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # added to the environment
     needs: tuple[Path, ...] = ()  # inputs that must exist before it runs
+    files: dict[Path, str] = field(default_factory=dict)  # written beside the output once it is complete
 
     @property
     def command_file(self) -> Path:
@@ -138,7 +139,10 @@ def plan(config, benchmark, scenario: str, *, root: Path, env: Mapping[str, str]
         if world > 1:
             args["workers"] = world
         args.update(build_flags)
+        gen_path = _abs(root, config.llm_gen_config_path) if config.llm_gen_config_path else \
+            engine / "generation_config.json"
         steps.append(Step(
+            files={gen_path: json.dumps(generation_config(benchmark), indent=2) + "\n"},
             name="build", argv=(*shlex.split(config.trtllm_build_command), *to_argv(args)), output_dir=engine,
             world_size=world, rank_file="rank{}.engine", force=config.force_build_engines,
             settings=_settings(config, ("quantized_checkpoint_dir", "engine_dir", "precision", "gpu_batch_size",
@@ -146,6 +150,14 @@ def plan(config, benchmark, scenario: str, *, root: Path, env: Mapping[str, str]
                                         "trtllm_build_command", "system_name")),
             needs=() if "quantize" in config.build_steps else (ckpt,)))
     return steps
+
+
+def generation_config(benchmark) -> dict[str, Any]:
+    """What a run generates with (the benchmark's limits, stop tokens and sampling), written beside the
+    engine (or at --llm_gen_config_path) so the engine and the settings it was built for travel together."""
+    return {"benchmark": benchmark.name, "eos_token_id": benchmark.eos_token_id,
+            "stop_token_ids": list(benchmark.stop_token_ids), "max_output_len": benchmark.max_output_tokens,
+            "min_output_len": benchmark.min_output_tokens, **dict(benchmark.generation)}
 
 
 def _settings(config, names) -> dict[str, Any]:
@@ -226,6 +238,8 @@ def run_steps(steps: list[Step], *, dry_run: bool, out: Callable[[str], None] = 
             missing = [str(p) for p in step.needs if not p.exists()]
             note = f"  # note: missing now: {', '.join(missing)}" if missing else ""
             out(f"# {step.name} -> {step.output_dir}{note}\n{step.shell()}")
+            for path, text in step.files.items():
+                out(f"# then writes {path}:\n" + "".join(f"#   {ln}\n" for ln in text.splitlines()).rstrip("\n"))
         return ["dry run"] * len(steps)
     check_inputs(steps)
     todo = []
@@ -247,9 +261,14 @@ def run_steps(steps: list[Step], *, dry_run: bool, out: Callable[[str], None] = 
             out(f"{step.name}: {step.output_dir} is complete, skipped (force with --force_"
                 f"{'calibration' if step.name == 'quantize' else 'build_engines'})")
             done.append("skipped")
-            continue
-        _run(step, env, out)
-        done.append("done")
+        else:
+            _run(step, env, out)
+            done.append("done")
+        for path, text in step.files.items():
+            if not path.is_file() or path.read_text() != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                out(f"{step.name}: wrote {path}")
     return done
 
 

@@ -230,3 +230,15 @@ def test_make_generate_engines_dry_run_for_llama2_and_deepseek(tmp_path):
                          text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "'tp_size' is not allowed in the flag string: use --tensor_parallelism" in bad.stderr
+
+
+def test_the_generation_config_is_written_beside_the_engine_or_at_its_field(make_config, tiny_benchmark, fakes):
+    steps = steps_for(make_config, tiny_benchmark, fakes)
+    run_steps(steps, dry_run=False, out=lambda _: None, env=fakes["env"])
+    gen = json.loads((fakes["tmp"] / "engines" / "e" / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tiny_benchmark.eos_token_id and gen["benchmark"] == "tiny"
+    assert gen["max_output_len"] == tiny_benchmark.max_output_tokens
+    at = fakes["tmp"] / "gen" / "g.json"
+    run_steps(steps_for(make_config, tiny_benchmark, fakes, llm_gen_config_path=str(at)), dry_run=False,
+              out=lambda _: None, env=fakes["env"])
+    assert json.loads(at.read_text()) == gen
