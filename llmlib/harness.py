@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlib.accuracy import AccuracyReport, evaluate, load_tokenizer, read_accuracy_log
+from llmlib.evaluation import (AccuracyReport, EvalOptions, evaluate_accuracy, load_tokenizer, read_accuracy_log,
+                               table_from_dataset, write_results)
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
@@ -564,11 +565,14 @@ def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path
 
 
 def evaluate_run(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset, outdir: Path) -> AccuracyReport:
-    """Score mlperf_log_accuracy.json; writes accuracy.json next to it."""
+    """Score mlperf_log_accuracy.json with the benchmark's evaluator; writes accuracy.txt (the
+    submission checker's form) and accuracy.json next to it."""
     tok_path = tokenizer_path_for(config, benchmark)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
-    report = evaluate(read_accuracy_log(outdir / "mlperf_log_accuracy.json"), dataset, benchmark, tokenizer)
-    (outdir / "accuracy.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    entries = read_accuracy_log(outdir / "mlperf_log_accuracy.json")
+    options = EvalOptions(prm800k_path=config.prm800k_path, lcb_tests=config.lcb_tests)
+    report = evaluate_accuracy(entries, table_from_dataset(benchmark, dataset), tokenizer, benchmark, options)
+    write_results(report, outdir)
     return report
 
 

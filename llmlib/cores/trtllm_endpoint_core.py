@@ -19,7 +19,10 @@ types) is not noticed, and per-chunk `finish_reason` is not read. The body arriv
 straight into `StreamState.feed` (one call per read, all the events it brought checked together), and
 the request's task wakes only when the response ends. A request is written in the loop callback that
 takes it (`_begin`) when a concurrency slot and an idle connection are free, not one loop iteration
-later in its task's first step (behind the reads of every other stream); `send_times` records when.
+later in its task's first step (behind the reads of every other stream). A request made with
+`chunks=True` (someone listens) also gets the output so far after every read that brought tokens.
+The wire format (bodies, replies, SSE) is `llmlib.cores.wire.openai`'s, shared with scaffolding's
+OpenAIWorker; `--workers_per_core` runs this core in worker processes (llmlib/serving/core_workers.py).
 
 URLs and secrets. `--trtllm_server_urls` items are `host:port` (http) or `http[s]://host[:port][/prefix]`:
 the scheme is kept (https verifies the certificate, against `--trtllm_ca_file` when given) and so is the

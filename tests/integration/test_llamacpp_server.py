@@ -1,5 +1,5 @@
 """The `trtllm_endpoint` core against a real OpenAI-compatible server written elsewhere:
-llama-cpp-python's, serving the tiny model as a GGUF file (tests/servers/tiny_gguf.py) on 127.0.0.1.
+llama-cpp-python's, serving the tiny model as a GGUF file (llmlib/tiny_gguf.py) on 127.0.0.1.
 
 Health and model checks; the server's greedy outputs reproduce the `tiny` references (which proves
 the GGUF right); a LoadGen Server run reaches VALID. llama-cpp-python takes no token-id prompt, so
@@ -24,7 +24,7 @@ from llmlib.cores.base import Request
 from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
 from llmlib.dataset import load_dataset
 from llmlib.errors import BackendError
-from tests.servers.tiny_gguf import ensure_tiny_gguf
+from llmlib.tiny_gguf import ensure_tiny_gguf
 from llmlib.tiny_model import tiny_dataset_path
 from tests.servers.llamacpp import MODEL_ALIAS, LlamaCppServer
 
