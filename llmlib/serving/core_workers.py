@@ -410,8 +410,9 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         threading.Thread(target=run, name=f"worker-{index}-{kind}", daemon=True).start()
 
     params_of: dict[bytes, Any] = {}
-    while True:
-        msg = dec.decode(pull.recv())
+
+    def handle(msg) -> int | None:
+        """Act on one message; the stop message's sequence number when it is the stop, else None."""
         kind = msg[0]
         if kind == "r":
             reqs = []
@@ -433,12 +434,48 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         elif kind == "x":
             control("x", msg[1], lambda: pickle.dumps(core.report()))
         elif kind == "s":
-            try:
-                core.stop()
-            finally:
-                send(("s", msg[1], index, "ok", None))
-                ctx.destroy(linger=1000)  # lingers until the answer has left (at most 1 s)
-            return
+            return msg[1]
+        return None
+
+    loop = getattr(core, "_loop", None)
+    if loop is not None and loop.is_running():
+        # Requests are taken on the core's own event loop (the socket's fd as a reader), so the core
+        # writes each at once instead of after a cross-thread wake-up. The fd is edge-triggered: drain
+        # until nothing is left.
+        fd = pull.getsockopt(zmq.FD)
+        stopped = threading.Event()
+        stop_seq = [0]
+
+        def drain() -> None:
+            while True:
+                try:
+                    raw = pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                seq = handle(dec.decode(raw))
+                if seq is not None:
+                    loop.remove_reader(fd)
+                    stop_seq[0] = seq
+                    stopped.set()
+                    return
+
+        def start_reading() -> None:
+            loop.add_reader(fd, drain)
+            drain()  # what came before the reader was added
+
+        loop.call_soon_threadsafe(start_reading)
+        stopped.wait()
+        seq = stop_seq[0]
+    else:
+        while True:
+            seq = handle(dec.decode(pull.recv()))
+            if seq is not None:
+                break
+    try:
+        core.stop()
+    finally:
+        send(("s", seq, index, "ok", None))
+        ctx.destroy(linger=1000)  # lingers until the answer has left (at most 1 s)
 
 
 __all__ = ["WorkerPoolCore", "parse_workers_per_core"]
