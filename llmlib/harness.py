@@ -361,7 +361,8 @@ def format_summary(o: RunOutcome) -> str:
     lines.append(f"samples             : issued {o.issued} = completed {o.completed} + failed {o.failed}"
                  + ("" if o.lost == 0 else f"   LOST {o.lost}"))
     if o.short_outputs:
-        lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported to LoadGen as 2 so TPOT is defined)")
+        lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported with their true count: LoadGen "
+                     "logs an error for each and a TPOT of about 0)")
     if o.timed_out or o.duplicates_dropped:
         lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
     for cause, count in sorted(o.errors.items(), key=lambda kv: -kv[1])[:5]:
