@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_ARGS ?=
 TEST_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config run_audit_harness stage_submission check_submission test test_quick bench_spine clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,15 @@ run_harness: install  ## run LoadGen: make run_harness RUN_ARGS="--benchmarks=..
 
 print_config: install  ## print the resolved configuration with the source of every value
 	$(PY) -m llmlib --print_config $(RUN_ARGS)
+
+run_audit_harness: install  ## compliance runs + verdicts: RUN_ARGS="--benchmarks=... --scenarios=... --audit_tests=TEST06 --mlperf_inference_dir=..."
+	$(PY) -m llmlib.compliance $(RUN_ARGS)
+
+stage_submission: install  ## lay out finished runs as the MLPerf submission tree (--submission_dir)
+	$(PY) -m llmlib.compliance.submission stage $(RUN_ARGS)
+
+check_submission: install  ## run the official submission checker on --submission_dir and show its verdict
+	$(PY) -m llmlib.compliance.submission check $(RUN_ARGS)
 
 test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python)
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh

@@ -45,3 +45,7 @@ class FlushTimeoutError(HarnessError):
             f"{where}: {len(pending_ids)} request(s) still pending after {timeout_s:g}s: {shown}{more}"
         )
         self.pending_ids = list(pending_ids)
+
+
+class ComplianceError(HarnessError):
+    """A compliance run or a submission tree cannot be made: missing official files, logs or results."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmlib.accuracy import AccuracyReport, evaluate, load_tokenizer, read_accuracy_log
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
+from llmlib.compliance.guard import audit_config_for
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
 from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError
@@ -173,13 +174,15 @@ def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Pa
     base = Path(config.results_dir)
     if not base.is_absolute():
         base = repo_root() / base
-    return base / config.system_name / benchmark / scenario / MODE_DIRS[config.test_mode]
+    # A compliance run (llmlib.compliance) writes <scenario>/<TEST0x>/, next to the runs it audits.
+    return base / config.system_name / benchmark / scenario / (config.audit_test or MODE_DIRS[config.test_mode])
 
 
 def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str) -> RunOutcome:
     """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for."""
     lg = import_loadgen()
     scenario = benchmark.scenario(scenario_name)
+    audit_config = audit_config_for(config)
     outdir = results_dir_for(config, benchmark.name, scenario.name)
     outdir.mkdir(parents=True, exist_ok=True)
     config.write(outdir / "config.json")
@@ -229,7 +232,7 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
             progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
                                 interval_s=config.progress_interval_s,
                                 steady_state=config.show_steady_state_progress)
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_config)
         try:
             server.flush(config.flush_timeout_s)
         except FlushTimeoutError as err:
