@@ -66,7 +66,7 @@ def audit_settings(path: Path) -> dict[str, str]:
     return out
 
 
-def tests_for(config, benchmark_name: str) -> list[str]:
+def compliance_tests_for(config, benchmark_name: str) -> list[str]:
     """--audit_tests, else the tests the benchmark requires; unknown names are an error."""
     tests = list(config.audit_tests) or list(required_tests(benchmark_name))
     for t in tests:
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for b in base.benchmarks:
             for s in base.scenarios:
                 config, benchmark = resolve_for(cli, b, parse_scenario(s))
-                for test in tests_for(config, benchmark.name):
+                for test in compliance_tests_for(config, benchmark.name):
                     plan.append((config, benchmark, benchmark.scenario(s).name, test))
         inference_dir(base)
     except HarnessError as err:

@@ -1,0 +1,185 @@
+"""Compliance runs end to end: `python -m llmlib.compliance` on the dummy core, judged by the official verifiers.
+
+Each run is a real LoadGen test in a child process (seconds); the verifiers are the unmodified
+compliance/TEST06/run_verification.py from ../shared/mlperf-reference/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmlib.compliance.audit import check_test06, official_audit_config, compliance_tests_for
+from llmlib.compliance.guard import audit_config_for
+from llmlib.config import resolve
+from llmlib.errors import ComplianceError, ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+REFERENCE = REPO.parent.parent / "shared" / "mlperf-reference"
+if not REFERENCE.is_dir():
+    REFERENCE = Path("/work/shared/mlperf-reference")
+
+FAST = ["--core_type=dummy", "--show_progress=false", "--warmup_queries=0", "--dummy_ttft_ms=2",
+        "--dummy_tpot_ms=0.2", f"--mlperf_inference_dir={REFERENCE}"]
+
+
+def audit(tmp_path, *args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "llmlib.compliance", f"--results_dir={tmp_path / 'results'}",
+                           *FAST, *args], cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+
+def audit_configs_under(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("audit.config")]
+
+
+def leftover_workdirs(before: set[str]) -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("audit-TEST")} - before
+
+
+@pytest.fixture
+def tmp_names():
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("audit-TEST")}
+
+
+# --- the pure parts -------------------------------------------------------------------------------------
+def entry(qsl_idx, tokens, count=None, first=None):
+    hexs = b"".join(int(t).to_bytes(4, "little") for t in tokens).hex()
+    e = {"seq_id": qsl_idx + 100, "qsl_idx": qsl_idx, "data": hexs,
+         "token_count": len(tokens) if count is None else count}
+    if first is not None:
+        e["token_data"] = b"".join(int(t).to_bytes(4, "little") for t in first).hex()
+    return e
+
+
+def test_test06_checks_name_each_offending_sample():
+    entries = [entry(0, [5, 6, 2], first=[5]), entry(1, [5, 2, 2], first=[5]), entry(2, [7, 8], count=3, first=[7]),
+               entry(3, [9], first=[4]), entry(4, [], first=[]), entry(5, [1], first=[1])]
+    checks = {c.name: c for c in check_test06(entries, eos_token_id=2, streaming=True)}
+    assert [s.split(":")[0] for s in checks["EOS"].samples] == ["qsl_idx 1 (seq_id 101)"]
+    assert [s.split(":")[0] for s in checks["sample length"].samples] == ["qsl_idx 2 (seq_id 102)"]
+    assert [s.split(":")[0] for s in checks["first token"].samples] == ["qsl_idx 3 (seq_id 103)"]
+    assert checks["logged samples"].passed
+    offline = {c.name: c for c in check_test06(entries, eos_token_id=2, streaming=False)}
+    assert offline["first token"].passed and offline["first token"].detail.startswith("skipped")
+
+
+def test_required_tests_follow_the_checker():
+    cfg = resolve(cli={}, env={}, layers=())
+    assert compliance_tests_for(cfg, "llama2-70b-interactive-99.9") == ["TEST06"]
+    assert compliance_tests_for(cfg, "gpt-oss-120b") == ["TEST07", "TEST09"]
+    with pytest.raises(ConfigError, match="requires no compliance test"):
+        compliance_tests_for(cfg, "llama3.1-8b-edge")
+    with pytest.raises(ConfigError, match="TEST01"):
+        compliance_tests_for(resolve(cli={"audit_tests": "TEST01"}, env={}, layers=()), "tiny")
+
+
+def test_official_audit_config_is_found_per_model_or_per_test():
+    assert official_audit_config(REFERENCE, "TEST07", "gpt-oss-120b") == REFERENCE / "compliance/TEST07/gpt-oss-120b/audit.config"
+    assert official_audit_config(REFERENCE, "TEST06", "tiny") == REFERENCE / "compliance/TEST06/audit.config"
+    with pytest.raises(ComplianceError, match="no audit.config for tiny"):
+        official_audit_config(REFERENCE, "TEST09", "tiny")
+
+
+def test_a_normal_run_refuses_a_stray_audit_config(tmp_path):
+    cfg = resolve(cli={}, env={}, layers=())
+    assert audit_config_for(cfg, cwd=tmp_path) == "audit.config"
+    (tmp_path / "audit.config").write_text("*.*.mode = 2\n")
+    with pytest.raises(ConfigError, match="turn this run into a compliance run"):
+        audit_config_for(cfg, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="needs --audit_config"):
+        audit_config_for(resolve(cli={"audit_test": "TEST06"}, env={}, layers=()), cwd=tmp_path)
+
+
+# --- real compliance runs ------------------------------------------------------------------------------
+@pytest.mark.loadgen
+def test_audit_passes_through_the_official_verifier_and_leaves_the_results_alone(tmp_path, tmp_names):
+    perf = tmp_path / "results" / "local" / "tiny-synthetic" / "Server" / "performance"
+    perf.mkdir(parents=True)
+    (perf / "mlperf_log_summary.txt").write_text("the performance run\n")
+    p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Offline,Server")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "TEST06 tiny-synthetic Offline: PASS" in p.stdout and "TEST06 tiny-synthetic Server: PASS" in p.stdout
+    for scenario in ("Offline", "Server"):
+        run = tmp_path / "results" / "local" / "tiny-synthetic" / scenario / "TEST06"
+        v = json.loads((run / "verification.json").read_text())
+        assert v["passed"] and v["official"]["ran"] and v["official"]["passed"]
+        verify = (run / "official" / "TEST06" / "verify_accuracy.txt").read_text()
+        assert "TEST06 verification complete" in verify
+        assert ("First token check pass: True" in verify) == (scenario == "Server")
+        assert len(json.loads((run / "mlperf_log_accuracy.json").read_text())) == 100  # audit.config's target
+    assert (perf / "mlperf_log_summary.txt").read_text() == "the performance run\n"
+    assert sorted(os.listdir(perf)) == ["mlperf_log_summary.txt"]
+    assert audit_configs_under(tmp_path, REPO) == [] and leftover_workdirs(tmp_names) == set()
+
+
+@pytest.mark.loadgen
+def test_a_corrupted_log_fails_naming_the_samples(tmp_path):
+    p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Server")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "results" / "local" / "tiny-synthetic" / "Server" / "TEST06"
+    log_path = run / "mlperf_log_accuracy.json"
+    entries = json.loads(log_path.read_text())
+    e1, e2 = entries[3], entries[7]
+    e1["token_count"] += 1  # a count that does not match the logged tokens
+    e2["data"] += (2).to_bytes(4, "little").hex() * 2  # two EOS at the end
+    e2["token_count"] += 2
+    log_path.write_text(json.dumps(entries))
+    p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Server", "--audit_verify_only")
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "TEST06 tiny-synthetic Server: FAIL" in p.stdout
+    assert f"qsl_idx {e1['qsl_idx']} (seq_id {e1['seq_id']}): token_count" in p.stdout
+    assert f"qsl_idx {e2['qsl_idx']} (seq_id {e2['seq_id']}): ends with 2 EOS" in p.stdout
+    v = json.loads((run / "verification.json").read_text())
+    assert v["official"]["ran"] and not v["official"]["passed"]  # the official verifier agrees
+    verify = (run / "official" / "TEST06" / "verify_accuracy.txt").read_text()
+    assert "EOS check pass: False" in verify and "Sample length check pass: False" in verify
+
+
+@pytest.mark.loadgen
+def test_outputs_of_0_1_and_2_tokens_pass_test06(tmp_path):
+    configs = tmp_path / "configs"
+    (configs / "benchmarks").mkdir(parents=True)
+    spec = yaml.safe_load((REPO / "configs" / "benchmarks" / "tiny-synthetic.yaml").read_text())
+    spec["dataset"]["output_len"] = {"dist": "uniform", "min": 0, "max": 2}
+    (configs / "benchmarks" / "short-outputs.yaml").write_text(yaml.safe_dump(spec))
+    (configs / "user.conf").write_text((REPO / "configs" / "user.conf").read_text())
+    p = audit(tmp_path, f"--config_dir={configs}", "--benchmarks=short-outputs", "--scenarios=Offline,Server",
+              "--audit_tests=TEST06")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for scenario in ("Offline", "Server"):
+        run = tmp_path / "results" / "local" / "short-outputs" / scenario / "TEST06"
+        entries = json.loads((run / "mlperf_log_accuracy.json").read_text())
+        lengths = {len(bytes.fromhex(e["data"])) // 4 for e in entries}
+        assert lengths == {0, 1, 2}
+        assert all(int(e["token_count"]) == len(bytes.fromhex(e["data"])) // 4 for e in entries)
+        assert "Sample length check pass: True" in (run / "official" / "TEST06" / "verify_accuracy.txt").read_text()
+        assert json.loads((run / "verification.json").read_text())["passed"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["ok"] and summary["short_outputs"] >= sum(1 for e in entries if len(e["data"]) < 16) > 0
+
+
+@pytest.mark.loadgen
+def test_a_failed_run_fails_and_leaves_no_audit_config(tmp_path, tmp_names):
+    p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Offline", "--dummy_fail_rate=0.3")
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "TEST06 tiny-synthetic Offline: FAIL" in p.stdout and "run complete          : FAIL" in p.stdout
+    # a child that cannot start at all (bad value) is a FAIL too, and leaves nothing behind
+    p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Offline", "--dummy_output_len=-3")
+    assert p.returncode == 1 and "did not run" in p.stdout
+    assert audit_configs_under(tmp_path, REPO) == [] and leftover_workdirs(tmp_names) == set()
+
+
+def test_bad_input_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "llmlib.compliance", "--benchmarks=tiny-synthetic",
+                        "--scenarios=Offline", f"--mlperf_inference_dir={tmp_path}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no compliance/ folder" in p.stderr
