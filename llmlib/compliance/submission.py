@@ -60,8 +60,8 @@ def truncated_log_text(path: Path) -> str | None:
 
 
 def stage_accuracy_log(src_log: Path, dst_dir: Path, accuracy_txt: str | None) -> None:
-    """Copy an accuracy log truncated, and write accuracy.txt with its sha256 (appended as
-    `\\nhash=...` to the scores, or alone for TEST07/TEST09), as truncate_accuracy_log.py does."""
+    """Copy an accuracy log truncated, and write accuracy.txt with its sha256 (`\\nhash=...\\n` appended
+    to the scores' text as it is, or alone for TEST07/TEST09), as truncate_accuracy_log.py does."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     digest = file_sha256(src_log)
     text = truncated_log_text(src_log)
@@ -182,13 +182,13 @@ def _check_run(run_dir: Path, what: str, stage_anyway: bool) -> dict[str, dict]:
     summary = json.loads(_require(run_dir / "summary.json", f"the {what} run's summary").read_text())
     if not summary.get("ok"):
         raise ComplianceError(f"{run_dir}: the {what} run failed requests or did not finish; it cannot be staged")
-    if what == "performance" and summary.get("validity") != "VALID" and not stage_anyway:
-        raise ComplianceError(f"{run_dir}: the performance run is {summary.get('validity')}, not VALID "
-                              "(--stage_anyway stages it)")
     overrides = quick_run_overrides(run_dir)
     if overrides and not stage_anyway:
         raise ComplianceError(f"{run_dir}: made with quick-run overrides {', '.join(overrides)}; "
                               "rerun without them, or stage it anyway with --stage_anyway")
+    if what == "performance" and summary.get("validity") != "VALID" and not stage_anyway:
+        raise ComplianceError(f"{run_dir}: the performance run is {summary.get('validity')}, not VALID "
+                              "(--stage_anyway stages it)")
     return _read_config(run_dir)
 
 
@@ -228,7 +228,7 @@ def stage_one(config, benchmark, scenario: str, out_root: Path, *, stage_anyway:
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
         shutil.copyfile(_require(acc / name, "LoadGen's log"), acc_dst / name)
     stage_accuracy_log(_require(acc / "mlperf_log_accuracy.json", "the accuracy log"), acc_dst,
-                       accuracy_txt.read_text().rstrip("\n"))
+                       accuracy_txt.read_text())
     for test in tests:
         official = src / test / "official" / test
         if not official.is_dir():
