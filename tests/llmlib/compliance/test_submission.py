@@ -113,10 +113,13 @@ def _stand_in_configs(root: Path) -> Path:
     spec.update(loadgen_model="llama2-70b", total_sample_count=24576, performance_sample_count=24576, harness={},
                 description="stand-in for llama2-70b-99.9")
     spec["dataset"].update(num_samples=24576, output_len={"dist": "uniform", "min": 2, "max": 8})
-    spec["scenarios"] = {"Offline": {"loadgen_scenario": "Offline", "streaming": False}}
+    spec["scenarios"] = {"Offline": {"loadgen_scenario": "Offline", "streaming": False},
+                         "Interactive": {"loadgen_scenario": "Server", "loadgen_model": "llama2-70b-interactive",
+                                         "ttft_ms": 450, "tpot_ms": 40, "streaming": True}}
     spec["accuracy"] = {"tokens_per_sample": {"min": 2, "max": 8}}
     (configs / "benchmarks" / "llama2-70b-99.9.yaml").write_text(yaml.safe_dump(spec))
-    (configs / "user.conf").write_text("llama2-70b.Offline.target_qps = 20000\n")
+    (configs / "user.conf").write_text("llama2-70b.Offline.target_qps = 20000\n"
+                                       "llama2-70b-interactive.Server.target_qps = 3000\n")
     fields = {k: "N/A" for k in ("host_memory_configuration", "host_storage_type", "host_networking",
                                  "host_networking_topology", "accelerator_host_interconnect",
                                  "accelerator_memory_configuration", "accelerator_interconnect")}
@@ -135,50 +138,55 @@ def test_stage_then_the_official_checker_leaves_only_the_expected_complaints(tmp
     configs = _stand_in_configs(tmp_path)
     common = [f"--config_dir={configs}", f"--results_dir={tmp_path / 'results'}", "--core_type=dummy",
               "--dummy_zero_latency=true", "--show_progress=false", "--warmup_queries=0",
-              "--benchmarks=llama2-70b-99.9", "--scenarios=Offline", f"--mlperf_inference_dir={REFERENCE}"]
-    # a 600 s performance run cannot fit a test: this one is a quick run, staged with --stage_anyway
+              "--benchmarks=llama2-70b-99.9", "--scenarios=Offline,Interactive", f"--mlperf_inference_dir={REFERENCE}"]
+    # a 600 s performance run cannot fit a test: these are quick runs, staged with --stage_anyway
     assert py("llmlib", *common, "--min_duration_ms=2000", cwd=tmp_path).returncode == 0
     assert py("llmlib", *common, "--test_mode=AccuracyOnly", cwd=tmp_path).returncode == 0
     p = py("llmlib.compliance", *common, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    acc = tmp_path / "results" / "local" / "llama2-70b-99.9" / "Offline" / "accuracy"
-    # accuracy.txt: until the `evaluation` branch writes it from its scorers, the test writes the line the
-    # reference evaluate-accuracy.py prints, with the stand-in's tokens per sample and ROUGE of 0
-    tps = json.loads((acc / "summary.json").read_text())["tokens_per_sample"]
-    (acc / "accuracy.txt").write_text(f"{{'rouge1': 0.0, 'rouge2': 0.0, 'rougeL': 0.0, 'rougeLsum': 0.0, "
-                                      f"'gen_len': 0, 'gen_num': 24576, 'tokens_per_sample': {tps:.1f}}}\n")
+    tps = {}
+    for scenario in ("Offline", "Interactive"):
+        acc = tmp_path / "results" / "local" / "llama2-70b-99.9" / scenario / "accuracy"
+        # accuracy.txt: until the `evaluation` branch writes it from its scorers, the test writes the line
+        # the reference evaluate-accuracy.py prints, with the stand-in's tokens per sample and ROUGE of 0
+        tps[scenario] = json.loads((acc / "summary.json").read_text())["tokens_per_sample"]
+        (acc / "accuracy.txt").write_text(f"{{'rouge1': 0.0, 'rouge2': 0.0, 'rougeL': 0.0, 'rougeLsum': 0.0, "
+                                          f"'gen_len': 0, 'gen_num': 24576, 'tokens_per_sample': "
+                                          f"{tps[scenario]:.1f}}}\n")
     sub = tmp_path / "sub"
     p = py("llmlib.compliance.submission", "stage", *common, f"--submission_dir={sub}", cwd=tmp_path)
     assert p.returncode == 2 and "quick-run overrides --min_duration_ms=2000 (command line)" in p.stderr
     p = py("llmlib.compliance.submission", "stage", *common, f"--submission_dir={sub}", "--stage_anyway",
            cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    scen = sub / "closed" / "TestOrg" / "results" / "local" / "llama2-70b-99.9" / "Offline"
-    assert sorted(os.listdir(scen)) == ["README.md", "TEST06", "accuracy", "harness_config.json", "measurements.json",
-                                        "mlperf.conf", "performance", "user.conf"]
-    assert (acc / "accuracy.txt").read_text().strip() in (scen / "accuracy" / "accuracy.txt").read_text()
-    assert (scen / "accuracy" / "mlperf_log_accuracy.json").stat().st_size < 9000  # truncated
+    model = sub / "closed" / "TestOrg" / "results" / "local" / "llama2-70b-99.9"
+    assert sorted(os.listdir(model)) == ["Interactive", "Offline"]  # the run folder's name, not LoadGen's "Server"
+    for scenario in ("Offline", "Interactive"):
+        scen = model / scenario
+        assert sorted(os.listdir(scen)) == ["README.md", "TEST06", "accuracy", "harness_config.json",
+                                            "measurements.json", "mlperf.conf", "performance", "user.conf"]
+        assert "tokens_per_sample" in (scen / "accuracy" / "accuracy.txt").read_text()
+        assert (scen / "accuracy" / "mlperf_log_accuracy.json").stat().st_size < 9000  # truncated
     system = json.loads((sub / "closed" / "TestOrg" / "systems" / "local.json").read_text())
     assert system["division"] == "closed" and system["submitter"] == "TestOrg" and system["host_processor_core_count"]
 
     result = run_checker(TOOLS, sub)
-    perf = "<submission>/closed/TestOrg/results/local/llama2-70b-99.9/Offline/performance/run_1/mlperf_log_detail.txt"
-    accd = "<submission>/closed/TestOrg/results/local/llama2-70b-99.9/Offline/accuracy/mlperf_log_detail.txt"
-    expected = {
-        # the run set holds Offline only; the checker asks llama2-70b-99.9 for Server or Interactive too
-        f"ERROR {perf} does not have all required scenarios, missing ['(one of) Interactive or Server']",
-        # the quick performance run (a 600 s run does not fit a test), and so no result from it
-        f"ERROR {perf} Test duration less than 600s in user config. expected=600000, found=2000",
-        f"ERROR Some performance checks Checks failed for: {perf}",
-        f"ERROR NoResults {perf}",
-        # the stand-in model's accuracy
-        f"WARNING {accd} accuracy not met: expected=44.386769, found=0.0",
-        f"WARNING {accd} accuracy not met: expected=22.013165, found=0.0",
-        f"WARNING {accd} accuracy not met: expected=28.587584, found=0.0",
-        f"WARNING {accd} accuracy not met: expected=265.005000, found={tps:.1f}",
-        f"ERROR Some accuracy checks Checks failed for: {accd}",
-        "ERROR SUMMARY: submission has errors",
-    }
+    expected = {"ERROR SUMMARY: submission has errors"}
+    for scenario in ("Offline", "Interactive"):
+        base = f"<submission>/closed/TestOrg/results/local/llama2-70b-99.9/{scenario}"
+        perf, accd = f"{base}/performance/run_1/mlperf_log_detail.txt", f"{base}/accuracy/mlperf_log_detail.txt"
+        expected |= {
+            # the quick performance run (a 600 s run does not fit a test), and so no result from it
+            f"ERROR {perf} Test duration less than 600s in user config. expected=600000, found=2000",
+            f"ERROR Some performance checks Checks failed for: {perf}",
+            f"ERROR NoResults {perf}",
+            # the stand-in model's accuracy
+            f"WARNING {accd} accuracy not met: expected=44.386769, found=0.0",
+            f"WARNING {accd} accuracy not met: expected=22.013165, found=0.0",
+            f"WARNING {accd} accuracy not met: expected=28.587584, found=0.0",
+            f"WARNING {accd} accuracy not met: expected=265.005000, found={tps[scenario]:.1f}",
+            f"ERROR Some accuracy checks Checks failed for: {accd}",
+        }
     assert set(result["complaints"]) == expected, "\n".join(sorted(set(result["complaints"]) ^ expected))
     # nothing about the system description, measurements, the truncated logs or TEST06
     assert "All compliance check checks passed" in result["output"]
