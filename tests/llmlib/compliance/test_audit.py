@@ -183,3 +183,63 @@ def test_bad_input_is_one_line(tmp_path):
                         "--scenarios=Offline", f"--mlperf_inference_dir={tmp_path}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no compliance/ folder" in p.stderr
+
+
+# --- gpt-oss-120b's TEST07 and TEST09 (per-model audit.config files) -------------------------------------------
+def _gpt_oss_stand_in(tmp_path, output_len):
+    """gpt-oss-120b's sample count (6,396) and LoadGen key over synthetic tokens of the given lengths."""
+    configs = tmp_path / "configs"
+    (configs / "benchmarks").mkdir(parents=True)
+    spec = yaml.safe_load((REPO / "configs" / "benchmarks" / "tiny-synthetic.yaml").read_text())
+    spec.update(loadgen_model="gpt-oss-120b", total_sample_count=6396, performance_sample_count=6396, harness={},
+                max_output_tokens=2000)
+    spec["dataset"].update(num_samples=6396, output_len=output_len)
+    spec["scenarios"] = {"Offline": {"loadgen_scenario": "Offline", "streaming": False}}
+    spec["accuracy"] = {"tokens_per_sample": {"min": 1, "max": 2000}}
+    (configs / "benchmarks" / "gpt-oss-120b.yaml").write_text(yaml.safe_dump(spec))
+    (configs / "user.conf").write_text("gpt-oss-120b.Offline.target_qps = 20000\n")
+    return [f"--config_dir={configs}", "--benchmarks=gpt-oss-120b", "--scenarios=Offline", "--dummy_zero_latency=true"]
+
+
+@pytest.mark.loadgen
+@pytest.mark.slow
+def test_test09_passes_and_fails_on_the_mean_output_length(tmp_path, tmp_names):
+    args = _gpt_oss_stand_in(tmp_path, {"dist": "uniform", "min": 1200, "max": 1400})
+    p = audit(tmp_path, *args, "--audit_tests=TEST09")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "results" / "local" / "gpt-oss-120b" / "Offline" / "TEST09"
+    assert "bounds [1150.38, 1406.02]" in p.stdout  # from compliance/TEST09/gpt-oss-120b/audit.config
+    assert "TEST PASS" in (run / "official" / "TEST09" / "verify_output_len.txt").read_text()
+    assert len(json.loads((run / "mlperf_log_accuracy.json").read_text())) == 6396  # every sample logged
+    short = tmp_path / "short"
+    short.mkdir()
+    args = _gpt_oss_stand_in(short, {"dist": "fixed", "value": 100})
+    p = audit(short, *args, "--audit_tests=TEST09")
+    assert p.returncode == 1 and "TEST09 gpt-oss-120b Offline: FAIL" in p.stdout
+    assert "mean output tokens    : FAIL  100.00 over 6396 samples" in p.stdout
+    v = json.loads((short / "results/local/gpt-oss-120b/Offline/TEST09/verification.json").read_text())
+    assert v["official"]["ran"] and not v["official"]["passed"]
+    assert audit_configs_under(tmp_path, REPO) == [] and leftover_workdirs(tmp_names) == set()
+
+
+@pytest.mark.loadgen
+def test_test07_runs_the_official_verifier_with_the_users_accuracy_command(tmp_path):
+    """The accuracy command is the user's (gpt-oss-120b's evaluator needs its model's tokenizer and
+    data): here a script standing in for it prints a score, and the official verifier compares it
+    with compliance/TEST07/gpt-oss-120b/audit.config's threshold (60.698)."""
+    args = _gpt_oss_stand_in(tmp_path, {"dist": "fixed", "value": 4})
+    scorer = tmp_path / "score.py"
+    scorer.write_text("import json, sys\nn = len(json.load(open(sys.argv[1])))\n"
+                      "print({'exact_match': float(sys.argv[2]), 'samples': n})\n")
+    p = audit(tmp_path, *args, "--audit_tests=TEST07")
+    assert p.returncode == 1 and "needs --audit_accuracy_script" in p.stdout
+    p = audit(tmp_path, *args, "--audit_tests=TEST07", "--audit_verify_only",
+              f"--audit_accuracy_script={sys.executable} {scorer} {{accuracy_log}} 61.5")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    verify = (tmp_path / "results/local/gpt-oss-120b/Offline/TEST07/official/TEST07/verify_accuracy.txt").read_text()
+    logged = int(verify.split("'samples': ")[1].split("}")[0])
+    assert logged >= 990  # audit.config: min_query_count and accuracy_log_sampling_target 990
+    assert "Accuracy threshold: 60.698" in verify and "TEST PASS" in verify
+    p = audit(tmp_path, *args, "--audit_tests=TEST07", "--audit_verify_only",
+              f"--audit_accuracy_script={sys.executable} {scorer} {{accuracy_log}} 60.0")
+    assert p.returncode == 1 and "TEST07 gpt-oss-120b Offline: FAIL" in p.stdout
