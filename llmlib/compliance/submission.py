@@ -65,8 +65,10 @@ def stage_accuracy_log(src_log: Path, dst_dir: Path, accuracy_txt: str | None) -
     dst_dir.mkdir(parents=True, exist_ok=True)
     digest = file_sha256(src_log)
     text = truncated_log_text(src_log)
+    dst_log = dst_dir / "mlperf_log_accuracy.json"
     if text is None:
-        shutil.copyfile(src_log, dst_dir / "mlperf_log_accuracy.json")
+        if not (dst_log.exists() and dst_log.samefile(src_log)):
+            shutil.copyfile(src_log, dst_log)
     else:
         with open(dst_dir / "mlperf_log_accuracy.json", "w") as f:
             f.write(text)

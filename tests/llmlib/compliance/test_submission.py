@@ -50,6 +50,30 @@ def test_truncated_log_and_hash_equal_truncate_accuracy_log(tmp_path, entries):
         assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("entries", [3, 400])
+def test_test09_logs_are_truncated_as_truncate_accuracy_log_does(tmp_path, entries):
+    """TEST07/TEST09 folders get the hash alone in accuracy.txt (they have no scores)."""
+    log = json.dumps([{"seq_id": i, "qsl_idx": i, "data": f"{i:08X}" * 9} for i in range(entries)])
+    scen = tmp_path / "src" / "closed" / "Org" / "results" / "sys" / "gpt-oss-120b" / "Offline"
+    (scen / "accuracy").mkdir(parents=True)
+    (scen / "accuracy" / "mlperf_log_accuracy.json").write_text("[]")
+    (scen / "accuracy" / "accuracy.txt").write_text("{'exact_match': 80.0}\n")
+    (scen / "TEST09" / "accuracy").mkdir(parents=True)
+    (scen / "TEST09" / "accuracy" / "mlperf_log_accuracy.json").write_text(log)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "mlperf_log_accuracy.json").write_text(log)
+    stage_accuracy_log(ours / "mlperf_log_accuracy.json", ours, None)  # in place, as staging does it
+    official = tmp_path / "official"
+    p = subprocess.run([sys.executable, str(TOOLS / "truncate_accuracy_log.py"), "--input", str(tmp_path / "src"),
+                        "--output", str(official), "--submitter", "Org"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    theirs = official / "closed" / "Org" / "results" / "sys" / "gpt-oss-120b" / "Offline" / "TEST09" / "accuracy"
+    for name in ("mlperf_log_accuracy.json", "accuracy.txt"):
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+
+
 # --- refusals -------------------------------------------------------------------------------------------------
 def _run_dir(path: Path, *, ok=True, validity="VALID", sources=None):
     path.mkdir(parents=True)
