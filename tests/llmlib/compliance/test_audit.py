@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reference_files import find_reference
 
 from llmlib.compliance.audit import check_test06, official_audit_config, compliance_tests_for
 from llmlib.compliance.guard import audit_config_for
@@ -22,9 +23,7 @@ from llmlib.config import resolve
 from llmlib.errors import ComplianceError, ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
-REFERENCE = REPO.parent.parent / "shared" / "mlperf-reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/mlperf-reference")
+REFERENCE = find_reference() or REPO.parent / "shared" / "mlperf-reference"
 
 FAST = ["--core_type=dummy", "--show_progress=false", "--warmup_queries=0", "--dummy_ttft_ms=2",
         "--dummy_tpot_ms=0.2", f"--mlperf_inference_dir={REFERENCE}"]
