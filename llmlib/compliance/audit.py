@@ -266,8 +266,24 @@ def verify(run_dir: Path, *, test: str, benchmark, scenario: str, root: Path, au
 
 
 # --- running ----------------------------------------------------------------------------------------------
-def child_args(argv: Sequence[str], benchmark: str, scenario: str, test: str, audit_copy: Path) -> list[str]:
-    keep = [a for a in argv if a.partition("=")[0] not in _CHILD_OWNED]
+#: Path flags the harness itself resolves against the repository, wherever it runs.
+_REPO_RELATIVE = ("--results_dir", "--config_dir", "--user_conf")
+
+
+def child_args(argv: Sequence[str], benchmark: str, scenario: str, test: str, audit_copy: Path,
+               cwd: Path | None = None) -> list[str]:
+    """The child's command line: the user's flags, with relative paths that exist from the caller's
+    working directory made absolute (the child runs elsewhere), and the run's own flags."""
+    cwd = Path.cwd() if cwd is None else cwd
+    keep = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in _CHILD_OWNED:
+            continue
+        if (sep and value and name not in _REPO_RELATIVE and name.endswith(("_path", "_dir", "_file"))
+                and not Path(value).is_absolute() and (cwd / value).exists()):
+            arg = f"{name}={(cwd / value).resolve()}"
+        keep.append(arg)
     return keep + [f"--benchmarks={benchmark}", f"--scenarios={scenario}", "--test_mode=PerformanceOnly",
                    f"--audit_test={test}", f"--audit_config={audit_copy}"]
 

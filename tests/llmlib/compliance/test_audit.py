@@ -17,7 +17,7 @@ import pytest
 import yaml
 from reference_files import find_reference
 
-from llmlib.compliance.audit import check_test06, official_audit_config, compliance_tests_for
+from llmlib.compliance.audit import check_test06, child_args, compliance_tests_for, official_audit_config
 from llmlib.compliance.guard import audit_config_for
 from llmlib.config import resolve
 from llmlib.errors import ComplianceError, ConfigError
@@ -78,6 +78,16 @@ def test_required_tests_follow_the_checker():
         compliance_tests_for(cfg, "llama3.1-8b-edge")
     with pytest.raises(ConfigError, match="TEST01"):
         compliance_tests_for(resolve(cli={"audit_tests": "TEST01"}, env={}, layers=()), "tiny")
+
+
+def test_child_args_carry_the_users_flags_with_paths_made_absolute(tmp_path):
+    (tmp_path / "model").mkdir()
+    args = child_args(["--benchmarks=a,b", "--scenarios=Offline", "--audit_tests=TEST06", "--hf_model_path=model",
+                       "--results_dir=out", "--tokenizer_path=missing", "--core_type=hf", "--test_mode=AccuracyOnly"],
+                      "a", "Server", "TEST06", Path("/t/audit.config"), cwd=tmp_path)
+    assert args == [f"--hf_model_path={tmp_path / 'model'}", "--results_dir=out", "--tokenizer_path=missing",
+                    "--core_type=hf", "--benchmarks=a", "--scenarios=Server", "--test_mode=PerformanceOnly",
+                    "--audit_test=TEST06", "--audit_config=/t/audit.config"]
 
 
 def test_official_audit_config_is_found_per_model_or_per_test():
