@@ -252,3 +252,19 @@ def test_test07_runs_the_official_verifier_with_the_users_accuracy_command(tmp_p
     p = audit(tmp_path, *args, "--audit_tests=TEST07", "--audit_verify_only",
               f"--audit_accuracy_script={sys.executable} {scorer} {{accuracy_log}} 60.0")
     assert p.returncode == 1 and "TEST07 gpt-oss-120b Offline: FAIL" in p.stdout
+
+
+@pytest.mark.loadgen
+@pytest.mark.slow
+def test_the_tiny_model_on_the_hf_core_passes_test06(tmp_path, tmp_names):
+    """The project's tiny Llama through the real hf core (a model process): its outputs end as a
+    real model's do (EOS or the length limit), and the official verifier passes them."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "llmlib.compliance", f"--results_dir={tmp_path / 'results'}",
+                        "--benchmarks=tiny", "--scenarios=Offline", "--show_progress=false",
+                        f"--mlperf_inference_dir={REFERENCE}"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "results" / "local" / "tiny" / "Offline" / "TEST06"
+    assert "TEST06 verification complete" in (run / "official" / "TEST06" / "verify_accuracy.txt").read_text()
+    assert audit_configs_under(tmp_path, REPO) == [] and leftover_workdirs(tmp_names) == set()
