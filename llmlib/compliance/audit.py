@@ -47,7 +47,8 @@ def inference_dir(config) -> Path:
 
 def official_audit_config(root: Path, test: str, model: str) -> Path:
     """compliance/<TEST>/<model>/audit.config when the test has one per model, else compliance/<TEST>/audit.config."""
-    for path in (root / "compliance" / test / model / AUDIT_CONFIG_NAME, root / "compliance" / test / AUDIT_CONFIG_NAME):
+    folder = root / "compliance" / test
+    for path in (folder / model / AUDIT_CONFIG_NAME, folder / AUDIT_CONFIG_NAME):
         if path.is_file():
             return path
     raise ComplianceError(f"{root / 'compliance' / test}: no audit.config for {model} "
@@ -190,8 +191,8 @@ def check_test06(entries: list[dict], *, eos_token_id: int, streaming: bool) -> 
         CheckResult("sample length", not length, f"{len(length)} with token_count != logged tokens", length),
         CheckResult("EOS", not eos, f"{len(eos)} ending with 2 or more EOS", eos),
     ]
-    checks.append(CheckResult("first token", not first, f"{len(first)} mismatched" if streaming else "skipped (Offline)",
-                              first))
+    detail = f"{len(first)} mismatched" if streaming else "skipped (Offline)"
+    checks.append(CheckResult("first token", not first, detail, first))
     return checks
 
 

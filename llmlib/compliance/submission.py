@@ -1,6 +1,6 @@
 """Submission staging and checking: finished runs laid out as MLPerf's submission tree, then the official checker.
 
-`python -m llmlib.compliance.submission stage|check [--name=value ...]` (`make stage_submission`, `make check_submission`).
+`python -m llmlib.compliance.submission stage|check [--name=value ...]` (make stage_submission / check_submission).
 """
 
 from __future__ import annotations
@@ -293,8 +293,8 @@ def stage(argv: Sequence[str]) -> int:
         for model in {m for m, _, _ in staged}:
             code = org / "src" / model
             code.mkdir(parents=True, exist_ok=True)
-            (code / "README.md").write_text(f"# {model}\n\nRun with the llmlib harness: "
-                                            f"`make run_harness RUN_ARGS=\"--benchmarks=...\"` (see the project README).\n")
+            (code / "README.md").write_text(f"# {model}\n\nRun with the llmlib harness: `make run_harness "
+                                            "RUN_ARGS=\"--benchmarks=...\"` (see the project README).\n")
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from reference_files import find_reference
 
 def pytest_collection_modifyitems(config, items):
     if find_reference() is None:
-        skip = pytest.mark.skip(reason="no mlperf-reference files (../shared/mlperf-reference or $MLPERF_INFERENCE_DIR)")
+        skip = pytest.mark.skip(reason="no mlperf-reference files (../shared/mlperf-reference or "
+                                       "$MLPERF_INFERENCE_DIR)")
         for item in items:
             if "llmlib/compliance" in str(item.fspath):
                 item.add_marker(skip)

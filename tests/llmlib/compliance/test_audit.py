@@ -91,7 +91,8 @@ def test_child_args_carry_the_users_flags_with_paths_made_absolute(tmp_path):
 
 
 def test_official_audit_config_is_found_per_model_or_per_test():
-    assert official_audit_config(REFERENCE, "TEST07", "gpt-oss-120b") == REFERENCE / "compliance/TEST07/gpt-oss-120b/audit.config"
+    per_model = REFERENCE / "compliance/TEST07/gpt-oss-120b/audit.config"
+    assert official_audit_config(REFERENCE, "TEST07", "gpt-oss-120b") == per_model
     assert official_audit_config(REFERENCE, "TEST06", "tiny") == REFERENCE / "compliance/TEST06/audit.config"
     with pytest.raises(ComplianceError, match="no audit.config for tiny"):
         official_audit_config(REFERENCE, "TEST09", "tiny")
