@@ -357,8 +357,16 @@ def run_checker(tools: Path, submission: Path, *, version: str = ROUND, workdir:
         if m and not (m.group(1) == "WARNING" and "skipped" in m.group(2)):
             complaints.append(f"{m.group(1)} {m.group(2).replace(root, '<submission>')}")
     errors = [c for c in complaints if c.startswith("ERROR")]
+    m = re.search(r"\bResults=(\d+), NoResults=(\d+)", text)
+    results = int(m.group(1)) if m else 0
     return {"returncode": proc.returncode, "errors": errors, "complaints": complaints, "output": text,
-            "summary_csv": csv}
+            "summary_csv": csv, "results": results}
+
+
+def verdict_of(result: dict[str, Any]) -> str:
+    """ACCEPTED only when the checker exits 0, complains of nothing and counted at least one result
+    (on a tree with no results it says "submission looks OK")."""
+    return "ACCEPTED" if result["returncode"] == 0 and not result["errors"] and result["results"] > 0 else "REJECTED"
 
 
 def check(argv: Sequence[str]) -> int:
@@ -379,8 +387,10 @@ def check(argv: Sequence[str]) -> int:
         print(c)
     tail = [ln for ln in result["output"].splitlines() if re.search(r"Results=|SUMMARY", ln)]
     print("\n".join(tail[-8:]))
-    verdict = "ACCEPTED" if result["returncode"] == 0 and not result["errors"] else "REJECTED"
-    print(f"\nsubmission checker ({ROUND}): {verdict}; {len(result['errors'])} complaint(s)")
+    verdict = verdict_of(result)
+    why = "" if result["results"] or result["errors"] else "; it found no results"
+    print(f"\nsubmission checker ({ROUND}): {verdict}; {len(result['errors'])} complaint(s), "
+          f"{result['results']} result(s){why}")
     return 0 if verdict == "ACCEPTED" else 1
 
 

@@ -25,7 +25,8 @@ TOOLS = REFERENCE / "tools" / "submission"
 
 
 def py(module, *args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = {k: v for k, v in os.environ.items() if k != "MLPERF_INFERENCE_DIR"}
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -126,6 +127,14 @@ def test_staging_refuses_benchmarks_outside_the_round(tmp_path):
 def test_check_needs_a_checkout(tmp_path):
     p = py("llmlib.compliance.submission", "check", f"--submission_dir={tmp_path}", cwd=tmp_path)
     assert p.returncode == 2 and "--mlperf_inference_dir is not set" in p.stderr
+
+
+def test_a_tree_without_results_is_not_accepted(tmp_path):
+    """The checker says "submission looks OK" on an empty tree; check_submission does not."""
+    (tmp_path / "sub" / "closed").mkdir(parents=True)
+    p = py("llmlib.compliance.submission", "check", f"--submission_dir={tmp_path / 'sub'}",
+           f"--mlperf_inference_dir={REFERENCE}", cwd=tmp_path)
+    assert p.returncode == 1 and "REJECTED; 0 complaint(s), 0 result(s); it found no results" in p.stdout
 
 
 # --- end to end: runs -> compliance -> staging -> the official checker ---------------------------------------
