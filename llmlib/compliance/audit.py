@@ -303,6 +303,8 @@ def audit_one(argv: Sequence[str], config, benchmark, scenario: str, test: str, 
         audit_copy = workdir / AUDIT_CONFIG_NAME
         shutil.copyfile(official, audit_copy)
         if not verify_only:
+            if run_dir.exists():  # an earlier run's logs must never be verified as this run's
+                shutil.rmtree(run_dir)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
             rc = subprocess.call([sys.executable, "-m", "llmlib", *child_args(argv, benchmark.name, scenario, test,
