@@ -185,7 +185,8 @@ def test_a_failed_run_fails_and_leaves_no_audit_config(tmp_path, tmp_names):
     p = audit(tmp_path, "--benchmarks=tiny-synthetic", "--scenarios=Offline", "--dummy_output_len=-3")
     assert p.returncode == 1 and "did not run" in p.stdout
     # and the earlier run's logs are gone, never verified as this run's
-    assert not (tmp_path / "results" / "local" / "tiny-synthetic" / "Offline" / "TEST06" / "mlperf_log_detail.txt").exists()
+    run = tmp_path / "results" / "local" / "tiny-synthetic" / "Offline" / "TEST06"
+    assert not (run / "mlperf_log_detail.txt").exists()
     assert audit_configs_under(tmp_path, REPO) == [] and leftover_workdirs(tmp_names) == set()
 
 
