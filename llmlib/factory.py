@@ -62,6 +62,28 @@ def load_benchmark_dataset(benchmark: BenchmarkSpec) -> LLMDataset:
     return dataset
 
 
+def build_core(core_cls, config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None, *,
+               rank: int, sink):
+    """One core of `core_cls` from the fields (tests and scripts; the factory resolves once for all)."""
+    settings = core_cls.resolve_settings(config, benchmark)
+    return core_cls(settings, rank=rank, sink=sink, inputs=core_cls.core_inputs(settings, dataset))
+
+
+def workers_per_core(config: ResolvedConfig, core_cls, num_cores: int) -> int:
+    """Worker processes per core from --workers_per_core (0: the cores run in this process)."""
+    from llmlib.serving.core_workers import parse_workers_per_core
+
+    value = getattr(config, "workers_per_core", "0")
+    n = parse_workers_per_core(value, num_cores)
+    if n and not core_cls.supports_workers:
+        if str(value).strip().lower() == "auto":
+            return 0
+        raise ConfigError(f"--workers_per_core={value}: core {config.core_type} runs in-process or in its own "
+                          "processes already; worker processes are for network cores (trtllm_endpoint, "
+                          "trtllm_disagg, triton_grpc) and dummy")
+    return n
+
+
 def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None = None) -> ServerBundle:
     """Build the server with `core_type`'s cores (as many as the core says the workload needs)."""
     core_cls = get_core_class(config.core_type)
@@ -73,10 +95,21 @@ def build_server(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMD
     server = LLMServer(policy=config.traffic_distribution_policy, request_timeout_s=config.request_timeout_s or 0.0,
                        max_consecutive_failures=config.max_consecutive_failures,
                        stall_warning_s=config.stall_warning_s or 0.0)
+    # the fields are read once, into the core's own settings; a core gets those, its rank, the sink and
+    # what the dataset must give it, and nothing else (so it can live in another process)
+    settings = core_cls.resolve_settings(config, benchmark)
+    inputs = core_cls.core_inputs(settings, dataset)
+    workers = workers_per_core(config, core_cls, n)
     cores = []
     try:
         for rank in range(n):
-            cores.append(core_cls(config=config, benchmark=benchmark, dataset=dataset, rank=rank, sink=server))
+            if workers:
+                from llmlib.serving.core_workers import WorkerPoolCore
+
+                cores.append(WorkerPoolCore(core_cls, settings, rank=rank, sink=server, inputs=inputs,
+                                            workers=workers))
+            else:
+                cores.append(core_cls(settings, rank=rank, sink=server, inputs=inputs))
         server.attach(cores)
     except BaseException:
         for core in cores:

@@ -321,6 +321,10 @@ declare(name="max_consecutive_failures", kind="int", default=50, minimum=0, grou
 declare(name="interrupt_grace_s", kind="float", default=20.0, minimum=0, group="server",
         help="After Ctrl-C / SIGTERM (or a core lost), how long LoadGen may take to finish its test "
              "(pending requests fail at once) before the harness exits without LoadGen's summary.")
+declare(name="token_stats", kind="bool", default=False, group="server",
+        help="Stream every token of Server/Interactive requests to the harness (cores that stream: "
+             "trtllm_endpoint, trtllm_disagg, dummy) for per-request inter-token statistics in the summary; "
+             "off, LoadGen's requests get a first token and the final output only.")
 declare(name="flush_timeout_s", kind="float", default=60.0, minimum=0, group="server",
         help="How long the end-of-run flush waits for pending requests.")
 
@@ -393,6 +397,12 @@ declare(name="trtllm_ca_file", kind="str", default="", env="TRTLLM_CA_FILE", gro
 declare(name="allow_api_key_over_http", kind="bool", default=False, group="endpoints",
         help="Send the API key over plain http:// to a host that is not loopback (cleartext on the "
              "network; refused unless set).")
+
+declare(name="workers_per_core", kind="str", default="0", group="endpoints",
+        help="Worker processes per network core (trtllm_endpoint, trtllm_disagg, triton_grpc; also dummy): "
+             "N >= 1 runs each core's connections, stream parsing and token counting in N processes, and the "
+             "LoadGen process only issues and completes; 0: in this process; auto: the machine's cores but one, "
+             "split between the cores.")
 
 # --- ops: quantize, build engines, launch servers, disaggregated serving (llmlib/ops) ---------------
 declare(name="dry_run", kind="bool", default=False, group="ops",
@@ -545,10 +555,6 @@ declare(name="llm_gen_config_path", kind="str", default="", group="trtllm",
         help="generation_config.json written during engine generation.")
 declare(name="num_gpus", kind="int", default=None, minimum=1, group="trtllm",
         help="GPUs to use (default: all visible). Data-parallel ranks = num_gpus / (TP x PP).")
-declare(name="hf_inject_oom_every", kind="int", default=0, minimum=0, group="hf",
-        help="Fault injection for tests: every Nth model call in a worker raises an out-of-memory error "
-             "(0 = off). The requests in that call fail; the run goes on.")
-
 # --- compliance runs and submission staging (llmlib/compliance/) -----------------------------------
 declare(name="mlperf_inference_dir", kind="str", default="", env="MLPERF_INFERENCE_DIR", group="compliance",
         help="A checkout of mlcommons/inference (compliance/TEST0x/audit.config and run_verification.py, "

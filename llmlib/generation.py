@@ -5,12 +5,15 @@ One frozen object per run, shared by every request (no per-request cost on the h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from llmlib.benchmarks import BenchmarkSpec
-from llmlib.config import ResolvedConfig
 from llmlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llmlib.benchmarks import BenchmarkSpec
+    from llmlib.config import ResolvedConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,11 +37,35 @@ class GenerationParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
+    def with_max_new_tokens(self, n: int) -> GenerationParams:
+        """These parameters with another output limit (one object per limit, cached)."""
+        return self if n == self.max_new_tokens else _with_max_new(self, int(n))
+
     def sampling(self) -> dict[str, Any]:
-        """The sampling fields as a dict (what `Request.sampling` carries)."""
+        """The sampling fields as a dict (for backends whose APIs take them by name)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
                 "seed": self.seed, "min_new_tokens": self.min_new_tokens}
+
+
+@functools.lru_cache(maxsize=256)
+def limit(max_new_tokens: int) -> GenerationParams:
+    """Greedy generation of at most `max_new_tokens`, no stop tokens (one shared object per limit)."""
+    return GenerationParams(max_new_tokens=max_new_tokens)
+
+
+#: (id(base), n) -> (base, derived); the base is held so that its id is never reused while cached
+_DERIVED: dict[tuple[int, int], tuple[GenerationParams, GenerationParams]] = {}
+
+
+def _with_max_new(params: GenerationParams, n: int) -> GenerationParams:
+    key = (id(params), n)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not params:
+        if len(_DERIVED) > 1024:
+            _DERIVED.clear()
+        hit = _DERIVED[key] = (params, replace(params, max_new_tokens=n))
+    return hit[1]
 
 
 def generation_params(config: ResolvedConfig, benchmark: BenchmarkSpec) -> GenerationParams:

@@ -11,7 +11,6 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -292,13 +291,10 @@ def _sample_one(logits: torch.Tensor, req: EngineRequest, generator: torch.Gener
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def engine_request_from(rid: int, input_ids: np.ndarray, max_new_tokens: int, stop_ids, streaming: bool,
-                        sampling: dict[str, Any] | None, min_new_tokens: int = 0) -> EngineRequest:
-    s = sampling or {}
-    return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=max_new_tokens,
-                         min_new_tokens=int(min_new_tokens), stop_ids=frozenset(stop_ids),
-                         streaming=streaming, temperature=float(s.get("temperature", 0.0) or 0.0),
-                         top_p=float(s.get("top_p", 1.0) or 1.0), top_k=int(s.get("top_k", 0) or 0),
-                         frequency_penalty=float(s.get("frequency_penalty", 0.0) or 0.0),
-                         presence_penalty=float(s.get("presence_penalty", 0.0) or 0.0),
-                         seed=int(s.get("seed", 0) or 0))
+def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool) -> EngineRequest:
+    """An EngineRequest from a Request's GenerationParams."""
+    return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=params.max_new_tokens,
+                         min_new_tokens=int(params.min_new_tokens), stop_ids=frozenset(params.stop_token_ids),
+                         streaming=streaming, temperature=float(params.temperature), top_p=float(params.top_p),
+                         top_k=int(params.top_k), frequency_penalty=float(params.frequency_penalty),
+                         presence_penalty=float(params.presence_penalty), seed=int(params.seed))

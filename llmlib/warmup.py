@@ -166,7 +166,8 @@ class WarmupManager:
 
     def warm_up(self, requests_per_core: int, inputs: Sequence[np.ndarray], max_new_tokens: Sequence[int],
                 *, streaming: bool, timeout_s: float,
-                sample_indices: Sequence[int] | None = None) -> WarmupCollector:
+                sample_indices: Sequence[int] | None = None,
+                params: GenerationParams | None = None) -> WarmupCollector:
         """Send `requests_per_core` requests to every core, shaped like the dataset (inputs and
         output budgets given by the caller, e.g. from `warmup_shapes`, and the samples they come
         from, for cores that send a sample's text instead of its tokens). Waits for all of them.
@@ -182,7 +183,9 @@ class WarmupManager:
             for k in range(requests_per_core):
                 j = (ci + k * n_cores) % len(inputs)
                 index = int(sample_indices[j]) if sample_indices is not None else -1
-                reqs.append(Request(next_internal_request_id(), inputs[j], int(max_new_tokens[j]), streaming,
+                n = int(max_new_tokens[j])
+                reqs.append(Request(next_internal_request_id(), inputs[j],
+                                    params.with_max_new_tokens(n) if params is not None else n, streaming,
                                     sample_index=index))
             self.server.submit(reqs, collector, core_index=ci)
         t0 = time.monotonic()

@@ -65,7 +65,6 @@ MODEL = "mock-model"
 def own_client(url: str, requests: int, concurrency: int, prompt_len: int, output_len: int, uvloop: bool) -> dict:
     import numpy as np
 
-    from llmlib.benchmarks import load_benchmark
     from llmlib.config import resolve
     from llmlib.cores.base import Request
     from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
@@ -114,10 +113,19 @@ def own_client(url: str, requests: int, concurrency: int, prompt_len: int, outpu
             else:
                 issue()
 
-    core = TrtllmEndpointCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=Sink(),
-                              settings=EndpointSettings(max_concurrency=concurrency, request_timeout_s=120.0,
-                                                        model=MODEL, use_uvloop=uvloop))
-    core.send_times = {}
+    class ProbedCore(TrtllmEndpointCore):
+        """Records when each request's bytes were written (the point genai-perf times from)."""
+
+        send_times: dict[int, int] = {}
+
+        def _result(self, call, r):
+            if call.ex is not None and call.ex.sent_ns:
+                self.send_times[call.req.request_id] = call.ex.sent_ns
+            return super()._result(call, r)
+
+    core = ProbedCore(EndpointSettings(urls=tuple(config.trtllm_server_urls), max_concurrency=concurrency,
+                                       request_timeout_s=120.0, model=MODEL, use_uvloop=uvloop),
+                      rank=0, sink=Sink())
     try:
         core.health_check()
         core.warm_up()  # as the harness does before the timed run: connections opened ahead

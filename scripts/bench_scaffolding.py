@@ -28,7 +28,7 @@ def measure(method: str, params: dict, args) -> dict:
     from llmlib.config import resolve
     from llmlib.cores.dummy import DummyCore
     from llmlib.expander import build_controller
-    from llmlib.factory import load_benchmark_dataset
+    from llmlib.factory import build_core, load_benchmark_dataset
     from llmlib.generation import generation_params
     from llmlib.math_dataset import CharTokenizer
     from llmlib.server import LLMServer
@@ -42,7 +42,7 @@ def measure(method: str, params: dict, args) -> dict:
     dataset = load_benchmark_dataset(bench)
     gen = generation_params(config, bench)
     server = LLMServer(request_timeout_s=60)
-    server.attach([DummyCore(config=config, benchmark=bench, dataset=dataset, rank=0, sink=server)])
+    server.attach([build_core(DummyCore, config, bench, dataset, rank=0, sink=server)])
     tok = CharTokenizer()
     sampling = {k: v for k, v in gen.sampling().items() if k != "min_new_tokens"}
     sampling["max_tokens"] = gen.max_new_tokens

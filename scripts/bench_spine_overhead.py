@@ -8,6 +8,10 @@ is INVALID, then bisects. Prints a table and the ratio harness / bare.
 
     .venv/bin/python scripts/bench_spine_overhead.py            # about 3 minutes here
     .venv/bin/python scripts/bench_spine_overhead.py --duration_ms=2000 --start_qps=10000
+    .venv/bin/python scripts/bench_spine_overhead.py --repos=before:/tmp/before,after:.   # checkouts side by side
+
+`--repos` measures the harness of each named checkout (e.g. `git archive <commit> | tar -x -C /tmp/before`)
+in the same run, against the same bare SUT: a before/after comparison on the same machine load.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
 
 
 def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: bool) -> dict:
+    kind = kind.split("@")[0]
     """One LoadGen Server test in this process; returns the parsed result."""
     import numpy as np
 
@@ -86,10 +91,13 @@ def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: boo
 
 
 def measure(kind: str, qps: float, args) -> dict:
-    cmd = [sys.executable, __file__, f"--one={kind}", f"--qps={qps}", f"--duration_ms={args.duration_ms}",
-           f"--outdir={args.outdir}"] + (["--progress"] if args.progress else [])
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    name, _, repo = kind.partition("@")
+    repo_path = Path(args.repo_paths.get(repo, REPO)).resolve()
+    cmd = [sys.executable, __file__, f"--one={name}", f"--qps={qps}", f"--duration_ms={args.duration_ms}",
+           f"--outdir={Path(args.outdir) / (repo or 'this')}", f"--repo={repo_path}"] + \
+        (["--progress"] if args.progress else [])
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(repo_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo_path)
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"{kind} at {qps:.0f} QPS failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -97,7 +105,7 @@ def measure(kind: str, qps: float, args) -> dict:
     valid = r.get("validity") == "VALID" and r.get("lost_or_failed", 0) == 0
     sps = r.get("result_samples_per_second") or 0.0
     ttft = (r.get("ttft_p99_ns") or 0) / 1e6
-    print(f"  {kind:<8} target {qps:>9,.0f}  completed {sps:>9,.0f}/s  p99 TTFT {ttft:>8.2f} ms  "
+    print(f"  {kind:<16} target {qps:>9,.0f}  completed {sps:>9,.0f}/s  p99 TTFT {ttft:>8.2f} ms  "
           f"{'VALID' if valid else 'INVALID'}", flush=True)
     return {"kind": kind, "qps": qps, "valid": valid, "completed_per_s": sps, "ttft_p99_ms": ttft}
 
@@ -131,6 +139,8 @@ def highest_valid(kind: str, args, rows: list) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", choices=("harness", "bare"), help=argparse.SUPPRESS)
+    p.add_argument("--repo", default="", help=argparse.SUPPRESS)
+    p.add_argument("--repos", default="", help="name:path,... checkouts whose harness is measured side by side")
     p.add_argument("--qps", type=float, help=argparse.SUPPRESS)
     p.add_argument("--duration_ms", type=int, default=3000, help="LoadGen min duration per test")
     p.add_argument("--start_qps", type=float, default=10000)
@@ -141,20 +151,28 @@ def main() -> int:
     p.add_argument("--outdir", default=str(REPO / "results" / "bench_spine"))
     args = p.parse_args()
     if args.one:
+        if args.repo:  # the checkout under test, ahead of this script's own
+            sys.path.insert(0, args.repo)
+            for name in [m for m in sys.modules if m == "llmlib" or m.startswith("llmlib.")]:
+                del sys.modules[name]
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         r = run_one(args.one, args.qps, args.duration_ms, Path(args.outdir), args.progress)
         print(json.dumps(r, default=str))
         return 0
+    args.repo_paths = dict(item.split(":", 1) for item in args.repos.split(",") if item)
     rows: list[dict] = []
     best = {}
-    for kind in ("bare", "harness"):
+    kinds = ["bare"] + ([f"harness@{name}" for name in args.repo_paths] or ["harness"])
+    for kind in kinds:
         print(f"{kind}: climbing from {args.start_qps:,.0f} QPS in steps of {args.step_qps:,.0f}", flush=True)
         best[kind] = highest_valid(kind, args, rows)
-    ratio = best["harness"] / best["bare"] if best["bare"] else float("nan")
     print()
     print(f"highest VALID target QPS  bare LoadGen SUT : {best['bare']:>10,.0f}")
-    print(f"highest VALID target QPS  harness + dummy  : {best['harness']:>10,.0f}")
-    print(f"ratio harness / bare                       : {ratio:10.3f}   (goal >= 0.9)")
+    ratio = float("nan")
+    for kind in kinds[1:]:
+        ratio = best[kind] / best["bare"] if best["bare"] else float("nan")
+        print(f"highest VALID target QPS  {kind + ' + dummy':<16} : {best[kind]:>10,.0f}   "
+              f"ratio to bare {ratio:.3f} (goal >= 0.9)")
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_spine_overhead.json").write_text(json.dumps({"best": best, "ratio": ratio, "runs": rows,

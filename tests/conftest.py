@@ -22,6 +22,7 @@ import pytest
 from llmlib.benchmarks import load_benchmark
 from llmlib.config import resolve
 from llmlib.dataset import load_dataset
+from llmlib.factory import build_core
 
 
 class Recorder:
@@ -115,8 +116,7 @@ def make_dummy(make_config, tiny_benchmark):
     made = []
 
     def make(sink, *, dataset=None, rank=0, **values):
-        core = DummyCore(config=make_config(**values), benchmark=tiny_benchmark, dataset=dataset,
-                         rank=rank, sink=sink)
+        core = build_core(DummyCore, make_config(**values), tiny_benchmark, dataset, rank=rank, sink=sink)
         made.append(core)
         return core
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmlib.cores.base import CoreSettings
 from llmlib.errors import ConfigError, CoreUnavailableError
 
 #: Where the in-process TensorRT-LLM cores come from (pyproject optional dependency).
@@ -85,6 +86,24 @@ def rank_layout(config) -> RankLayout:
             f"--pipeline_parallelism={pp} = {per_rank}; data-parallel ranks need whole TP x PP groups"
         )
     return RankLayout(num_gpus=num_gpus, tensor_parallelism=tp, pipeline_parallelism=pp)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrtllmSettings(CoreSettings):
+    """The in-process TensorRT-LLM cores' settings: the GPU layout (resolved once, in the parent),
+    what to load, and the runtime flags (over the harness defaults)."""
+
+    layout: RankLayout
+    engine_dir: str = ""  # trtllm_executor
+    model_path: str = ""  # trtllm_hlapi
+    backend: str = "pytorch"  # trtllm_hlapi: pytorch or trt
+    runtime_flags: Mapping[str, Any] = None  # type: ignore[assignment]
+
+
+def trtllm_settings(config) -> TrtllmSettings:
+    return TrtllmSettings(layout=rank_layout(config), engine_dir=str(config.engine_dir or ""),
+                          model_path=str(config.trtllm_model_path or ""), backend=str(config.trtllm_backend),
+                          runtime_flags=dict(config.trtllm_runtime_flags or {}))
 
 
 # --- runtime flags ---------------------------------------------------------------------------------------

@@ -9,41 +9,81 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from llmlib.errors import BackendError, FlushTimeoutError
+from llmlib.generation import GenerationParams, limit
 
 if TYPE_CHECKING:
     from llmlib.benchmarks import BenchmarkSpec
     from llmlib.config import ResolvedConfig
-    from llmlib.dataset import LLMDataset
 
 EMPTY_TOKENS = np.zeros(0, dtype=np.uint32)
 
 
 class Request:
-    """One generation request. `request_id` is unique among requests in flight."""
+    """One generation request. `request_id` is unique among requests in flight; `params` are its
+    typed generation parameters (output limits, stop tokens, sampling), usually the run's one
+    shared object. An int `params` is shorthand for `GenerationParams(max_new_tokens=n)` (greedy,
+    no stop tokens). `chunks`: someone listens to the tokens as they come (a streaming core then
+    calls the sink's `on_chunk`); LoadGen's requests leave it off and pay nothing for it.
+    Requests pickle (a core may live in another process)."""
 
-    __slots__ = ("request_id", "input_tokens", "max_new_tokens", "streaming", "sample_index",
-                 "min_new_tokens", "stop_token_ids", "sampling")
+    __slots__ = ("request_id", "input_tokens", "params", "streaming", "sample_index", "chunks", "max_new_tokens")
 
-    def __init__(self, request_id: int, input_tokens: np.ndarray, max_new_tokens: int,
-                 streaming: bool, sample_index: int = -1, min_new_tokens: int = 0,
-                 stop_token_ids: tuple[int, ...] = (), sampling: dict[str, Any] | None = None):
+    def __init__(self, request_id: int, input_tokens: np.ndarray, params: GenerationParams | int,
+                 streaming: bool, sample_index: int = -1, *, chunks: bool = False):
         self.request_id = request_id
         self.input_tokens = input_tokens
-        self.max_new_tokens = max_new_tokens
+        if params.__class__ is not GenerationParams:
+            params = limit(int(params))
+        self.params = params
+        self.max_new_tokens = params.max_new_tokens  # (read on the hot path: a plain slot, not a property)
         self.streaming = streaming
         self.sample_index = sample_index
-        self.min_new_tokens = min_new_tokens
-        self.stop_token_ids = stop_token_ids
-        self.sampling = sampling
+        self.chunks = chunks
+
+    @property
+    def min_new_tokens(self) -> int:
+        return self.params.min_new_tokens
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return self.params.stop_token_ids
+
+    def __getstate__(self):
+        return (self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index, self.chunks)
+
+    def __setstate__(self, state) -> None:
+        (self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index,
+         self.chunks) = state
+        self.max_new_tokens = self.params.max_new_tokens
 
     def __repr__(self) -> str:
         return (f"Request(id={self.request_id}, sample={self.sample_index}, "
                 f"input_len={len(self.input_tokens)}, max_new_tokens={self.max_new_tokens})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreSettings:
+    """Base of every core's settings: a frozen, picklable dataclass declared next to its core and
+    resolved from the fields once, by the core's `resolve_settings`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreInputs:
+    """What the dataset must give a core, beside its settings (picklable): prompt texts for a
+    server that takes no token ids; reference outputs and lengths for the simulated engine."""
+
+    prompt_texts: Sequence[str] | None = None
+    output_lens: np.ndarray | None = None
+    reference_tokens: Sequence[np.ndarray] | None = None
+
+
+NO_INPUTS = CoreInputs()
 
 
 class ResponseSink(Protocol):
@@ -58,6 +98,9 @@ class ResponseSink(Protocol):
 
     def on_error(self, request_id: int, error: BaseException) -> None: ...
 
+    # optional: `on_chunk(request_id, token_ids, n_tokens)`, the output so far (token ids where the
+    # backend gives them, else empty) and how many tokens it has, for requests made with `chunks=True`
+
 
 class LLMCore(ABC):
     """One backend instance.
@@ -69,12 +112,17 @@ class LLMCore(ABC):
 
     #: the registry name
     name: str = "base"
+    #: the settings dataclass this core is built from (declared next to it)
+    settings_type: ClassVar[type[CoreSettings]] = CoreSettings
+    #: whether `--workers_per_core` may run this core's requests in worker processes (network cores)
+    supports_workers: ClassVar[bool] = False
 
-    def __init__(self, *, config: ResolvedConfig, benchmark: BenchmarkSpec, dataset: LLMDataset | None,
-                 rank: int, sink: ResponseSink):
-        self.config = config
-        self.benchmark = benchmark
-        self.dataset = dataset
+    def __init__(self, settings: CoreSettings, *, rank: int, sink: ResponseSink, inputs: CoreInputs = NO_INPUTS):
+        if not isinstance(settings, self.settings_type):
+            raise TypeError(f"core {self.name}: settings must be {self.settings_type.__name__}, "
+                            f"got {type(settings).__name__}")
+        self.settings = settings
+        self.inputs = inputs
         self.rank = rank
         self.sink = sink
         self._pending: dict[int, Request] = {}
@@ -85,6 +133,22 @@ class LLMCore(ABC):
         self._cancelled: set[int] = set()
 
     # --- the contract -----------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark: BenchmarkSpec) -> CoreSettings:
+        """This core's settings from the resolved fields (the only place a core reads them)."""
+        return cls.settings_type()
+
+    @classmethod
+    def worker_settings(cls, settings: CoreSettings, index: int, workers: int) -> CoreSettings:
+        """The settings of worker process `index` of `workers` that share this core (e.g. each with its
+        share of the connections)."""
+        return settings
+
+    @classmethod
+    def core_inputs(cls, settings: CoreSettings, dataset: Any) -> CoreInputs:
+        """What this core needs from the dataset (nothing, for a core that sends token ids)."""
+        return NO_INPUTS
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         """How many instances of this core the workload needs (data-parallel ranks, URLs...)."""
@@ -167,6 +231,13 @@ class LLMCore(ABC):
     def _first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         if request_id in self._pending:
             self.sink.on_first_token(request_id, token_ids)
+
+    def _chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        """The output so far of a request made with `chunks=True` (only streaming cores call this)."""
+        if request_id in self._pending:
+            on_chunk = getattr(self.sink, "on_chunk", None)
+            if on_chunk is not None:
+                on_chunk(request_id, token_ids, n_tokens)
 
     def _complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         if self._pending.pop(request_id, None) is None:

@@ -13,14 +13,30 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from llmlib.config import ResolvedConfig
-from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.cores.base import EMPTY_TOKENS, CoreInputs, CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, ConfigError
 
-_FIRST, _DONE = 0, 1
+_FIRST, _DONE, _CHUNK = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DummySettings(CoreSettings):
+    """The simulated engine's settings (the `--dummy_*` fields)."""
+
+    num_cores: int = 1
+    ttft_ms: float = 20.0
+    tpot_ms: float = 2.0
+    max_batch_size: int = 64
+    output_len: int | None = None  # None: the dataset's reference lengths
+    zero_latency: bool = False
+    fail_rate: float = 0.0
+    oracle_accuracy: float | None = None
+    seed: int = 0
 
 
 class DummyCore(LLMCore):
@@ -29,19 +45,22 @@ class DummyCore(LLMCore):
     the request's max_new_tokens."""
 
     name = "dummy"
+    settings_type = DummySettings
+    settings: DummySettings
+    supports_workers = True  # the simulator, to measure and test the worker processes without a network
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        cfg = self.config
-        self.ttft_ns = int(cfg.dummy_ttft_ms * 1e6)
-        self.tpot_ns = int(cfg.dummy_tpot_ms * 1e6)
-        self.max_batch = cfg.dummy_max_batch_size
-        self.zero_latency = cfg.dummy_zero_latency
-        self.fail_rate = cfg.dummy_fail_rate
+    def __init__(self, settings: DummySettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        cfg = settings
+        self.ttft_ns = int(cfg.ttft_ms * 1e6)
+        self.tpot_ns = int(cfg.tpot_ms * 1e6)
+        self.max_batch = cfg.max_batch_size
+        self.zero_latency = cfg.zero_latency
+        self.fail_rate = cfg.fail_rate
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError(f"--dummy_fail_rate={self.fail_rate} must be within 0..1")
-        self._rng = random.Random(cfg.dummy_seed * 1000 + self.rank)
-        self._fixed_len = _parse_output_len(cfg.dummy_output_len)
+        self._rng = random.Random(cfg.seed * 1000 + self.rank)
+        self._fixed_len = cfg.output_len
         self._token_cache: dict[int, np.ndarray] = {}
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Request, np.ndarray]] = deque()
@@ -54,6 +73,21 @@ class DummyCore(LLMCore):
             self._thread = threading.Thread(target=self._engine_loop, name=f"dummy-engine-{self.rank}",
                                             daemon=True)
             self._thread.start()
+
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> DummySettings:
+        return DummySettings(num_cores=config.dummy_num_cores, ttft_ms=config.dummy_ttft_ms,
+                             tpot_ms=config.dummy_tpot_ms, max_batch_size=config.dummy_max_batch_size,
+                             output_len=_parse_output_len(config.dummy_output_len),
+                             zero_latency=config.dummy_zero_latency, fail_rate=config.dummy_fail_rate,
+                             oracle_accuracy=config.dummy_oracle_accuracy, seed=config.dummy_seed)
+
+    @classmethod
+    def core_inputs(cls, settings: DummySettings, dataset) -> CoreInputs:
+        """The reference outputs and their lengths (the simulated engine answers with them)."""
+        if dataset is None:
+            return CoreInputs()
+        return CoreInputs(output_lens=dataset.output_lens, reference_tokens=dataset.reference_tokens)
 
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
@@ -70,31 +104,31 @@ class DummyCore(LLMCore):
 
         tok = CharTokenizer()
         answer = solve(tok.decode(req.input_tokens))
-        seed = (req.sampling or {}).get("seed") or 0
+        seed = req.params.seed
         rng = random.Random(zlib.crc32(np.asarray(req.input_tokens).tobytes()) * 7919 + int(seed) * 104729
-                            + self.config.dummy_seed)
+                            + self.settings.seed)
         if answer is None:
             text = "I cannot tell."
-        elif rng.random() < self.config.dummy_oracle_accuracy:
+        elif rng.random() < self.settings.oracle_accuracy:
             text = f"Let me compute. The final answer is {answer}"
         else:
             text = f"Let me compute. The final answer is {answer + rng.choice([-1, 1]) * rng.randint(1, 20)}"
         return np.asarray(tok.encode(text)[: req.max_new_tokens], dtype=np.uint32)
 
     def _output_for(self, req: Request) -> np.ndarray:
-        if self.config.dummy_oracle_accuracy is not None:
+        if self.settings.oracle_accuracy is not None:
             return self._oracle_output(req)
         idx = req.sample_index
         cached = self._token_cache.get(idx) if idx >= 0 else None
         if cached is None:
-            ds = self.dataset
+            ds = self.inputs
             if self._fixed_len is not None:
                 n = self._fixed_len
-            elif idx >= 0 and ds is not None and ds.output_lens is not None:
+            elif idx >= 0 and ds.output_lens is not None:
                 n = int(ds.output_lens[idx])
             else:
                 n = req.max_new_tokens
-            if idx >= 0 and ds is not None and ds.reference_tokens is not None:
+            if idx >= 0 and ds.reference_tokens is not None:
                 ref = ds.reference_tokens[idx]
                 cached = np.ascontiguousarray(ref[:n], dtype=np.uint32)
                 if len(cached) < n:
@@ -125,6 +159,9 @@ class DummyCore(LLMCore):
                     tokens = self._output_for(req)
                 if req.streaming:
                     self._first_token(rid, tokens)
+                    if req.chunks:
+                        for k in range(1, len(tokens) + 1):
+                            self._chunk(rid, tokens[:k], k)
                 self._complete(rid, tokens, len(tokens))
             return
         with self._cond:
@@ -144,6 +181,10 @@ class DummyCore(LLMCore):
             done = first + self.tpot_ns * max(len(tokens) - 1, 0)
             if req.streaming and len(tokens):
                 heapq.heappush(self._events, (first, next(self._seq), _FIRST, req, tokens))
+                if req.chunks:  # someone listens: one chunk per token, at its time
+                    for k in range(len(tokens)):
+                        heapq.heappush(self._events, (first + self.tpot_ns * k, next(self._seq), _CHUNK, req,
+                                                      tokens[:k + 1]))
             heapq.heappush(self._events, (done, next(self._seq), _DONE, req, tokens))
 
     def _engine_loop(self) -> None:
@@ -170,6 +211,8 @@ class DummyCore(LLMCore):
                 rid = req.request_id
                 if kind == _FIRST:
                     self._first_token(rid, tokens)
+                elif kind == _CHUNK:
+                    self._chunk(rid, tokens, len(tokens))
                 elif self._should_fail():
                     self._fail(rid, BackendError(self.address, "injected failure"))
                 else:

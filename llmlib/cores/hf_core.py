@@ -13,12 +13,13 @@ import queue
 import signal
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmlib.config import ResolvedConfig
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores.base import CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,35 @@ log = logging.getLogger(__name__)
 _STOP = ("stop",)
 
 
-def resolve_model_path(config: ResolvedConfig) -> Path:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HFSettings(CoreSettings):
+    """The `hf` core's settings (the `--hf_*` fields)."""
+
+    model_path: str = ""  # a transformers checkpoint folder; "": the project's tiny model
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 16
+    max_num_tokens: int = 2048
+    num_workers: int = 1
+    threads_per_worker: int = 0  # 0: the machine's cores but one, split between the workers
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"hf dtype={self.dtype!r}: expected one of auto, float32, bfloat16, float16")
+        for name in ("max_batch_size", "max_num_tokens", "num_workers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"hf {name}={getattr(self, name)!r}: expected an integer >= 1")
+        if int(self.threads_per_worker) < 0:
+            raise ConfigError(f"hf threads_per_worker={self.threads_per_worker!r}: expected an integer >= 0")
+
+
+def resolve_model_path(model_path: str) -> Path:
     """The checkpoint folder: --hf_model_path, or the project's tiny model (built on first use)."""
-    if config.hf_model_path:
-        path = Path(config.hf_model_path).expanduser()
+    if model_path:
+        path = Path(model_path).expanduser()
         if not (path / "config.json").is_file():
-            raise ConfigError(f"--hf_model_path={config.hf_model_path}: no config.json there "
+            raise ConfigError(f"--hf_model_path={model_path}: no config.json there "
                               "(expected a transformers checkpoint folder)")
         return path
     from llmlib.tiny_model import ensure_tiny_model
@@ -39,37 +63,38 @@ def resolve_model_path(config: ResolvedConfig) -> Path:
     return ensure_tiny_model()
 
 
-def threads_per_worker(config: ResolvedConfig) -> int:
+def threads_per_worker(settings: HFSettings) -> int:
     """--hf_threads_per_worker, else the cores left after one for the harness process (LoadGen,
     the server, the pipes), split evenly between the workers."""
-    if config.hf_threads_per_worker:
-        return config.hf_threads_per_worker
+    if settings.threads_per_worker:
+        return settings.threads_per_worker
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, (cpus - 1) // config.hf_num_workers)
+    return max(1, (cpus - 1) // settings.num_workers)
 
 
 class HFCore(LLMCore):
     """One worker process running HFEngine over the model."""
 
     name = "hf"
+    settings_type = HFSettings
+    settings: HFSettings
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, settings: HFSettings, **kwargs):
+        super().__init__(settings, **kwargs)
         try:
             import torch  # noqa: F401  (fail here, in the parent, with the install hint)
             import transformers  # noqa: F401
         except ImportError as err:
             raise CoreUnavailableError(f"core 'hf' needs torch and transformers ({err}). "
                                        "Install them with: pip install -e '.[hf]'") from err
-        cfg = self.config
-        self.model_path = resolve_model_path(cfg)
-        self.threads = threads_per_worker(cfg)
+        s = settings
+        self.model_path = resolve_model_path(s.model_path)
+        self.threads = threads_per_worker(s)
         worker_cfg = {
-            "model_path": str(self.model_path), "device": _pick_device(cfg.hf_device, self.rank),
-            "dtype": cfg.hf_dtype, "max_batch_size": cfg.hf_max_batch_size,
-            "max_num_tokens": cfg.hf_max_num_tokens, "threads": self.threads,
-            "trust_remote_code": cfg.hf_trust_remote_code, "rank": self.rank,
-            "inject_oom_every": cfg.hf_inject_oom_every,
+            "model_path": str(self.model_path), "device": _pick_device(s.device, self.rank),
+            "dtype": s.dtype, "max_batch_size": s.max_batch_size,
+            "max_num_tokens": s.max_num_tokens, "threads": self.threads,
+            "trust_remote_code": s.trust_remote_code, "rank": self.rank,
         }
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
@@ -89,6 +114,13 @@ class HFCore(LLMCore):
         self._receiver.start()
 
     @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> HFSettings:
+        return HFSettings(model_path=config.hf_model_path, device=config.hf_device, dtype=config.hf_dtype,
+                          max_batch_size=config.hf_max_batch_size, max_num_tokens=config.hf_max_num_tokens,
+                          num_workers=config.hf_num_workers, threads_per_worker=config.hf_threads_per_worker,
+                          trust_remote_code=config.hf_trust_remote_code)
+
+    @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         return config.hf_num_workers
 
@@ -100,8 +132,8 @@ class HFCore(LLMCore):
     def _enqueue_impl(self, requests: Sequence[Request]) -> None:
         if self._dead is not None:
             raise BackendError(self.address, self._dead)
-        self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.max_new_tokens,
-                           tuple(r.stop_token_ids), r.streaming, r.sampling, r.min_new_tokens) for r in requests])
+        self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.params, r.streaming)
+                          for r in requests])
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
         if request_id in self._pending:
@@ -204,20 +236,6 @@ def _pick_device(device: str, rank: int) -> str:
     return "cpu"
 
 
-def _oom_every(n: int):
-    """A fault hook raising an out-of-memory error on every nth model call (tests)."""
-    calls = [0]
-
-    def fault(phase: str, rids: list[int]) -> None:
-        calls[0] += 1
-        if calls[0] % n == 0:
-            import torch
-
-            raise torch.OutOfMemoryError(f"simulated out of memory in {phase} ({len(rids)} request(s))")
-
-    return fault
-
-
 # --- worker process ---------------------------------------------------------------------------------------
 def _worker_main(conn, cfg: dict) -> None:
     """Load the model, then loop: take requests from the pipe (a receiver thread), step the engine,
@@ -275,8 +293,7 @@ def _worker_main(conn, cfg: dict) -> None:
 
     threading.Thread(target=receive, name="hf-worker-recv", daemon=True).start()
     engine = HFEngine(model, Events(), max_batch_size=cfg["max_batch_size"],
-                      max_num_tokens=cfg["max_num_tokens"], device=device,
-                      fault=_oom_every(cfg["inject_oom_every"]) if cfg.get("inject_oom_every") else None)
+                      max_num_tokens=cfg["max_num_tokens"], device=device)
     conn.send([("ready", {"device": device, "dtype": str(dtype), "threads": cfg["threads"],
                           "model": cfg["model_path"]})])
     stopping = False
@@ -291,8 +308,8 @@ def _worker_main(conn, cfg: dict) -> None:
             for msgs in batches:
                 for m in msgs:
                     if m[0] == "req":
-                        _, rid, ids, max_new, stops, streaming, sampling, min_new = m
-                        engine.add(engine_request_from(rid, ids, max_new, stops, streaming, sampling, min_new))
+                        _, rid, ids, params, streaming = m
+                        engine.add(engine_request_from(rid, ids, params, streaming))
                     elif m[0] == "cancel":
                         engine.cancel(m[1])
                     elif m[0] == "stop":

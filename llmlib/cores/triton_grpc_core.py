@@ -37,6 +37,7 @@ Without `stop`, the server finishes the generation.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import threading
@@ -47,9 +48,8 @@ from typing import Any
 import numpy as np
 
 from llmlib.config import ResolvedConfig
-from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request
+from llmlib.cores.base import EMPTY_TOKENS, CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
-from llmlib.generation import generation_params
 
 try:
     import tritonclient.grpc as grpcclient
@@ -85,21 +85,26 @@ FINAL_PARAM = "triton_final_response"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TritonSettings:
-    url: str  # host:port of the gRPC endpoint
-    model: str
+class TritonSettings(CoreSettings):
+    """One Triton core's server and model, or (`targets`) every rank's, resolved once."""
+
+    url: str = ""  # host:port of the gRPC endpoint
+    model: str = ""
+    #: (url, model) per rank; empty: every rank is (url, model)
+    targets: tuple[tuple[str, str], ...] = ()
     num_clients: int = 1
     max_concurrency: int = 512
     tensor_names: dict[str, str] | None = None  # harness name -> server name
     health_timeout_s: float = 5.0
 
 
-def triton_settings(config: ResolvedConfig, rank: int) -> TritonSettings:
+def triton_settings(config: ResolvedConfig, rank: int | None = None) -> TritonSettings:
+    """Rank `rank`'s settings; with rank None, those of every rank (`targets`)."""
     urls = list(config.triton_server_urls)
     n_models = int(config.triton_num_models_per_server)
     if not urls:
         raise ConfigError("core triton_grpc: --triton_server_urls is empty; give host:port[,host:port...]")
-    if not 0 <= rank < len(urls) * n_models:
+    if rank is not None and not 0 <= rank < len(urls) * n_models:
         raise ConfigError(f"core triton_grpc: rank {rank} but {len(urls)} server(s) x {n_models} model(s)")
     names = {str(k): str(v) for k, v in (config.triton_tensor_names or {}).items()}
     unknown = sorted(set(names) - set(INPUTS) - set(OUTPUTS))
@@ -109,9 +114,11 @@ def triton_settings(config: ResolvedConfig, rank: int) -> TritonSettings:
     base = str(config.triton_model_name)
     if not base:
         raise ConfigError("--triton_model_name is empty; expected the Triton model's name (e.g. tensorrt_llm)")
+    targets = tuple((_host_port(urls[r // n_models]), base if n_models == 1 else f"{base}_{r % n_models}")
+                    for r in range(len(urls) * n_models))
+    url, model = targets[rank or 0]
     return TritonSettings(
-        url=_host_port(urls[rank // n_models]),
-        model=base if n_models == 1 else f"{base}_{rank % n_models}",
+        url=url, model=model, targets=targets if rank is None else (),
         num_clients=int(config.triton_num_clients_per_server),
         max_concurrency=int(config.triton_max_concurrency),
         tensor_names=names,
@@ -161,13 +168,14 @@ def cut_at_end(tokens: np.ndarray, end_id: int | None) -> np.ndarray:
 
 
 class _Track:
-    __slots__ = ("parts", "first_sent", "streaming", "prompt")
+    __slots__ = ("parts", "first_sent", "streaming", "prompt", "end_id")
 
-    def __init__(self, streaming: bool, prompt: np.ndarray):
+    def __init__(self, streaming: bool, prompt: np.ndarray, end_id: int | None = None):
         self.parts: list[np.ndarray] = []
         self.first_sent = False
         self.streaming = streaming
         self.prompt = prompt  # for the stop request a cancel sends
+        self.end_id = end_id  # the output is cut at its first end id
 
 
 class _Stream:
@@ -271,12 +279,17 @@ class TritonGrpcCore(LLMCore):
 
     name = "triton_grpc"
 
-    def __init__(self, *, settings: TritonSettings | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.settings = settings or triton_settings(self.config, self.rank)
-        gen = generation_params(self.config, self.benchmark)
-        self._gen = gen
-        self.end_id: int | None = gen.eos_token_id
+    settings_type = TritonSettings
+    settings: TritonSettings
+    supports_workers = True
+
+    def __init__(self, settings: TritonSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        if settings.targets:
+            if not 0 <= self.rank < len(settings.targets):
+                raise ConfigError(f"core {self.name}: rank {self.rank} but {len(settings.targets)} server model(s)")
+            url, model = settings.targets[self.rank]
+            self.settings = dataclasses.replace(settings, url=url, model=model, targets=())
         self._names = dict(self.settings.tensor_names or {})
         #: inputs the model declares (from its metadata); None until the health check reads them
         self.model_inputs: set[str] | None = None
@@ -295,6 +308,16 @@ class TritonGrpcCore(LLMCore):
         self._stop_stream: _StopStream | None = None
 
     # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def worker_settings(cls, settings: TritonSettings, index: int, workers: int) -> TritonSettings:
+        """Each worker process gets its share of the requests in flight (and at least one stream)."""
+        share = settings.max_concurrency // workers + (1 if index < settings.max_concurrency % workers else 0)
+        return dataclasses.replace(settings, max_concurrency=max(1, share))
+
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> TritonSettings:
+        return triton_settings(config)
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         n = len(config.triton_server_urls)
@@ -436,7 +459,7 @@ class TritonGrpcCore(LLMCore):
         try:
             inputs = self._inputs(req)
             stream = self._pick_stream()
-            stream.in_flight[key] = _Track(bool(req.streaming), req.input_tokens)
+            stream.in_flight[key] = _Track(bool(req.streaming), req.input_tokens, req.params.eos_token_id)
             stream.client.async_stream_infer(self.settings.model, inputs, outputs=self._outputs, request_id=key,
                                              enable_empty_final_response=True)
         except Exception as err:
@@ -462,7 +485,8 @@ class TritonGrpcCore(LLMCore):
 
     def _inputs(self, req: Request) -> list:
         ids = np.asarray(req.input_tokens, dtype=np.int32).reshape(1, -1)
-        sampling = req.sampling if req.sampling is not None else self._gen.sampling()
+        params = req.params
+        end_id = params.eos_token_id
         values: dict[str, np.ndarray] = {
             "input_ids": ids,
             "input_lengths": _scalar(ids.shape[1], np.int32),
@@ -470,25 +494,23 @@ class TritonGrpcCore(LLMCore):
             "streaming": _scalar(bool(req.streaming), np.bool_),
             "beam_width": _scalar(1, np.int32),
         }
-        if self.end_id is not None:
-            values["end_id"] = _scalar(self.end_id, np.int32)
-            values["pad_id"] = _scalar(self.end_id, np.int32)
-        temperature = float(sampling.get("temperature") or 0.0)
+        if end_id is not None:
+            values["end_id"] = _scalar(end_id, np.int32)
+            values["pad_id"] = _scalar(end_id, np.int32)
+        temperature = float(params.temperature)
         if temperature > 0:
             values["temperature"] = _scalar(temperature, np.float32)
-            values["runtime_top_p"] = _scalar(float(sampling.get("top_p") or 1.0), np.float32)
-            values["runtime_top_k"] = _scalar(int(sampling.get("top_k") or 0), np.int32)
+            values["runtime_top_p"] = _scalar(float(params.top_p), np.float32)
+            values["runtime_top_k"] = _scalar(int(params.top_k), np.int32)
         else:
             values["runtime_top_k"] = _scalar(1, np.int32)  # greedy
-        if sampling.get("seed") is not None:
-            values["random_seed"] = _scalar(int(sampling["seed"]), np.uint64)
-        min_new = req.min_new_tokens or int(sampling.get("min_new_tokens") or 0)
-        if min_new:
-            values["min_length"] = _scalar(min_new, np.int32)
+        values["random_seed"] = _scalar(int(params.seed), np.uint64)
+        if params.min_new_tokens:
+            values["min_length"] = _scalar(int(params.min_new_tokens), np.int32)
         for name in ("presence_penalty", "frequency_penalty"):
-            if sampling.get(name):
-                values[name] = _scalar(float(sampling[name]), np.float32)
-        extra_stops = [t for t in (req.stop_token_ids or self._gen.stop_token_ids) if t != self.end_id]
+            if getattr(params, name):
+                values[name] = _scalar(float(getattr(params, name)), np.float32)
+        extra_stops = [t for t in params.stop_token_ids if t != end_id]
         if extra_stops:
             values["stop_words_list"] = stop_words_tensor(extra_stops)
         declared = self.model_inputs
@@ -513,7 +535,7 @@ class TritonGrpcCore(LLMCore):
             return
         parts = track.parts
         tokens = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else EMPTY_TOKENS)
-        tokens = cut_at_end(tokens, self.end_id).astype(np.uint32)
+        tokens = cut_at_end(tokens, track.end_id).astype(np.uint32)
         self._complete(rid, tokens, len(tokens))
         self._release()
         self._settle_orphans(stream)

@@ -8,13 +8,14 @@ health verdicts, key rules (no key over plain http to a router that is not loopb
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmlib.config import ResolvedConfig
-from llmlib.cores.trtllm_endpoint_core import TrtllmEndpointCore
+from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore, endpoint_settings
 from llmlib.errors import ConfigError
 from llmlib.fields import parse_endpoints
 
@@ -51,16 +52,38 @@ def read_disagg_config(path: str | Path) -> dict[str, Any]:
     return {"router": f"{host}:{port}", **servers}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisaggSettings(EndpointSettings):
+    """The router's endpoint settings (`urls` is the router alone) and the servers behind it."""
+
+    config_path: str = ""
+    context_servers: tuple[str, ...] = ()
+    generation_servers: tuple[str, ...] = ()
+
+
 class TrtllmDisaggCore(TrtllmEndpointCore):
     """One core per router: requests go to the router, which splits context and generation."""
 
     name = "trtllm_disagg"
+    settings_type = DisaggSettings
+    settings: DisaggSettings
 
-    def __init__(self, *, config: ResolvedConfig, **kwargs):
-        self.disagg = read_disagg_config(config.trtllm_disagg_config_path)
-        routed = config.with_values(source=f"router in {config.trtllm_disagg_config_path}",
-                                    trtllm_server_urls=self.disagg["router"])
-        super().__init__(config=routed, **kwargs)
+    @property
+    def disagg(self) -> dict[str, Any]:
+        s = self.settings
+        return {"router": s.urls[0], "context_servers": list(s.context_servers),
+                "generation_servers": list(s.generation_servers)}
+
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> DisaggSettings:
+        """The endpoint core's settings aimed at the router, and the servers behind it."""
+        disagg = read_disagg_config(config.trtllm_disagg_config_path)
+        routed = endpoint_settings(config.with_values(source=f"router in {config.trtllm_disagg_config_path}",
+                                                      trtllm_server_urls=disagg["router"]))
+        return DisaggSettings(**{f.name: getattr(routed, f.name) for f in fields(routed)},
+                              config_path=str(config.trtllm_disagg_config_path),
+                              context_servers=tuple(disagg["context_servers"]),
+                              generation_servers=tuple(disagg["generation_servers"]))
 
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:

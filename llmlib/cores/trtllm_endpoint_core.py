@@ -19,7 +19,10 @@ types) is not noticed, and per-chunk `finish_reason` is not read. The body arriv
 straight into `StreamState.feed` (one call per read, all the events it brought checked together), and
 the request's task wakes only when the response ends. A request is written in the loop callback that
 takes it (`_begin`) when a concurrency slot and an idle connection are free, not one loop iteration
-later in its task's first step (behind the reads of every other stream); `send_times` records when.
+later in its task's first step (behind the reads of every other stream). A request made with
+`chunks=True` (someone listens) also gets the output so far after every read that brought tokens.
+The wire format (bodies, replies, SSE) is `llmlib.cores.wire.openai`'s, shared with scaffolding's
+OpenAIWorker; `--workers_per_core` runs this core in worker processes (llmlib/serving/core_workers.py).
 
 URLs and secrets. `--trtllm_server_urls` items are `host:port` (http) or `http[s]://host[:port][/prefix]`:
 the scheme is kept (https verifies the certificate, against `--trtllm_ca_file` when given) and so is the
@@ -47,9 +50,9 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,9 +62,8 @@ import numpy as np
 
 from llmlib.config import ResolvedConfig
 from llmlib.cores._async_loop import AsyncLoopCore
-from llmlib.cores.base import EMPTY_TOKENS, Request
+from llmlib.cores.base import CoreInputs, CoreSettings, Request
 from llmlib.errors import BackendError, ConfigError
-from llmlib.generation import generation_params
 from llmlib.http1 import (
     ConnectError,
     ConnectionDropped,
@@ -75,6 +77,16 @@ from llmlib.http1 import (
     TLSError,
     parse_endpoint_url,
 )
+from llmlib.cores.wire.openai import (
+    PROMPT_MUST_BE_TEXT_RE,
+    ReplyError,
+    StreamState,
+    completion_body,
+    parse_reply,
+    refuses_token_ids,
+    server_message,
+    snippet,
+)
 from llmlib.secrets import read_api_key, redact
 from llmlib.secrets import register as register_secret
 
@@ -85,17 +97,14 @@ try:  # optional: about a fifth less client CPU per streamed token (one socket r
 except ImportError:  # pragma: no cover - depends on the environment
     _uvloop = None
 
-#: most characters of a server's reply quoted in an error
-SNIPPET_CHARS = 200
-
-_IDS_RE = re.compile(rb'"token_ids"\s*:\s*\[([^\]]*)\]')
 
 
 # --- settings ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EndpointSettings:
+class EndpointSettings(CoreSettings):
     """The core's settings, from config fields where they are declared (see `endpoint_settings`)."""
 
+    urls: tuple[str, ...] = ()  # one core per URL: host:port or http[s]://host[:port][/prefix]
     max_concurrency: int = 256  # requests in flight per URL
     model: str = ""  # empty: the first model /v1/models lists (found by health_check)
     use_chat: bool = False
@@ -132,6 +141,7 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
     if concurrency < 1:
         raise ConfigError(f"--trtllm_max_concurrency={concurrency}: expected at least 1")
     return EndpointSettings(
+        urls=tuple(config.trtllm_server_urls),
         max_concurrency=concurrency,
         model=str(_opt(config, "trtllm_endpoint_model", "")),
         use_chat=bool(_opt(config, "trtllm_use_chat", False)),
@@ -194,273 +204,40 @@ def prompt_texts(dataset: Any, settings: EndpointSettings) -> list[str] | None:
     return extra[column]
 
 
-# --- payloads and replies (pure) ----------------------------------------------------------------------
+# --- payloads (the wire format is llmlib.cores.wire.openai's) ------------------------------------------
 def request_payload(*, model: str | None, prompt: list[int] | str, max_tokens: int, stream: bool,
                     sampling: dict[str, Any], stop_token_ids: Sequence[int] = (), chat: bool = False,
                     return_token_ids: bool = True) -> dict[str, Any]:
-    """The JSON body of one request. `top_k`, `min_tokens`, `stop_token_ids` and `return_token_ids`
-    are the extensions vLLM / trtllm-serve / SGLang accept."""
-    body: dict[str, Any] = {}
-    if model:
-        body["model"] = model
-    if chat:
-        if not isinstance(prompt, str):
-            raise ConfigError("the chat endpoint needs a text prompt; token ids need /v1/completions")
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    body["max_tokens"] = int(max_tokens)
+    """The JSON body of one harness request: greedy is temperature 0 alone; `top_k`, `min_tokens`,
+    `stop_token_ids` and `return_token_ids` are the extensions vLLM / trtllm-serve / SGLang accept."""
     temperature = float(sampling.get("temperature") or 0.0)
-    body["temperature"] = temperature
+    fields: dict[str, Any] = {"temperature": temperature}
     if temperature > 0:
-        body["top_p"] = float(sampling.get("top_p") or 1.0)
+        fields["top_p"] = float(sampling.get("top_p") or 1.0)
         if sampling.get("top_k"):
-            body["top_k"] = int(sampling["top_k"])
+            fields["top_k"] = int(sampling["top_k"])
     for name in ("frequency_penalty", "presence_penalty"):
         if sampling.get(name):
-            body[name] = float(sampling[name])
+            fields[name] = float(sampling[name])
     if sampling.get("seed") is not None:
-        body["seed"] = int(sampling["seed"])
+        fields["seed"] = int(sampling["seed"])
     if sampling.get("min_new_tokens"):
-        body["min_tokens"] = int(sampling["min_new_tokens"])
-    if stop_token_ids:
-        body["stop_token_ids"] = [int(t) for t in stop_token_ids]
-    if return_token_ids:
-        body["return_token_ids"] = True
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
-
-
-def snippet(data: bytes | str) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = " ".join(text.split())
-    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
-
-
-def server_message(data: bytes | str) -> str:
-    """The server's own words from an error body, once and short: `error.message` (OpenAI, vLLM,
-    SGLang, trtllm-serve), `detail` (FastAPI: the first validation error, its location and how many
-    more), else the body's start."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        fields["min_tokens"] = int(sampling["min_new_tokens"])
     try:
-        obj = json.loads(text)
-    except ValueError:
-        return snippet(text)
-    if isinstance(obj, dict):
-        err = obj.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return snippet(str(err["message"]))
-        if isinstance(err, str) and err:
-            return snippet(err)
-        if isinstance(obj.get("message"), str) and obj["message"]:
-            return snippet(obj["message"])
-        detail = obj.get("detail")
-        if isinstance(detail, str) and detail:
-            return snippet(detail)
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            first = detail[0]
-            loc = ".".join(str(p) for p in first.get("loc") or ())
-            more = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
-            return snippet(f"{loc}: {first.get('msg', '')}{more}")
-    return snippet(text)
-
-
-_STRING_WANTED = ("valid string", "expected a string", "string_type", "must be a string", "should be a string",
-                  "expected str", "not a string", "invalid type: sequence")
-
-
-def refuses_token_ids(status: int, data: bytes | str) -> bool:
-    """An error reply that says the prompt must be text (llama-cpp-python: HTTP 500 with pydantic's
-    'Input should be a valid string' on `prompt`; TGI: 422 'invalid type: sequence, expected a string')."""
-    if status < 400:
-        return False
-    text = (data.decode("utf-8", "replace") if isinstance(data, bytes) else data).lower()
-    return "prompt" in text and any(w in text for w in _STRING_WANTED)
+        return completion_body(model=model, prompt=prompt, chat=chat, max_tokens=max_tokens, stream=stream,
+                               fields=fields, stop_token_ids=stop_token_ids, return_token_ids=return_token_ids)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def token_ids_refused_cause(status: int, data: bytes | str) -> str:
     """One line for a server that takes no token-id prompt, naming the setting that fixes it."""
     text = server_message(data)
-    m = _PROMPT_MSG_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    m = PROMPT_MUST_BE_TEXT_RE.search(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
     gist = f"prompt: {m.group(1)}" if m else (text if len(text) <= 80 else text[:80] + "...")
     return (f"the server refuses token-id prompts (HTTP {status}: {gist}); send prompt texts instead with "
             "--trtllm_prompt_text_column=<a text column of the dataset, e.g. input>")
 
-
-#: pydantic's message for a prompt that must be a string (llama-cpp-python quotes it in its error body)
-_PROMPT_MSG_RE = re.compile(r"(Input should be a valid string)", re.IGNORECASE)
-
-
-class ReplyError(Exception):
-    """A reply the core cannot use; the message is the BackendError's cause."""
-
-
-def _server_error(obj: Any) -> str | None:
-    if isinstance(obj, dict) and obj.get("error"):
-        err = obj["error"]
-        return snippet(str(err.get("message", err) if isinstance(err, dict) else err))
-    return None
-
-
-def _decode(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ReplyError(f"malformed {what}: {snippet(data)}") from None
-
-
-def _choice_content(choice: dict) -> tuple[Any, list | None]:
-    """(the text a choice adds, its token ids). A chat delta or message with a reasoning parser on
-    (vLLM, SGLang; gpt-oss's analysis channel) carries the thinking in `reasoning_content` (or
-    `reasoning`) and only the answer in `content`: either kind is output."""
-    content = choice.get("text")
-    if content is None:
-        part = choice.get("delta") or choice.get("message") or {}
-        content = part.get("content") or part.get("reasoning_content") or part.get("reasoning")
-    return content, choice.get("token_ids")
-
-
-def parse_reply(data: bytes) -> tuple[np.ndarray, int, str]:
-    """A non-streamed reply -> (output ids, their count, source: 'token_ids' | 'usage')."""
-    obj = _decode(data, "JSON reply")
-    err = _server_error(obj)
-    if err:
-        raise ReplyError(f"server error: {err}")
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
-        raise ReplyError(f"reply has no choices: {snippet(data)}")
-    _, ids = _choice_content(obj["choices"][0])
-    if ids is not None:
-        tokens = np.asarray(ids, dtype=np.uint32)
-        return tokens, len(tokens), "token_ids"
-    n = (obj.get("usage") or {}).get("completion_tokens")
-    if not isinstance(n, int):
-        raise ReplyError(f"reply has neither choices[0].token_ids nor usage.completion_tokens: {snippet(data)}")
-    return EMPTY_TOKENS, n, "usage"
-
-
-class StreamState:
-    """Parses one SSE stream of completion chunks (bytes in, as they arrive).
-
-    `feed(data)` returns True when this data brought the first content chunk. After `done`
-    (`data: [DONE]`), `result()` gives (ids, count, source)."""
-
-    __slots__ = ("_buf", "first_seen", "done", "ids_mode", "ids", "chunks", "last", "usage_tokens")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self.first_seen = False
-        self.done = False
-        self.ids_mode = False
-        self.ids: list[int] = []
-        self.chunks = 0  # events after the first content chunk, [DONE] excluded
-        self.last = b""  # the last of those
-        self.usage_tokens: int | None = None
-
-    def feed(self, data: bytes) -> bool:
-        buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self._buf = buf
-            return False
-        self._buf = buf[cut + 2:]
-        if self.done:
-            return False
-        # every `data:` line of the complete events, in order (other SSE lines are ignored)
-        datas = [line[5:].strip() for line in buf[:cut].split(b"\n") if line[:5] == b"data:"]
-        first = False
-        if not self.first_seen:
-            for i, item in enumerate(datas):
-                if self._event(item):
-                    first = True
-                if self.first_seen or self.done:
-                    datas = datas[i + 1:]
-                    break
-            else:
-                return False
-        if datas and not self.done:
-            self._later(datas)
-        return first
-
-    def _take_ids(self, data: bytes) -> None:
-        groups = _IDS_RE.findall(data)
-        if groups:
-            try:
-                self.ids.extend(map(int, filter(bytes.strip, b",".join(groups).split(b","))))
-            except ValueError:
-                raise ReplyError(f"malformed token_ids in SSE chunk: {snippet(data)}") from None
-
-    def _later(self, datas: list[bytes]) -> None:
-        """The events after the first content chunk, checked together (no JSON decode)."""
-        if b"[DONE]" in datas:
-            datas = datas[:datas.index(b"[DONE]")]
-            self.done = True
-            if not datas:
-                return
-        bad = [d for d in datas if d[:1] != b"{" or d[-1:] != b"}"]
-        if bad:
-            raise ReplyError(f"malformed SSE chunk: {snippet(bad[0])}")
-        joined = datas[0] if len(datas) == 1 else b"\n".join(datas)
-        if b'"error"' in joined:
-            for item in datas:
-                if b'"error"' in item:
-                    err = _server_error(_decode(item, "SSE chunk"))
-                    if err:
-                        raise ReplyError(f"server error in stream: {err}")
-        self.chunks += len(datas)
-        self.last = datas[-1]
-        if self.ids_mode:
-            self._take_ids(joined)
-
-    def _event(self, data: bytes) -> bool:
-        if self.done:
-            return False
-        if data == b"[DONE]":
-            self.done = True
-            return False
-        if not (data.startswith(b"{") and data.endswith(b"}")):
-            raise ReplyError(f"malformed SSE chunk: {snippet(data)}")
-        if b'"error"' in data:
-            err = _server_error(_decode(data, "SSE chunk"))
-            if err:
-                raise ReplyError(f"server error in stream: {err}")
-        obj = _decode(data, "SSE chunk")
-        choices = obj.get("choices") or []
-        if choices:
-            content, ids = _choice_content(choices[0])
-            if ids is not None:
-                self.ids_mode = True
-                self.ids.extend(int(t) for t in ids)
-            if ids or content:
-                self.first_seen = True
-                return True
-        usage = obj.get("usage")
-        if usage:
-            self.usage_tokens = usage.get("completion_tokens")
-        return False
-
-    def first_tokens(self) -> np.ndarray:
-        return np.asarray(self.ids, dtype=np.uint32) if self.ids else EMPTY_TOKENS
-
-    def result(self) -> tuple[np.ndarray, int, str]:
-        if self.ids_mode:
-            tokens = np.asarray(self.ids, dtype=np.uint32)
-            return tokens, len(tokens), "token_ids"
-        content_chunks = self.chunks + (1 if self.first_seen else 0)
-        if self.last:
-            obj = _decode(self.last, "SSE chunk")
-            usage = obj.get("usage")
-            if usage and isinstance(usage.get("completion_tokens"), int):
-                return EMPTY_TOKENS, usage["completion_tokens"], "usage"
-            choices = obj.get("choices")
-            if not choices or not _choice_content(choices[0])[0]:
-                content_chunks -= 1  # a last chunk with no choices or no content (finish_reason only) carried no tokens
-        elif self.usage_tokens is not None:
-            return EMPTY_TOKENS, int(self.usage_tokens), "usage"
-        return EMPTY_TOKENS, content_chunks, "chunks"
 
 
 # --- the core -----------------------------------------------------------------------------------------
@@ -533,9 +310,13 @@ class TrtllmEndpointCore(AsyncLoopCore):
 
     name = "trtllm_endpoint"
 
-    def __init__(self, *, settings: EndpointSettings | None = None, **kwargs):
-        super().__init__(**kwargs)
-        urls = list(self.config.trtllm_server_urls)
+    settings_type = EndpointSettings
+    settings: EndpointSettings
+    supports_workers = True
+
+    def __init__(self, settings: EndpointSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        urls = list(settings.urls)
         if not urls:
             raise ConfigError(f"core {self.name}: --trtllm_server_urls is empty; give host:port[,host:port...]")
         if not 0 <= self.rank < len(urls):
@@ -543,23 +324,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
                               f"--trtllm_server_urls={','.join(urls)}")
         self.endpoint = endpoint_url(urls[self.rank])
         self.url = self.endpoint.address
-        self.settings = settings or endpoint_settings(self.config)
-        s = self.settings
+        s = settings
         check_key_transport(self.endpoint, s)
         if s.api_key:
             register_secret(s.api_key)  # also when the settings were built in code
         self._ssl = tls_context(s) if self.endpoint.tls else None
         api = self.endpoint.api
         self._path = f"{api}/chat/completions" if s.use_chat else f"{api}/completions"
-        self._texts = prompt_texts(self.dataset, s)
+        self._texts = self.inputs.prompt_texts
         #: prompts go as token ids (not texts): the health check probes once that the server takes them
         self._ids_checked = self._texts is not None or not s.probe_token_ids
         if s.use_chat and self._texts is None:
             raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
                               "token ids only (the harness never detokenizes); use /v1/completions")
-        gen = generation_params(self.config, self.benchmark)
-        self._default_sampling = gen.sampling()
-        self._default_stops = gen.stop_token_ids
+        self._sampling_of: tuple[Any, dict[str, Any]] = (None, {})  # (params, its sampling dict)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
         if s.api_key:
             self._headers["Authorization"] = f"Bearer {s.api_key}"
@@ -568,9 +346,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self.served_models: list[str] = []
         #: which source gave each completed request's output length: token_ids / usage / chunks
         self.token_sources: collections.Counter = collections.Counter()
-        #: None, or a dict that gets, per request id, time.perf_counter_ns() when its bytes were written,
-        #: set just before its outcome is delivered (a probe for client-side queueing)
-        self.send_times: dict[int, int] | None = None
 
         self._http: HTTPClient | None = None
         self._slots = _Slots(s.max_concurrency)
@@ -579,6 +354,25 @@ class TrtllmEndpointCore(AsyncLoopCore):
         self._start_loop(f"endpoint-{self.rank}")
 
     # --- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> EndpointSettings:
+        return endpoint_settings(config)
+
+    @classmethod
+    def worker_settings(cls, settings: EndpointSettings, index: int, workers: int) -> EndpointSettings:
+        """Each worker process gets its share of the requests in flight and of the connections opened ahead."""
+        def share(n: int) -> int:
+            return n // workers + (1 if index < n % workers else 0)
+
+        ahead = settings.connect_ahead
+        return dataclasses.replace(settings, max_concurrency=max(1, share(settings.max_concurrency)),
+                                   connect_ahead=None if ahead is None else share(ahead))
+
+    @classmethod
+    def core_inputs(cls, settings: EndpointSettings, dataset) -> CoreInputs:
+        """The prompt texts, when the server is sent texts instead of token ids."""
+        return CoreInputs(prompt_texts=prompt_texts(dataset, settings))
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         """One per URL; the URLs, the CA file and where the key may go are checked here, before anything
@@ -754,10 +548,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if req.streaming:
             rid = req.request_id
             state = call.state = StreamState()
+            if req.chunks:  # someone listens: the output so far after every read that brought tokens
+                seen = [0]
 
-            def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
-                if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
-                    self._first_token(rid, state.first_tokens())
+                def on_body(data: bytes) -> None:
+                    if state.feed(data):
+                        self._first_token(rid, state.first_tokens())
+                    n = state.tokens_so_far()
+                    if n > seen[0]:
+                        seen[0] = n
+                        self._chunk(rid, state.first_tokens(), n)
+            else:
+                def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
+                    if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
+                        self._first_token(rid, state.first_tokens())
 
         body = json.dumps(self._payload(req)).encode()
         call.ex = self._http.start("POST", self._path, body, on_body=on_body,
@@ -799,8 +603,6 @@ class TrtllmEndpointCore(AsyncLoopCore):
         except HTTPError as err:
             error = f"HTTP error: {type(err).__name__}: {err}"
         call.release()  # before the outcome: a request the sink issues from it can take this slot at once
-        if self.send_times is not None and call.ex is not None and call.ex.sent_ns:
-            self.send_times[rid] = call.ex.sent_ns
         if error is not None:
             self._fail(rid, self._error(error))
             return
@@ -825,12 +627,14 @@ class TrtllmEndpointCore(AsyncLoopCore):
             prompt = self._texts[req.sample_index]
         else:
             prompt = req.input_tokens.tolist() if isinstance(req.input_tokens, np.ndarray) else list(req.input_tokens)
-        sampling = dict(req.sampling if req.sampling is not None else self._default_sampling)
-        if req.min_new_tokens:
-            sampling["min_new_tokens"] = req.min_new_tokens
-        return request_payload(model=self.model, prompt=prompt, max_tokens=req.max_new_tokens,
+        params = req.params
+        cached, sampling = self._sampling_of
+        if cached is not params:  # one dict per params object (the run shares one)
+            sampling = params.sampling()
+            self._sampling_of = (params, sampling)
+        return request_payload(model=self.model, prompt=prompt, max_tokens=params.max_new_tokens,
                                stream=bool(req.streaming), sampling=sampling,
-                               stop_token_ids=req.stop_token_ids or self._default_stops,
+                               stop_token_ids=params.stop_token_ids,
                                chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
 
 

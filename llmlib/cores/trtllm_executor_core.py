@@ -71,10 +71,11 @@ from llmlib.cores._trtllm_common import (
     sampling_values,
     scheduler_policy_name,
     stop_values,
+    trtllm_settings,
+    TrtllmSettings,
 )
 from llmlib.cores.base import LLMCore, Request
 from llmlib.errors import BackendError, ConfigError
-from llmlib.generation import generation_params
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,13 @@ class TrtllmExecutorCore(LLMCore):
 
     name = "trtllm_executor"
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        cfg = self.config
-        self._layout = rank_layout(cfg)
+    settings_type = TrtllmSettings
+    settings: TrtllmSettings
+
+    def __init__(self, settings: TrtllmSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        cfg = settings
+        self._layout = cfg.layout
         self.device_ids = self._layout.device_ids(self.rank)
         self._address = f"{self.name}[rank {self.rank}, gpus {','.join(map(str, self.device_ids))}]"
         engine_dir = cfg.engine_dir
@@ -161,7 +165,7 @@ class TrtllmExecutorCore(LLMCore):
         trtllm = import_trtllm("tensorrt_llm", self.name)
         tle = import_trtllm("tensorrt_llm.bindings.executor", self.name)
         self._tle = tle
-        flags = dict(cfg.trtllm_runtime_flags)
+        flags = dict(cfg.runtime_flags or {})
         self._exclude_input = flag_bool(flags, "exclude_input_from_output", True)
         self._return_all = flag_bool(flags, "return_all_generated_tokens", False)
         worker_path = flags.get("executor_worker_path")
@@ -169,10 +173,6 @@ class TrtllmExecutorCore(LLMCore):
             worker_path = str(Path(trtllm.__file__).parent / "bin" / "executorWorker")
         self.executor_config = build_executor_config(tle, flags, self.device_ids, worker_path=worker_path)
 
-        gen = generation_params(cfg, self.benchmark)
-        self._default_sampling = gen.sampling()
-        self._default_stops = gen.stop_token_ids
-        self._eos = gen.eos_token_id
         self._output_config = tle.OutputConfig(exclude_input_from_output=self._exclude_input)
         self._sampling_cache: dict[tuple[int, int], tuple[dict, Any]] = {}
         self._max_tokens_kw = _max_tokens_keyword(tle)
@@ -193,6 +193,10 @@ class TrtllmExecutorCore(LLMCore):
         self._thread.start()
 
     # --- the contract -------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> TrtllmSettings:
+        return trtllm_settings(config)
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         return rank_layout(config).num_ranks
@@ -297,20 +301,20 @@ class TrtllmExecutorCore(LLMCore):
 
     # --- requests --------------------------------------------------------------------------------
     def _sampling_config(self, req: Request) -> Any:
-        sampling = req.sampling if req.sampling is not None else self._default_sampling
-        key = (id(sampling), req.min_new_tokens)
+        params = req.params
+        key = id(params)
         hit = self._sampling_cache.get(key)
-        if hit is not None and hit[0] is sampling:
+        if hit is not None and hit[0] is params:
             return hit[1]
-        values = sampling_values(sampling, req.min_new_tokens)
+        values = sampling_values(params.sampling(), params.min_new_tokens)
         made = self._tle.SamplingConfig(1, **values.as_kwargs())
         if len(self._sampling_cache) > 64:
             self._sampling_cache.clear()
-        self._sampling_cache[key] = (sampling, made)
+        self._sampling_cache[key] = (params, made)
         return made
 
     def _executor_request(self, req: Request) -> Any:
-        end_id, stop_tokens = stop_values(req.stop_token_ids or self._default_stops, self._eos)
+        end_id, stop_tokens = stop_values(req.stop_token_ids, req.params.eos_token_id)
         kwargs: dict[str, Any] = {
             self._max_tokens_kw: int(req.max_new_tokens),
             "streaming": bool(req.streaming),

@@ -56,11 +56,12 @@ from llmlib.cores._trtllm_common import (
     sampling_values,
     scheduler_policy_name,
     stop_values,
+    trtllm_settings,
+    TrtllmSettings,
 )
 from llmlib.cores._async_loop import AsyncLoopCore
 from llmlib.cores.base import Request
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError
-from llmlib.generation import generation_params
 
 log = logging.getLogger(__name__)
 
@@ -100,29 +101,28 @@ class TrtllmHlapiCore(AsyncLoopCore):
 
     name = "trtllm_hlapi"
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        cfg = self.config
-        layout = rank_layout(cfg)
+    settings_type = TrtllmSettings
+    settings: TrtllmSettings
+
+    def __init__(self, settings: TrtllmSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        cfg = settings
+        layout = cfg.layout
         self.device_ids = layout.device_ids(self.rank)
         self._address = f"{self.name}[rank {self.rank}, gpus {','.join(map(str, self.device_ids))}]"
-        model = cfg.trtllm_model_path
+        model = cfg.model_path
         if not model:
             raise ConfigError(f"core {self.name}: --trtllm_model_path is empty; give a checkpoint folder, "
                               f"engine folder or model name")
         trtllm = import_trtllm("tensorrt_llm", self.name)
         llmapi = import_trtllm("tensorrt_llm.llmapi", self.name)
         self._SamplingParams = trtllm.SamplingParams
-        llm_cls, backend_kw = _llm_class(trtllm, cfg.trtllm_backend, self.name)
+        llm_cls, backend_kw = _llm_class(trtllm, cfg.backend, self.name)
 
-        flags = dict(cfg.trtllm_runtime_flags)
+        flags = dict(cfg.runtime_flags or {})
         self.llm_kwargs = _llm_kwargs(llmapi, flags, layout.tensor_parallelism, layout.pipeline_parallelism)
         self.llm_kwargs.update(backend_kw)
 
-        gen = generation_params(cfg, self.benchmark)
-        self._default_sampling = gen.sampling()
-        self._default_stops = gen.stop_token_ids
-        self._eos = gen.eos_token_id
         self._params_cache: dict[tuple, tuple[dict, Any]] = {}
 
         try:
@@ -141,6 +141,10 @@ class TrtllmHlapiCore(AsyncLoopCore):
             raise
 
     # --- the contract ---------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, config: ResolvedConfig, benchmark) -> TrtllmSettings:
+        return trtllm_settings(config)
+
     @classmethod
     def num_cores(cls, config: ResolvedConfig) -> int:
         return rank_layout(config).num_ranks
@@ -197,21 +201,20 @@ class TrtllmHlapiCore(AsyncLoopCore):
             self._fail(rid, BackendError(self._address, f"generation failed: {err!r}"))
 
     def _sampling_params(self, req: Request) -> Any:
-        sampling = req.sampling if req.sampling is not None else self._default_sampling
-        stops = tuple(req.stop_token_ids or self._default_stops)
-        key = (id(sampling), req.min_new_tokens, req.max_new_tokens, stops)
+        params = req.params
+        key = id(params)
         hit = self._params_cache.get(key)
-        if hit is not None and hit[0] is sampling:
+        if hit is not None and hit[0] is params:
             return hit[1]
-        end_id, stop_tokens = stop_values(stops, self._eos)
-        kwargs = sampling_values(sampling, req.min_new_tokens).as_kwargs()
+        end_id, stop_tokens = stop_values(params.stop_token_ids, params.eos_token_id)
+        kwargs = sampling_values(params.sampling(), params.min_new_tokens).as_kwargs()
         kwargs.update(max_tokens=int(req.max_new_tokens), end_id=end_id, pad_id=end_id, detokenize=False)
         if stop_tokens:
             kwargs["stop_token_ids"] = stop_tokens
         made = self._SamplingParams(**kwargs)
         if len(self._params_cache) > 256:
             self._params_cache.clear()
-        self._params_cache[key] = (sampling, made)
+        self._params_cache[key] = (params, made)
         return made
 
     def _shutdown_llm(self) -> None:

@@ -1,5 +1,7 @@
 """OpenAIWorker: generation tasks against an OpenAI-compatible server (/v1/completions or
-/v1/chat/completions: trtllm-serve, vLLM, SGLang), with SSE streaming, over httpx.AsyncClient."""
+/v1/chat/completions: OpenAI, trtllm-serve, vLLM, SGLang), SSE streaming over httpx.AsyncClient; the
+wire format (bodies, SSE events, reasoning deltas, errors) is llmlib.cores.wire.openai's, as the
+endpoint core's."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmlib.cores.wire.openai import SSEDecoder, choice_parts, completion_body, logprobs_of, server_error
 from llmlib.errors import BackendError
 from scaffolding.task import GenerationTask, StreamGenerationTask
 from scaffolding.worker import Worker
@@ -66,38 +69,28 @@ def request_payload(task: GenerationTask, model: str, *, chat: bool, stream: boo
     """The JSON body for one task. Sampling fields keep their OpenAI names; `top_k` and integer stops
     (`stop_token_ids`) are the extensions vLLM, SGLang and trtllm-serve accept."""
     check_supported(task, "OpenAIWorker", logprobs=True)
-    body: dict[str, Any] = {"model": model}
     if chat:
         if task.input_str is None:
             raise TaskInputError(f"{describe(task)}: the chat endpoint needs input_str (a user message); "
                                  "token ids need the completions endpoint")
-        body["messages"] = [{"role": "user", "content": task.input_str}]
+        prompt: Any = task.input_str
     elif task.input_tokens is not None:
-        body["prompt"] = [int(t) for t in task.input_tokens]
+        prompt = [int(t) for t in task.input_tokens]
     elif task.input_str is not None:
-        body["prompt"] = task.input_str
+        prompt = task.input_str
     else:
         raise TaskInputError(f"{describe(task)}: no prompt; set input_str or input_tokens")
     max_tokens = task.max_tokens if task.max_tokens is not None else default_max_tokens
-    if max_tokens is not None:
-        body["max_tokens"] = int(max_tokens)
-    for name in ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty"):
-        value = getattr(task, name)
-        if value is not None:
-            body[name] = value
-    strings, ids = split_stops(task.stop, task)
-    if strings:
-        body["stop"] = strings
-    if ids:
-        body["stop_token_ids"] = ids
+    fields: dict[str, Any] = {name: getattr(task, name) for name in
+                              ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")}
     if task.num_logprobs is not None:
         if chat:
-            body["logprobs"], body["top_logprobs"] = True, int(task.num_logprobs)
+            fields["logprobs"], fields["top_logprobs"] = True, int(task.num_logprobs)
         else:
-            body["logprobs"] = int(task.num_logprobs)
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+            fields["logprobs"] = int(task.num_logprobs)
+    strings, ids = split_stops(task.stop, task)
+    body = completion_body(model=model, prompt=prompt, chat=chat, max_tokens=max_tokens, stream=stream,
+                           fields=fields, stop_strings=strings, stop_token_ids=ids)
     if extra_body:
         body.update(extra_body)
     return body
@@ -111,60 +104,31 @@ def _snippet(text: str) -> str:
 def _check_error(body: Any, url: str, where: str) -> dict:
     if not isinstance(body, dict):
         raise BackendError(url, f"{where}: expected a JSON object, got {type(body).__name__}")
-    if body.get("error"):
-        err = body["error"]
-        message = err.get("message", err) if isinstance(err, dict) else err
-        raise BackendError(url, f"{where}: server error: {_snippet(str(message))}")
+    message = server_error(body)
+    if message:
+        raise BackendError(url, f"{where}: server error: {message}")
     return body
 
 
 def parse_response(body: Any, url: str, *, chat: bool) -> dict[str, Any]:
-    """A non-streamed reply -> {text, finish_reason, completion_tokens, prompt_tokens, logprobs}."""
+    """A non-streamed reply -> {text, finish_reason, completion_tokens, prompt_tokens, logprobs}, and
+    `reasoning` when a reasoning parser split the thinking off the answer."""
     body = _check_error(body, url, "response")
     try:
         choice = body["choices"][0]
-        text = choice["message"]["content"] if chat else choice["text"]
+        if not isinstance(choice, dict) or ("message" if chat else "text") not in choice:
+            raise KeyError
+        text, reasoning, _ = choice_parts(choice, chat)
     except (KeyError, IndexError, TypeError):
         field = "choices[0].message.content" if chat else "choices[0].text"
         raise BackendError(url, f"response has no {field}: {_snippet(json.dumps(body))}") from None
     usage = body.get("usage") or {}
-    return {"text": text or "", "finish_reason": choice.get("finish_reason"),
-            "completion_tokens": usage.get("completion_tokens"), "prompt_tokens": usage.get("prompt_tokens"),
-            "logprobs": _logprobs(choice.get("logprobs"), chat)}
-
-
-def _logprobs(data: Any, chat: bool) -> list[float] | None:
-    if not data:
-        return None
-    if chat:
-        return [float(entry["logprob"]) for entry in data.get("content") or ()]
-    return [float(x) for x in data.get("token_logprobs") or ()]
-
-
-class SSEDecoder:
-    """Server-sent events, line by line: `feed(line)` returns an event's data when a blank line
-    ends it (data lines joined with newlines), else None. Comments and other fields are skipped."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        line = line.rstrip("\r")
-        if not line:
-            if not self._data:
-                return None
-            data, self._data = "\n".join(self._data), []
-            return data
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        if name == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-    def flush(self) -> str | None:
-        """What a stream that ended without a final blank line left."""
-        return self.feed("")
+    out = {"text": text or "", "finish_reason": choice.get("finish_reason"),
+           "completion_tokens": usage.get("completion_tokens"), "prompt_tokens": usage.get("prompt_tokens"),
+           "logprobs": logprobs_of(choice.get("logprobs"), chat)}
+    if reasoning:
+        out["reasoning"] = reasoning
+    return out
 
 
 # --- the stream of one request -----------------------------------------------------------------------
@@ -180,6 +144,7 @@ class OpenAIStream:
         self.first_ns = 0
         self.final_ns = 0
         self.parts: list[str] = []
+        self.reasoning_parts: list[str] = []  # a reasoning parser's thinking (chat deltas), apart from the answer
         self.chunks = 0
         self.finish_reason: str | None = None
         self.usage: dict = {}
@@ -237,13 +202,16 @@ class OpenAIStream:
         for choice in event.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            piece = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
-            if piece:
+            piece, thinking, _ = choice_parts(choice, self.chat)
+            if piece or thinking:  # a reasoning delta is a generated chunk too (TTFT, streaming_step)
                 if not self.first_ns:
                     self.first_ns = time.monotonic_ns()
-                self.parts.append(piece)
+                if piece:
+                    self.parts.append(piece)
+                if thinking:
+                    self.reasoning_parts.append(thinking)
                 self.chunks += 1
-            lp = _logprobs(choice.get("logprobs"), self.chat)
+            lp = logprobs_of(choice.get("logprobs"), self.chat)
             if lp:
                 self.logprobs.extend(lp)
             if choice.get("finish_reason"):
@@ -367,6 +335,8 @@ class OpenAIWorker(Worker):
         task.completion_tokens = result["completion_tokens"]
         task.prompt_tokens = result["prompt_tokens"]
         task.logprobs = result["logprobs"]
+        if result.get("reasoning"):
+            task.customized_result_fields["reasoning_str"] = result["reasoning"]
         task.ttft_s = None
         task.latency_s = (time.monotonic_ns() - issued) / 1e9
 
@@ -409,6 +379,8 @@ class OpenAIWorker(Worker):
         task.ttft_s = (stream.first_ns - stream.issued_ns) / 1e9 if stream.first_ns else None
         task.latency_s = (stream.final_ns - stream.issued_ns) / 1e9 if stream.final_ns else None
         task.customized_result_fields["stream_chunks"] = stream.chunks
+        if stream.reasoning_parts:
+            task.customized_result_fields["reasoning_str"] = "".join(stream.reasoning_parts)
 
     async def shutdown(self) -> None:
         client, self._http = self._http, None

@@ -50,9 +50,7 @@ class PytorchCPUWorker(LLMCoreWorker):
         except ImportError as err:
             raise WorkerUnavailableError(f"PytorchCPUWorker needs torch and transformers ({err}). "
                                          "Install them with: pip install -e '.[hf]'") from err
-        from llmlib.benchmarks import load_benchmark
-        from llmlib.config import resolve
-        from llmlib.cores.hf_core import HFCore
+        from llmlib.cores.hf_core import HFCore, HFSettings
         from llmlib.warmup import WarmupManager
 
         try:
@@ -60,20 +58,15 @@ class PytorchCPUWorker(LLMCoreWorker):
         except Exception as err:
             raise ValueError(f"PytorchCPUWorker: model_dir={str(model_dir)!r}: the tokenizer could not be "
                              f"loaded: {err}") from err
-        config = resolve(cli={
-            "hf_model_path": str(path), "hf_device": device, "hf_dtype": dtype,
-            "hf_max_batch_size": max_batch_size, "hf_max_num_tokens": max_num_tokens,
-            "hf_trust_remote_code": trust_remote_code, "hf_num_workers": num_workers,
-            "hf_threads_per_worker": threads_per_worker,
-        }, env={}, layers=())
-        # The tiny benchmark is only the spec the core is built with: generation settings come
-        # from each request (LLMCoreWorker), never from it.
-        benchmark = load_benchmark("tiny")
+        # the core's own settings, nothing else: generation settings come with each request (LLMCoreWorker)
+        settings = HFSettings(model_path=str(path), device=device, dtype=dtype, max_batch_size=max_batch_size,
+                              max_num_tokens=max_num_tokens, trust_remote_code=trust_remote_code,
+                              num_workers=num_workers, threads_per_worker=threads_per_worker)
         server = LLMServer(policy="load_balancing", request_timeout_s=request_timeout_s)
         cores: list[Any] = []
         try:
-            for rank in range(config.hf_num_workers):
-                cores.append(HFCore(config=config, benchmark=benchmark, dataset=None, rank=rank, sink=server))
+            for rank in range(num_workers):
+                cores.append(HFCore(settings, rank=rank, sink=server))
             server.attach(cores)
             WarmupManager(server, health_timeout_s=startup_timeout_s, backoff_s=0.05,
                           max_backoff_s=0.5).health_check()

@@ -3,8 +3,13 @@ OpenAI server (a separate process on 127.0.0.1): VALID, every sample accounted f
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,64 @@ def test_disaggregated_core_runs_through_the_router_in_its_yaml(tmp_path, mock_s
     assert lg.validity == "VALID", lg.invalid_reasons
     assert o.ok and o.issued == o.completed >= 500 and o.output_tokens == 32 * o.completed
     assert o.core_stats[0]["core"] == f"http://{mock_server}"
+
+
+def test_server_scenario_valid_with_two_worker_processes(tmp_path, endpoint_core, mock_server):
+    """--workers_per_core=2: the connections live in two worker processes; LoadGen sees the same run."""
+    cli = {"core_type": "trtllm_endpoint", "trtllm_server_urls": mock_server, "show_progress": "false",
+           "warmup_queries": "2", "min_duration_ms": "1000", "server_target_qps": "80", "min_query_count": "500",
+           "results_dir": str(tmp_path), "workers_per_core": "2"}
+    config, benchmark = resolve_for(cli, "tiny-synthetic", "Server", env={})
+    o = run_scenario(config, benchmark, "Server")
+    lg = summarize(parse_detail_log(Path(o.outdir) / "mlperf_log_detail.txt"))
+    assert lg.validity == "VALID", lg.invalid_reasons
+    assert o.ok and o.failed == 0 and o.lost == 0, o.errors
+    assert o.issued == o.completed == lg.completed_sample_count >= 500
+    assert o.output_tokens == 32 * o.completed
+    assert o.core_stats[0]["core"] == f"http://{mock_server} (2 workers)"
+    assert set(o.core_stats[0]["token_sources"]) == {"token_ids"}  # merged over the workers
+    assert o.core_stats[0]["token_sources"]["token_ids"] >= o.completed
+    assert 4e6 <= lg.ttft_p99_ns < 2000e6
+    assert not [p for p in multiprocessing.active_children() if "-worker-" in p.name]  # all reaped
+
+
+@pytest.fixture
+def slow_mock_server():
+    """The mock with 10 ms per token (32 tokens): ~25 requests in flight per worker at 80 QPS."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
+                             "--first_token_delay_ms", "5", "--per_token_delay_ms", "10", "--output_tokens", "32"],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_worker_killed_mid_run_fails_only_its_own_requests(tmp_path, endpoint_core, slow_mock_server):
+    cli = {"core_type": "trtllm_endpoint", "trtllm_server_urls": slow_mock_server, "show_progress": "false",
+           "warmup_queries": "2", "min_duration_ms": "3000", "server_target_qps": "80", "min_query_count": "500",
+           "results_dir": str(tmp_path), "workers_per_core": "2"}
+    config, benchmark = resolve_for(cli, "tiny-synthetic", "Server", env={})
+    killed = []
+
+    def kill_one():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = [p for p in multiprocessing.active_children() if p.name.endswith("-worker-0")]
+            if workers and list(tmp_path.glob("**/mlperf_log_detail.txt")):  # LoadGen's test has started
+                time.sleep(1.5)  # into the timed run (6 s)
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    o = run_scenario(config, benchmark, "Server")
+    killer.join()
+    assert killed
+    assert not o.ok and o.lost == 0 and o.issued == o.completed + o.failed, (o.issued, o.completed, o.failed, o.errors)
+    assert 0 < o.failed < 80 and o.completed > 400  # only the requests the dead worker held
+    assert set(o.errors) == {"BackendError: worker process <n> exited (exit code -<n>)"}  # causes grouped

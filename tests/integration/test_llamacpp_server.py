@@ -56,8 +56,8 @@ def make_core(make_config, tiny_benchmark):
 
     def make(sink, url, dataset=None, **settings):
         settings.setdefault("request_timeout_s", 60.0)
-        core = TrtllmEndpointCore(config=make_config(trtllm_server_urls=url), benchmark=tiny_benchmark,
-                                  dataset=dataset, rank=0, sink=sink, settings=EndpointSettings(**settings))
+        s = EndpointSettings(urls=(url,), **settings)
+        core = TrtllmEndpointCore(s, rank=0, sink=sink, inputs=TrtllmEndpointCore.core_inputs(s, dataset))
         made.append(core)
         return core
 
@@ -194,11 +194,13 @@ MIN_QUERIES = 460
 
 
 @pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
-def test_loadgen_server_run_is_valid(server, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])  # the core in the harness process, or in two worker processes
+def test_loadgen_server_run_is_valid(server, tmp_path, workers):
     args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
             "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
             f"--trtllm_prompt_text_column={TEXT_COLUMN}", f"--server_target_qps={TARGET_QPS}",
-            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2"]
+            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
+            f"--workers_per_core={workers}"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]

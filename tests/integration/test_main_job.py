@@ -47,7 +47,12 @@ def test_accuracy_run_reproduces_the_references(tmp_path):
 
 
 def test_out_of_memory_inside_the_model_fails_requests_not_the_run(tmp_path):
-    proc = llmlib(f"--results_dir={tmp_path}", "--scenarios=Offline", "--hf_inject_oom_every=9",
+    from llmlib.tiny_model import ensure_tiny_model
+    from tests.faults.oom_model import oom_checkpoint
+
+    model = oom_checkpoint(ensure_tiny_model(), tmp_path / "oom_model", every=9)
+    proc = llmlib(f"--results_dir={tmp_path}", "--scenarios=Offline", f"--hf_model_path={model}",
+                  "--hf_trust_remote_code=true", "--hf_dtype=float32",
                   "--offline_expected_qps=10", "--min_duration_ms=1000")
     assert proc.returncode == 1  # requests failed: the run is marked failed, and it finished
     s = summary(tmp_path, "Offline")

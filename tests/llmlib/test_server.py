@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores.base import CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
 from llmlib.server import LATENCY_WINDOW, LLMServer, make_policy, mask_variable_parts
 
@@ -170,7 +170,7 @@ def make_server(make_config, tiny_benchmark):
 
     def make(core_classes, **kwargs):
         server = LLMServer(**kwargs)
-        cores = [cls(config=config, benchmark=tiny_benchmark, dataset=None, rank=i, sink=server)
+        cores = [cls(settings=CoreSettings(), rank=i, sink=server)
                  for i, cls in enumerate(core_classes)]
         server.attach(cores)
         servers.append(server)

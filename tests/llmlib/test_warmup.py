@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores.base import CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, HarnessError, RunStopped
 from llmlib.reporter import LoadgenReporter
 from llmlib.server import LLMServer
@@ -144,7 +144,7 @@ def make_server(make_config, tiny_benchmark):
 
     def make(core_classes):
         server = LLMServer()
-        server.attach([cls(config=config, benchmark=tiny_benchmark, dataset=None, rank=i, sink=server)
+        server.attach([cls(settings=CoreSettings(), rank=i, sink=server)
                        for i, cls in enumerate(core_classes)])
         servers.append(server)
         return server

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmlib.cores._async_loop import AsyncLoopCore
-from llmlib.cores.base import EMPTY_TOKENS, Request
+from llmlib.cores.base import CoreSettings, EMPTY_TOKENS, Request
 from llmlib.errors import BackendError
 
 pytestmark = pytest.mark.timeout(30)
@@ -84,7 +84,7 @@ def make_core(make_config, tiny_benchmark):
     made = []
 
     def make(sink, **kwargs):
-        core = EchoCore(config=make_config(), benchmark=tiny_benchmark, dataset=None, rank=0, sink=sink, **kwargs)
+        core = EchoCore(settings=CoreSettings(), rank=0, sink=sink, **kwargs)
         if isinstance(sink, Chain):
             sink.core = core
         made.append(core)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores.base import CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, FlushTimeoutError
 
 
@@ -56,7 +56,7 @@ def make_core(make_config, tiny_benchmark, recorder):
     made = []
 
     def make(cls=ManualCore, rank=0):
-        core = cls(config=make_config(), benchmark=tiny_benchmark, dataset=None, rank=rank, sink=recorder)
+        core = cls(settings=CoreSettings(), rank=rank, sink=recorder)
         made.append(core)
         return core
 

@@ -12,6 +12,7 @@ from llmlib.cores.trtllm_disagg_core import TrtllmDisaggCore, read_disagg_config
 from llmlib.errors import ConfigError
 from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 from llmlib.server import LLMServer
+from llmlib.factory import build_core
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +62,7 @@ def test_requests_go_through_the_router(tmp_path, make_config, tiny_benchmark, r
         config = make_config(core_type="trtllm_disagg", trtllm_disagg_config_path=str(path))
         assert TrtllmDisaggCore.num_cores(config) == 1
         server = LLMServer()
-        core = TrtllmDisaggCore(config=config, benchmark=tiny_benchmark, dataset=None, rank=0, sink=server)
+        core = build_core(TrtllmDisaggCore, config, tiny_benchmark, None, rank=0, sink=server)
         server.attach([core])
         try:
             core.health_check()

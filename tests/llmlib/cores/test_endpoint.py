@@ -43,16 +43,30 @@ def mock():
     server.stop()
 
 
+class SendTimesCore(TrtllmEndpointCore):
+    """A probe for client-side queueing (test-only): per request id, time.perf_counter_ns() when its
+    bytes were written, recorded as its response is read, before its outcome is delivered."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.send_times: dict[int, int] = {}
+
+    def _result(self, call, r):
+        if call.ex is not None and call.ex.sent_ns:
+            self.send_times[call.req.request_id] = call.ex.sent_ns
+        return super()._result(call, r)
+
+
 @pytest.fixture
 def make_core(make_config, tiny_benchmark):
     """make_core(sink, url, **settings) -> a started TrtllmEndpointCore, stopped after the test."""
     made = []
 
-    def make(sink, url, **settings):
+    def make(sink, url, probe=False, **settings):
         settings.setdefault("request_timeout_s", 10.0)
         settings.setdefault("health_timeout_s", 2.0)
-        core = TrtllmEndpointCore(config=make_config(trtllm_server_urls=url), benchmark=tiny_benchmark,
-                                  dataset=None, rank=0, sink=sink, settings=EndpointSettings(**settings))
+        cls = SendTimesCore if probe else TrtllmEndpointCore
+        core = cls(EndpointSettings(urls=(url,), **settings), rank=0, sink=sink)
         made.append(core)
         return core
 
@@ -399,8 +413,7 @@ def test_a_request_issued_from_an_outcome_is_written_before_enqueue_returns(mock
         def on_error(self, rid, err):
             recorder.on_error(rid, err)
 
-    core = make_core(Chain(), mock.url, max_concurrency=1)
-    core.send_times = {}
+    core = make_core(Chain(), mock.url, max_concurrency=1, probe=True)
     core.health_check()
     issued = time.perf_counter_ns()
     core.enqueue([req(0, streaming=True)])
@@ -431,8 +444,7 @@ def test_a_request_cancelled_before_its_task_ran_frees_its_slot_and_connection(m
 
 
 def test_send_times_precede_first_tokens_and_outcomes(mock, make_core, recorder):
-    core = make_core(recorder, mock.url, max_concurrency=4)
-    core.send_times = {}
+    core = make_core(recorder, mock.url, max_concurrency=4, probe=True)
     t0 = time.perf_counter_ns()
     core.enqueue([req(i, streaming=bool(i % 2)) for i in range(12)])
     assert recorder.wait_final(12, 10) and not recorder.failed

@@ -67,8 +67,8 @@ def make_core(make_config, tiny_benchmark):
     def make(sink, url, dataset=None, **settings):
         settings.setdefault("request_timeout_s", 10.0)
         settings.setdefault("health_timeout_s", 2.0)
-        core = TrtllmEndpointCore(config=make_config(trtllm_server_urls=url), benchmark=tiny_benchmark,
-                                  dataset=dataset, rank=0, sink=sink, settings=EndpointSettings(**settings))
+        s = EndpointSettings(urls=(url,), **settings)
+        core = TrtllmEndpointCore(s, rank=0, sink=sink, inputs=TrtllmEndpointCore.core_inputs(s, dataset))
         made.append(core)
         return core
 

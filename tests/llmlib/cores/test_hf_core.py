@@ -19,6 +19,9 @@ from llmlib.cores.hf_core import HFCore  # noqa: E402
 from llmlib.errors import BackendError, ConfigError  # noqa: E402
 from llmlib.server import LLMServer  # noqa: E402
 from llmlib.warmup import WarmupManager  # noqa: E402
+from llmlib.factory import build_core  # noqa: E402
+from llmlib.generation import GenerationParams  # noqa: E402
+from tests.faults.oom_model import oom_checkpoint  # noqa: E402
 
 EOS = 2
 pytestmark = pytest.mark.slow  # each test starts worker processes (torch import, model load)
@@ -60,8 +63,7 @@ def make_server(model_dir, workers=1, **cli):
            "hf_max_batch_size": "4", **{k: str(v) for k, v in cli.items()}}
     config = resolve(cli=cli, env={}, layers=())
     server = LLMServer(policy="load_balancing", request_timeout_s=60)
-    cores = [HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=r, sink=server)
-             for r in range(workers)]
+    cores = [build_core(HFCore, config, load_benchmark("tiny"), None, rank=r, sink=server) for r in range(workers)]
     server.attach(cores)
     WarmupManager(server, health_timeout_s=120, backoff_s=0.1).health_check()
     return server
@@ -81,7 +83,8 @@ def greedy(model, prompt, max_new):
 
 
 def requests_for(ps, max_new=12, streaming=True, start=1):
-    return [Request(start + i, p, max_new, streaming, i, 0, (EOS,)) for i, p in enumerate(ps)]
+    params = GenerationParams(max_new_tokens=max_new, eos_token_id=EOS, stop_token_ids=(EOS,))
+    return [Request(start + i, p, params, streaming, i) for i, p in enumerate(ps)]
 
 
 def test_two_worker_processes_match_generate(model_dir):
@@ -104,9 +107,9 @@ def test_two_worker_processes_match_generate(model_dir):
         server.stop()
 
 
-def test_simulated_out_of_memory_fails_requests_not_the_run(model_dir):
+def test_simulated_out_of_memory_fails_requests_not_the_run(model_dir, tmp_path):
     path, model = model_dir
-    server = make_server(path, hf_inject_oom_every=25)
+    server = make_server(oom_checkpoint(path, tmp_path / "oom", every=25), hf_trust_remote_code="true")
     try:
         target = Target()
         ps = prompts(12, seed=3)
@@ -144,7 +147,7 @@ def test_health_check_says_loading_until_ready_and_stop_is_clean(model_dir):
     path, _ = model_dir
     config = resolve(cli={"hf_model_path": str(path), "hf_threads_per_worker": "1"}, env={}, layers=())
     server = LLMServer()
-    core = HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=server)
+    core = build_core(HFCore, config, load_benchmark("tiny"), None, rank=0, sink=server)
     server.attach([core])
     with pytest.raises(BackendError, match="loading"):
         core.health_check()
@@ -159,4 +162,4 @@ def test_health_check_says_loading_until_ready_and_stop_is_clean(model_dir):
 def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
     config = resolve(cli={"hf_model_path": str(tmp_path)}, env={}, layers=())
     with pytest.raises(ConfigError, match="config.json"):
-        HFCore(config=config, benchmark=load_benchmark("tiny"), dataset=None, rank=0, sink=LLMServer())
+        build_core(HFCore, config, load_benchmark("tiny"), None, rank=0, sink=LLMServer())

@@ -4,6 +4,7 @@ runtime flags, per-rank devices, flush, stop, a broken engine, health and the mi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from llmlib.config import resolve
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_executor_core import TrtllmExecutorCore, _max_tokens_keyword
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, FlushTimeoutError
+from llmlib.factory import build_core
+from llmlib.benchmarks import load_benchmark
+from llmlib.generation import generation_params
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -39,7 +43,7 @@ def make_core(fake, tmp_path, tiny_benchmark):
     def make(sink, *, rank=0, env=None, **cli):
         values = {"engine_dir": str(tmp_path), "num_gpus": 1, **cli}
         config = resolve(cli=values, env=env or {}, layers=())
-        core = TrtllmExecutorCore(config=config, benchmark=tiny_benchmark, dataset=None, rank=rank, sink=sink)
+        core = build_core(TrtllmExecutorCore, config, tiny_benchmark, None, rank=rank, sink=sink)
         made.append(core)
         return core
 
@@ -48,10 +52,14 @@ def make_core(fake, tmp_path, tiny_benchmark):
         core.stop()
 
 
+#: what the harness sends with every request of the tiny benchmark (its EOS is the end id)
+RUN_PARAMS = generation_params(resolve(cli={}, env={}, layers=()), load_benchmark("tiny"))
+
+
 def req(rid: int, *, first: int = 11, n_in: int = 6, max_new: int = 8, streaming: bool = False,
-        **kw) -> Request:
+        **params) -> Request:
     tokens = np.array([first] + list(range(20, 20 + n_in - 1)), dtype=np.int32)
-    return Request(rid, tokens, max_new, streaming, **kw)
+    return Request(rid, tokens, dataclasses.replace(RUN_PARAMS, max_new_tokens=max_new, **params), streaming)
 
 
 def expected(request: Request, fake) -> list[int]:
@@ -151,7 +159,7 @@ def test_missing_tensorrt_llm_names_the_extra(monkeypatch, tmp_path, tiny_benchm
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import tensorrt_llm -> ImportError
     config = resolve(cli={"engine_dir": str(tmp_path), "num_gpus": 1}, env={}, layers=())
     with pytest.raises(CoreUnavailableError, match=r"pip install -e '\.\[trtllm\]'"):
-        TrtllmExecutorCore(config=config, benchmark=tiny_benchmark, dataset=None, rank=0, sink=recorder)
+        build_core(TrtllmExecutorCore, config, tiny_benchmark, None, rank=0, sink=recorder)
 
 
 def test_importing_the_core_module_does_not_import_tensorrt_llm():
@@ -177,11 +185,9 @@ def test_older_bindings_get_max_new_tokens():
 def test_executor_requests_carry_limits_sampling_and_stop_tokens(make_core, recorder, fake, tiny_benchmark):
     eos = tiny_benchmark.eos_token_id
     core = make_core(recorder)
-    greedy = req(1, max_new=5, streaming=True)  # no sampling dict: the benchmark's (greedy) config
-    sampled = req(2, max_new=7, sampling={"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 5,
-                                          "presence_penalty": 0.0, "frequency_penalty": 0.5,
-                                          "min_new_tokens": 1},
-                  min_new_tokens=2, stop_token_ids=(eos, 13))
+    greedy = req(1, max_new=5, streaming=True)  # the run's params: the benchmark's (greedy) config
+    sampled = req(2, max_new=7, temperature=0.7, top_p=0.9, top_k=0, seed=5, presence_penalty=0.0,
+                  frequency_penalty=0.5, min_new_tokens=2, stop_token_ids=(eos, 13))
     core.enqueue([greedy, sampled])
     core.flush(5)
     sent = list(fake.CONTROL.executors[0].requests.values())

@@ -4,6 +4,7 @@ runtime flags, per-rank devices, the core's own event loop, flush, stop, health 
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import importlib
 import os
@@ -19,6 +20,9 @@ from llmlib.config import resolve
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_hlapi_core import TrtllmHlapiCore
 from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, FlushTimeoutError
+from llmlib.factory import build_core
+from llmlib.benchmarks import load_benchmark
+from llmlib.generation import generation_params
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -40,7 +44,7 @@ def make_core(fake, tmp_path, tiny_benchmark):
     def make(sink, *, rank=0, **cli):
         values = {"trtllm_model_path": str(tmp_path), "num_gpus": 1, **cli}
         config = resolve(cli=values, env={}, layers=())
-        core = TrtllmHlapiCore(config=config, benchmark=tiny_benchmark, dataset=None, rank=rank, sink=sink)
+        core = build_core(TrtllmHlapiCore, config, tiny_benchmark, None, rank=rank, sink=sink)
         made.append(core)
         return core
 
@@ -49,10 +53,14 @@ def make_core(fake, tmp_path, tiny_benchmark):
         core.stop()
 
 
+#: what the harness sends with every request of the tiny benchmark (its EOS is the end id)
+RUN_PARAMS = generation_params(resolve(cli={}, env={}, layers=()), load_benchmark("tiny"))
+
+
 def req(rid: int, *, first: int = 11, n_in: int = 6, max_new: int = 8, streaming: bool = False,
-        **kw) -> Request:
+        **params) -> Request:
     tokens = np.array([first] + list(range(20, 20 + n_in - 1)), dtype=np.int32)
-    return Request(rid, tokens, max_new, streaming, **kw)
+    return Request(rid, tokens, dataclasses.replace(RUN_PARAMS, max_new_tokens=max_new, **params), streaming)
 
 
 def expected(request: Request, fake) -> list[int]:
@@ -119,7 +127,7 @@ def test_missing_tensorrt_llm_names_the_extra(monkeypatch, tmp_path, tiny_benchm
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import tensorrt_llm -> ImportError
     config = resolve(cli={"trtllm_model_path": str(tmp_path), "num_gpus": 1}, env={}, layers=())
     with pytest.raises(CoreUnavailableError, match=r"pip install -e '\.\[trtllm\]'"):
-        TrtllmHlapiCore(config=config, benchmark=tiny_benchmark, dataset=None, rank=0, sink=recorder)
+        build_core(TrtllmHlapiCore, config, tiny_benchmark, None, rank=0, sink=recorder)
 
 
 def test_importing_the_core_module_does_not_import_tensorrt_llm():
@@ -133,8 +141,7 @@ def test_sampling_params_carry_limits_sampling_and_stop_tokens(make_core, record
     eos = tiny_benchmark.eos_token_id
     core = make_core(recorder)
     greedy = req(1, max_new=5, streaming=True)
-    sampled = req(2, first=12, max_new=7, sampling={"temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": 3},
-                  stop_token_ids=(eos, 17))
+    sampled = req(2, first=12, max_new=7, temperature=0.8, top_p=0.95, top_k=40, seed=3, stop_token_ids=(eos, 17))
     core.enqueue([greedy, sampled])
     core.flush(5)
     sent = {tuple(inputs): (sp, streaming) for inputs, sp, streaming in fake.CONTROL.llms[0].submitted}

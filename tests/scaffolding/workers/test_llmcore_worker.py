@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmlib.errors import BackendError
+from llmlib.generation import GenerationParams
 from scaffolding import (
     Controller, GenerationTask, NativeGenerationController, ScaffoldingLlm, StreamGenerationTask, TaskFailedError,
     TaskStatus, Worker,
@@ -129,10 +130,16 @@ def test_request_carries_sampling_stops_and_defaults(make_server, tokenizer):
     assert req.input_tokens.dtype == np.int32 and req.input_tokens.tolist() == [5, 6]
     assert req.max_new_tokens == 7 and req.streaming and req.sample_index == -1
     assert req.stop_token_ids == (2, 44, tokenizer.vocab["end"])
-    assert req.sampling == {"temperature": 0.9, "top_k": 4, "seed": 3}  # the task's value wins
-    plain = LLMCoreWorker(worker.server, default_max_tokens=3).build_request(GenerationTask(input_tokens=[1]),
-                                                                            streaming=False)
-    assert plain.sampling is None and plain.stop_token_ids == ()  # nothing set: the core's run defaults
+    p = req.params  # the task's value wins over the default, the default over the run's
+    assert (p.temperature, p.top_k, p.seed, p.top_p, p.min_new_tokens) == (0.9, 4, 3, 1.0, 0)
+    run = GenerationParams(max_new_tokens=3, temperature=0.7, top_p=0.5, stop_token_ids=(9,), min_new_tokens=2)
+    plain = LLMCoreWorker(worker.server, default_max_tokens=3, stop_token_ids=(9,), params=run).build_request(
+        GenerationTask(input_tokens=[1]), streaming=False)
+    assert plain.params.temperature == 0.7 and plain.params.top_p == 0.5 and plain.stop_token_ids == (9,)
+    assert plain.min_new_tokens == 0  # min_new_tokens is the benchmark's, for LoadGen samples only
+    bare = LLMCoreWorker(worker.server, default_max_tokens=3).build_request(GenerationTask(input_tokens=[1]),
+                                                                           streaming=False)
+    assert bare.params.greedy and bare.stop_token_ids == () and bare.max_new_tokens == 3
 
 
 class Given(Controller):
@@ -206,33 +213,39 @@ class Streaming(Controller):
         return task, seen
 
 
-def test_stream_steps_first_token_then_the_whole_output(make_server):
-    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=10)  # first token at 30 ms, last at 220 ms
+def test_stream_steps_come_token_by_token_on_a_streaming_core(make_server):
+    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=10)  # first token at 30 ms, one every 10 ms after
     with ScaffoldingLlm(Streaming(), {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
-    assert seen == [(1, False), (20, True)]
+    lengths = [n for n, _ in seen]
+    assert seen[0] == (1, False) and seen[-1] == (20, True) and not any(end for _, end in seen[:-1])
+    assert lengths == sorted(lengths) and len(seen) >= 10  # the chunks, not a first token and the whole output
     assert task.output_tokens == dummy_output([7, 8], 20) and task.finish_reason == "length"
     assert 0.02 <= task.ttft_s < task.latency_s
 
 
-def test_a_larger_streaming_step_waits_for_the_whole_output(make_server):
+def test_a_larger_streaming_step_waits_for_that_many_more_tokens(make_server):
     server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=2)
     with ScaffoldingLlm(Streaming(step=4), {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
-    assert seen == [(20, True)]
+    lengths = [n for n, _ in seen]
+    assert seen[-1] == (20, True) and lengths[0] >= 4
+    assert all(b - a >= 4 for a, b in zip(lengths[:-2], lengths[1:-1]))  # each step >= 4 more, but the last
 
 
-def test_cancel_waits_and_truncates_to_what_the_controller_saw(make_server):
-    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=5)
+def test_cancel_stops_the_backend_request_and_keeps_what_the_controller_saw(make_server):
+    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=50)  # 20 tokens would take about a second
+    t0 = time.monotonic()
     with ScaffoldingLlm(Streaming(cancel_after_first=True),
                         {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
+    assert time.monotonic() - t0 < 0.6  # it did not wait for the whole output
     assert seen == [(1, False), (1, True)]
     assert task.output_tokens == dummy_output([7, 8], 1) and task.finish_reason == "cancelled"
     assert task.completion_tokens == 1
-    assert task.customized_result_fields["generated_tokens"] == 20  # the cost: the backend could not stop
-    assert task.customized_result_fields["discarded_tokens"] == 19
-    assert server.counts.completed == 1 and server.counts.accounted
+    assert 1 <= task.customized_result_fields["generated_tokens"] < 20  # the backend stopped early
+    assert server.counts.failed == 1 and server.counts.accounted  # ended by the cancel, exactly once
+    assert "cancelled by the controller" in next(iter(server.counts.errors))
 
 
 def test_a_stream_cancelled_before_it_starts_sends_nothing(make_server):

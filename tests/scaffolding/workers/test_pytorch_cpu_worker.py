@@ -72,7 +72,7 @@ def test_sampling_defaults_and_stream_steps():
     with PytorchCPUWorker(ensure_tiny_model(), max_tokens=8, temperature=1.0, top_k=50,
                           threads_per_worker=1) as worker:
         req = worker.build_request(GenerationTask(input_str="the red dog"), streaming=False)
-        assert req.sampling == {"temperature": 1.0, "top_k": 50} and req.max_new_tokens == 8
+        assert (req.params.temperature, req.params.top_k, req.max_new_tokens) == (1.0, 50, 8)
         assert req.stop_token_ids == (worker.tokenizer.eos_token_id,)
         with ScaffoldingLlm(Sample(), {"generation": worker}) as llm:
             greedy, sampled, stream, steps = llm.generate("x")

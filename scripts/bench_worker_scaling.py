@@ -1,0 +1,237 @@
+"""Streamed tokens/s one harness sustains with the endpoint core in 0 (in-process), 1, 2, ... worker processes
+(--workers_per_core), one chunk per token, against N mock server processes; and the TTFT the workers add.
+
+Two phases, on the same mock (its processes started once, `--mock_processes`, each token its own chunk):
+
+  scaling  closed loop, `--concurrency` requests in flight, for each worker count: streamed tokens/s and
+           client CPU per chunk (the harness process plus its worker processes, from /proc)
+  ttft     open loop at `--qps` for `--ttft_seconds`, with and without workers: TTFT from enqueue to the
+           first token in the harness process (what LoadGen sees), p50 / p99, and the difference
+
+    .venv/bin/python scripts/bench_worker_scaling.py [--workers 0,1,2] [--mock_processes 1] [--qps 1000]
+
+Runs alternate (`--repeat`), so the configurations see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a live process."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / CLK
+
+
+def start_mock(processes: int, output_tokens: int, per_token_ms: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
+                             "--output_tokens", str(output_tokens), "--per_token_delay_ms", str(per_token_ms),
+                             "--processes", str(processes)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    return proc, f"127.0.0.1:{port}"
+
+
+def make_core(url: str, workers: int, concurrency: int, sink):
+    from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
+    from llmlib.serving.core_workers import WorkerPoolCore
+
+    settings = EndpointSettings(urls=(url,), max_concurrency=concurrency, request_timeout_s=120.0)
+    if workers == 0:
+        core = TrtllmEndpointCore(settings, rank=0, sink=sink)
+    else:
+        core = WorkerPoolCore(TrtllmEndpointCore, settings, rank=0, sink=sink, workers=workers)
+    core.health_check()
+    core.warm_up()
+    return core
+
+
+def pids_of(core) -> list[int]:
+    return list(getattr(core, "worker_pids", []))
+
+
+def scaling_run(url: str, workers: int, concurrency: int, requests: int, prompt_len: int) -> dict:
+    import numpy as np
+
+    from llmlib.cores.base import Request
+
+    prompts = [np.arange(i, i + prompt_len, dtype=np.int32) for i in range(64)]
+    state = {"next": 0, "ended": 0, "tokens": 0, "errors": 0}
+    finished = threading.Event()
+    lock = threading.Lock()
+    core = None
+
+    def issue() -> None:
+        with lock:
+            i = state["next"]
+            if i >= requests:
+                return
+            state["next"] = i + 1
+        core.enqueue([Request(i, prompts[i % 64], 1 << 20, True, i)])
+
+    class Sink:
+        def on_first_token(self, rid, tokens):
+            pass
+
+        def on_complete(self, rid, tokens, n):
+            state["tokens"] += n
+            self._end()
+
+        def on_error(self, rid, err):
+            state["errors"] += 1
+            self._end()
+
+        def _end(self):
+            state["ended"] += 1
+            if state["ended"] >= requests:
+                finished.set()
+            else:
+                issue()
+
+    core = make_core(url, workers, concurrency, Sink())
+    pids = pids_of(core)
+    c0 = time.process_time() + sum(cpu_s(p) for p in pids)
+    t0 = time.perf_counter()
+    for _ in range(min(concurrency, requests)):
+        issue()
+    finished.wait(600)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() + sum(cpu_s(p) for p in pids) - c0
+    parent_cpu = None
+    core.stop()
+    return {"workers": workers, "tokens_per_s": state["tokens"] / wall, "requests": requests,
+            "errors": state["errors"], "client_cpu_us_per_chunk": cpu / max(state["tokens"], 1) * 1e6,
+            "wall_s": wall, "parent_cpu": parent_cpu}
+
+
+def ttft_run(url: str, workers: int, qps: float, seconds: float, concurrency: int, prompt_len: int) -> dict:
+    import numpy as np
+
+    from llmlib.cores.base import Request
+
+    n = int(qps * seconds)
+    prompts = [np.arange(i, i + prompt_len, dtype=np.int32) for i in range(64)]
+    issued = [0] * n
+    first = [0] * n
+    errors = []
+    done = threading.Event()
+    count = [0]
+    perf = time.perf_counter_ns
+
+    class Sink:
+        def on_first_token(self, rid, tokens):
+            first[rid] = perf()
+
+        def on_complete(self, rid, tokens, n_tokens):
+            self._end()
+
+        def on_error(self, rid, err):
+            errors.append(str(err))
+            self._end()
+
+        def _end(self):
+            count[0] += 1
+            if count[0] >= n:
+                done.set()
+
+    core = make_core(url, workers, concurrency, Sink())
+    period = 1e9 / qps
+    t0 = perf()
+    for i in range(n):  # open loop: each request at its scheduled time
+        due = t0 + int(i * period)
+        now = perf()
+        if due > now:
+            time.sleep((due - now) / 1e9)
+        issued[i] = perf()
+        core.enqueue([Request(i, prompts[i % 64], 1 << 20, True, i)])
+    done.wait(120)
+    core.stop()
+    ttfts = np.array([(f - s) / 1e6 for f, s in zip(first, issued) if f], dtype=np.float64)
+    return {"workers": workers, "qps": qps, "requests": n, "errors": len(errors),
+            "ttft_p50_ms": float(np.percentile(ttfts, 50)), "ttft_p99_ms": float(np.percentile(ttfts, 99)),
+            "ttft_mean_ms": float(ttfts.mean())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", default="0,1,2", help="worker counts to compare (0: the core in this process)")
+    p.add_argument("--mock_processes", type=int, default=1)
+    p.add_argument("--output_tokens", type=int, default=128)
+    p.add_argument("--per_token_delay_ms", type=float, default=1.0, help="makes every token its own chunk")
+    p.add_argument("--concurrency", type=int, default=128)
+    p.add_argument("--requests", type=int, default=1500)
+    p.add_argument("--prompt_len", type=int, default=128)
+    p.add_argument("--qps", type=float, default=1000.0)
+    p.add_argument("--ttft_seconds", type=float, default=5.0)
+    p.add_argument("--ttft_output_tokens", type=int, default=8)
+    p.add_argument("--ttft_workers", default="0,2")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--phases", default="scaling,ttft")
+    p.add_argument("--out", default="", help="also write the results as JSON here")
+    args = p.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    phases = args.phases.split(",")
+    print(f"cpus={os.cpu_count()} mock_processes={args.mock_processes}", flush=True)
+    results: dict[str, list] = {"scaling": [], "ttft": []}
+    if "scaling" in phases:
+        mock, url = start_mock(args.mock_processes, args.output_tokens, args.per_token_delay_ms)
+        try:
+            for _ in range(args.repeat):
+                for w in workers:
+                    r = scaling_run(url, w, args.concurrency, args.requests, args.prompt_len)
+                    results["scaling"].append(r)
+                    print(f"scaling workers={w}: {r['tokens_per_s']:>9,.0f} streamed tokens/s, client CPU "
+                          f"{r['client_cpu_us_per_chunk']:.1f} us/chunk, errors {r['errors']}", flush=True)
+        finally:
+            mock.terminate()
+            mock.wait(10)
+    if "ttft" in phases:
+        mock, url = start_mock(args.mock_processes, args.ttft_output_tokens, args.per_token_delay_ms)
+        try:
+            for _ in range(args.repeat):
+                for w in [int(x) for x in args.ttft_workers.split(",")]:
+                    r = ttft_run(url, w, args.qps, args.ttft_seconds, args.concurrency, args.prompt_len)
+                    results["ttft"].append(r)
+                    print(f"ttft workers={w} at {args.qps:g} QPS: p50 {r['ttft_p50_ms']:.3f} ms, p99 "
+                          f"{r['ttft_p99_ms']:.3f} ms, mean {r['ttft_mean_ms']:.3f} ms, errors {r['errors']}",
+                          flush=True)
+        finally:
+            mock.terminate()
+            mock.wait(10)
+    by_w: dict[int, list] = {}
+    for r in results["scaling"]:
+        by_w.setdefault(r["workers"], []).append(r["tokens_per_s"])
+    if by_w:
+        base = max(by_w.get(0, by_w[min(by_w)]))
+        print("\n| workers | streamed tokens/s (best) | x in-process | client CPU us/chunk (best) |")
+        print("| --- | --- | --- | --- |")
+        for w in sorted(by_w):
+            cpu = min(r["client_cpu_us_per_chunk"] for r in results["scaling"] if r["workers"] == w)
+            print(f"| {w} | {max(by_w[w]):,.0f} | {max(by_w[w]) / base:.2f} | {cpu:.1f} |")
+    if results["ttft"]:
+        print("\n| workers | TTFT p50 ms (median of runs) | TTFT p99 ms (median of runs) |")
+        print("| --- | --- | --- |")
+        import statistics
+        for w in sorted({r["workers"] for r in results["ttft"]}):
+            rs = [r for r in results["ttft"] if r["workers"] == w]
+            print(f"| {w} | {statistics.median(r['ttft_p50_ms'] for r in rs):.3f} | "
+                  f"{statistics.median(r['ttft_p99_ms'] for r in rs):.3f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

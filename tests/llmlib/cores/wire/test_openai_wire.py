@@ -1,0 +1,74 @@
+"""The one OpenAI wire module: bodies for strict OpenAI servers and for the extensions, reasoning deltas,
+and both clients (the endpoint core and scaffolding's OpenAIWorker) on it, the worker against the mock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import llmlib.cores.trtllm_endpoint_core as endpoint
+import llmlib.cores.wire.openai as wire
+from scaffolding import StreamGenerationTask
+from scaffolding.workers import openai_worker
+from scaffolding.workers.openai_worker import OpenAIWorker
+from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions
+
+pytestmark = pytest.mark.timeout(60)
+
+STANDARD = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+            "stream_options", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs"}
+
+
+def test_both_clients_use_the_one_wire_module():
+    assert endpoint.StreamState is wire.StreamState and endpoint.parse_reply is wire.parse_reply
+    assert endpoint.server_message is wire.server_message and endpoint.refuses_token_ids is wire.refuses_token_ids
+    assert openai_worker.SSEDecoder is wire.SSEDecoder
+    assert openai_worker.completion_body is wire.completion_body
+
+
+def test_a_body_has_only_standard_fields_unless_extensions_are_asked_for():
+    body = wire.completion_body(model="gpt-x", prompt="hi", chat=True, max_tokens=5, stream=True,
+                                fields={"temperature": 0.5, "top_p": None, "seed": 3}, stop_strings=["\n"])
+    assert body == {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                    "temperature": 0.5, "seed": 3, "stop": ["\n"], "stream": True,
+                    "stream_options": {"include_usage": True}}
+    assert set(body) <= STANDARD
+    ext = wire.completion_body(model=None, prompt=[1, 2], max_tokens=3, fields={"top_k": 4, "min_tokens": 2},
+                               stop_token_ids=[7], return_token_ids=True)
+    assert ext == {"prompt": [1, 2], "max_tokens": 3, "top_k": 4, "min_tokens": 2, "stop_token_ids": [7],
+                   "return_token_ids": True}
+    with pytest.raises(ValueError, match="chat endpoint needs a text prompt"):
+        wire.completion_body(model="m", prompt=[1], chat=True)
+    # the worker's body for a plain task on a strict server: standard fields only
+    task = StreamGenerationTask(input_str="a b", max_tokens=4, temperature=0.0)
+    assert set(openai_worker.request_payload(task, "gpt-x", chat=True, stream=True)) <= STANDARD
+
+
+def test_choice_parts_split_answer_reasoning_and_ids():
+    assert wire.choice_parts({"text": "a", "token_ids": [3]}, chat=False) == ("a", None, [3])
+    assert wire.choice_parts({"delta": {"reasoning_content": "hm"}}, chat=True) == (None, "hm", None)
+    assert wire.choice_parts({"delta": {"reasoning": "hm", "content": None}}, chat=True) == (None, "hm", None)
+    assert wire.choice_parts({"message": {"content": "42", "reasoning_content": "so"}}, chat=True) == \
+        ("42", "so", None)
+    assert wire.logprobs_of({"content": [{"logprob": -1}]}, chat=True) == [-1.0]
+
+
+def test_the_worker_counts_reasoning_deltas_and_keeps_them_apart_from_the_answer():
+    with MockOpenAIServer(MockOptions(output_tokens=10, reasoning_tokens=4, token_text=" w")) as mock:
+        worker = OpenAIWorker(f"http://{mock.url}", "mock-model", chat=True)
+
+        async def run():
+            task = StreamGenerationTask(input_str="think", max_tokens=10, streaming_step=1)
+            await worker.stream_step(task)  # the first step ends at the first (reasoning) chunk
+            first_text, first_ttft = task.output_str, task.ttft_s
+            while not task.end_flag:
+                await worker.stream_step(task)
+            await worker.shutdown()
+            return task, first_text, first_ttft
+
+        task, first_text, first_ttft = asyncio.run(run())
+    assert first_ttft is not None and first_text == ""  # TTFT from the thinking, no answer yet
+    assert task.customized_result_fields["stream_chunks"] == 10
+    assert task.customized_result_fields["reasoning_str"] == " w" * 4
+    assert task.output_str == " w" * 6 and task.completion_tokens == 10
