@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if base.quiet:  # progress off (harness), only warnings and errors in the log
+        logging.getLogger().setLevel(logging.WARNING)
     if base.print_config:
         for config, benchmark, scenario in resolved:
             print(f"# {benchmark.name} / {scenario}\n{config.format()}\n")

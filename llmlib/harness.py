@@ -26,6 +26,8 @@ from llmlib.expander import ExpanderSUT, parse_scaffolding
 from llmlib.factory import build_server, load_benchmark_dataset, repo_root
 from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import parse_detail_log, summarize
+from llmlib.report.loadgen_trace import schedule_delay_of
+from llmlib.report.recorder import RunRecorder, self_measurement, write_run_stats
 from llmlib.reporter import LoadgenReporter
 from llmlib.run_control import RunControl
 from llmlib.secrets import config_secrets, redact, redact_obj
@@ -165,6 +167,8 @@ class RunOutcome:
     round_warning: str | None = None
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
+    # the harness measuring itself (llmlib/report/recorder.py): added latency, schedule delay, QPS, CPU
+    self_measurement: dict[str, Any] | None = None
 
     @property
     def lost(self) -> int:
@@ -293,6 +297,7 @@ class _Run:
         self._written = threading.Lock()
         self.errors_file = None
         self._errors_lock = threading.Lock()
+        self.recorder: RunRecorder | None = None
 
     # --- what a stop does (called on the run-control thread) ------------------------------------------
     def stop(self, cause: str) -> None:
@@ -359,6 +364,23 @@ class _Run:
                 o.loadgen = asdict(summarize(parse_detail_log(detail), self.scenario.name))
             except HarnessError as err:
                 o.run_error = o.run_error or str(err)
+        self.measure_self(loadgen_finished=loadgen_finished)
+
+    def measure_self(self, *, loadgen_finished: bool) -> None:
+        """run_stats.json and the self-measurement figures of the summary (never fails the run)."""
+        o, rec = self.outcome, self.recorder
+        if rec is None:
+            return
+        try:
+            if not loadgen_finished:
+                rec.close()
+            stats = rec.to_json()
+            write_run_stats(Path(o.outdir), stats)
+            schedule = schedule_delay_of(o.outdir) if loadgen_finished else None
+            o.self_measurement = self_measurement(stats, schedule, o.loadgen, scenario=o.scenario,
+                                                  ttft_limit_ms=o.ttft_limit_ms)
+        except (OSError, ValueError) as err:
+            o.notes.append(f"self-measurement not written: {err}")
 
     def write_summary(self, *, print_it: bool = False) -> None:
         """summary.txt and summary.json, once (a hard exit and the normal end may race)."""
@@ -475,11 +497,13 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         log_out.copy_summary_to_stdout = False
         log_settings = lg.LogSettings()
         log_settings.log_output = log_out
-        log_settings.enable_trace = False
-        if config.show_progress:
+        log_settings.enable_trace = config.loadgen_trace  # per-sample schedule delay for the report
+        if config.show_progress and not config.quiet:
             progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
                                 interval_s=config.progress_interval_s,
                                 steady_state=config.show_steady_state_progress)
+        run.recorder = RunRecorder(len(server.cores))
+        server.recorder, server.recorder_fail = run.recorder.on_complete, run.recorder.on_fail
         run.loadgen_started = True
         control.loadgen_time_left = _schedule_left(settings, scenario, config, benchmark, time.monotonic())
         lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_config)
@@ -507,6 +531,9 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         if qsl_handle is not None:
             lg.DestroyQSL(qsl_handle)
         server.on_core_lost = None
+        server.recorder = server.recorder_fail = None
+        if run.recorder is not None:
+            run.recorder.close()
         control.on_stop(None)
         control.loadgen_time_left = None
         bundle.stop()
@@ -578,6 +605,33 @@ def _noop(_samples) -> None:
 
 def _ms(ns: int | None) -> str:
     return "n/a" if ns is None else f"{ns / 1e6:,.2f} ms"
+
+
+def self_measurement_lines(m: dict[str, Any] | None) -> list[str]:
+    """The harness's own cost in this run, and a warning where it could distort the result."""
+    if not m:
+        return []
+    def f(v, fmt="{:,.3f}"):
+        return "n/a" if v is None else fmt.format(v)
+    added, sched = m.get("added_latency_ms") or {}, m.get("schedule_delay_ms") or {}
+    lines = [f"harness added       : p50 {f(added.get('p50_ms'))} ms, p99 {f(added.get('p99_ms'))} ms "
+             "(core response -> LoadGen call returned)"]
+    if sched:
+        lines.append(f"schedule delay      : p50 {f(sched.get('p50_ms'))} ms, p99 {f(sched.get('p99_ms'))} ms, "
+                     f"max {f(sched.get('max_ms'))} ms (LoadGen issue - scheduled time)")
+    else:
+        lines.append("schedule delay      : n/a (no LoadGen trace: --loadgen_trace=false)")
+    qps = f"achieved {f(m.get('achieved_qps'), '{:,.2f}')} samples/s"
+    if m.get("target_qps"):
+        qps += f" against target {m['target_qps']:,.2f} QPS ({m.get('achieved_qps', 0) / m['target_qps']:.1%})" \
+            if m.get("achieved_qps") is not None else f" against target {m['target_qps']:,.2f} QPS"
+    lines.append(f"achieved QPS        : {qps}")
+    lines.append(f"harness CPU         : {f(m.get('harness_cpu_s'), '{:,.2f}')} s "
+                 f"({f(m.get('harness_cpu_cores'), '{:.2f}')} cores, "
+                 f"{f(m.get('harness_cpu_us_per_sample'), '{:,.1f}')} us per sample; this process)")
+    for w in m.get("warnings") or ():
+        lines.append(f"WARNING (harness)   : {w}")
+    return lines
 
 
 def format_summary(o: RunOutcome) -> str:
@@ -678,6 +732,7 @@ def format_summary(o: RunOutcome) -> str:
     if o.failed:
         lines.append("note                : failed samples were completed in LoadGen with no output; "
                      "its latency figures include them")
+    lines.extend(self_measurement_lines(o.self_measurement))
     for note in o.notes:
         lines.append(f"note                : {note}")
     lines.append(f"wall time           : {o.wall_s:.1f} s")
