@@ -6,7 +6,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine report compare clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ test_quick: install  ## the quick tier (no LoadGen end-to-end runs, no model pro
 
 bench_spine: install  ## harness overhead vs a bare LoadGen SUT (Server, zero-latency dummy core)
 	$(PY) scripts/bench_spine_overhead.py $(RUN_ARGS)
+
+RESULTS ?= results
+report: install  ## rebuild plots, report.html per run and index.html: make report RESULTS=results/...
+	$(PY) -m llmlib.report build $(RESULTS)
+
+compare: install  ## deltas between two result folders: make compare A=results_a B=results_b [OUT=folder]
+	$(PY) -m llmlib.report compare $(A) $(B) $(OUT)
 
 clean:  ## remove run outputs
 	rm -rf results/*/
