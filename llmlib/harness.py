@@ -11,6 +11,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,7 +404,7 @@ class _Run:
 
 
 def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str, *,
-                 control: RunControl | None = None) -> RunOutcome:
+                 control: RunControl | None = None, notes: Sequence[str] = ()) -> RunOutcome:
     """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for.
 
     `control` takes Ctrl-C / SIGTERM (the CLI installs one with signal handling); without one the
@@ -412,14 +413,14 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     if own_control:
         control = RunControl(grace_s=config.interrupt_grace_s, signals=False).install()
     try:
-        return _run_scenario(config, benchmark, scenario_name, control)
+        return _run_scenario(config, benchmark, scenario_name, control, notes)
     finally:
         if own_control:
             control.uninstall()
 
 
 def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str,
-                  control: RunControl) -> RunOutcome:
+                  control: RunControl, notes: Sequence[str] = ()) -> RunOutcome:
     lg = import_loadgen()
     benchmark = benchmark.for_mode(config.test_mode)  # gpt-oss-120b: other set and limits in AccuracyOnly
     scenario = benchmark.scenario(scenario_name)
@@ -435,6 +436,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
                          ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms,
                          round_warning=round_warning(benchmark, config.round))
+    outcome.notes.extend(notes)  # QPS calibration / peak search (llmlib/report/qps.py)
     if outcome.round_warning:
         log.warning(outcome.round_warning)
     run = _Run(lg, config, benchmark, scenario, outcome, control)
@@ -623,8 +625,10 @@ def self_measurement_lines(m: dict[str, Any] | None) -> list[str]:
         lines.append("schedule delay      : n/a (no LoadGen trace: --loadgen_trace=false)")
     qps = f"achieved {f(m.get('achieved_qps'), '{:,.2f}')} samples/s"
     if m.get("target_qps"):
-        qps += f" against target {m['target_qps']:,.2f} QPS ({m.get('achieved_qps', 0) / m['target_qps']:.1%})" \
-            if m.get("achieved_qps") is not None else f" against target {m['target_qps']:,.2f} QPS"
+        qps += f" against target {m['target_qps']:,.2f} QPS"
+        sched = m.get("scheduled_qps")
+        if sched and m.get("achieved_qps") is not None:
+            qps += f" (LoadGen scheduled {sched:,.2f}: {m['achieved_qps'] / sched:.1%} of it)"
     lines.append(f"achieved QPS        : {qps}")
     lines.append(f"harness CPU         : {f(m.get('harness_cpu_s'), '{:,.2f}')} s "
                  f"({f(m.get('harness_cpu_cores'), '{:.2f}')} cores, "
