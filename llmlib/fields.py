@@ -589,8 +589,7 @@ declare(name="find_peak_qps", kind="bool", default=False, group="report",
 declare(name="peak_probe_ms", kind="int", default=5000, minimum=500, group="report",
         help="Length of each peak-search probe run in ms.")
 declare(name="peak_tolerance", kind="float", default=0.02, minimum=0.001, maximum=0.5, group="report",
-        help="Peak search: stop bisecting when the bracket is this narrow (relative), and the backlog growth "
-             "(as a fraction of the target QPS) that marks a probe as not keeping up.")
+        help="Peak search: stop bisecting when the bracket is this narrow (relative: highest pass / lowest fail).")
 declare(name="calibrate_offline_qps", kind="str", default="auto", group="report", choices=("auto", "always", "never"),
         help="Offline: set the expected QPS from a short probe run (auto: when neither --offline_expected_qps "
              "nor a user.conf line sets it for the benchmark).")
