@@ -127,7 +127,8 @@ def judge_probe(summary: dict[str, Any], target_qps: float) -> Probe:
 def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance: float,
                 max_probes: int = MAX_PROBES) -> tuple[float | None, list[Probe]]:
     """Bracket (x4 up from a pass, /4 down from a fail), then bisect (geometric) until hi / lo <= 1 + tolerance.
-    A failed probe's achieved rate (its capacity while backlogged) is tried first, just below and just above.
+    A failed probe's achieved rate (its capacity while backlogged) is tried first, just below and just above;
+    from a pass far below the lowest failure the next probes gallop up (steps of 2, 4, 8... x tolerance).
     Returns (the highest passing QPS or None, every probe)."""
     probes: list[Probe] = []
     lo: float | None = None
@@ -142,6 +143,7 @@ def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance:
         return p
 
     q = start_qps
+    step = tolerance
     while len(probes) < max_probes:
         p = run(q)
         if p.passed:
@@ -162,7 +164,13 @@ def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance:
                 break
             continue
         guesses = [g for g in guesses if lo * (1 + tolerance / 4) < g < hi / (1 + tolerance / 4)]
-        q = guesses.pop(0) if guesses else math.sqrt(lo * hi)
+        if guesses:
+            q = guesses.pop(0)
+        elif p.passed and hi / lo > 1.25:  # a pass far below the failure: gallop up from it
+            step *= 2
+            q = min(lo * (1 + step), math.sqrt(lo * hi))
+        else:
+            q = math.sqrt(lo * hi)
     return lo, probes
 
 
