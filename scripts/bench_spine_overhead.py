@@ -8,6 +8,7 @@ is INVALID, then bisects. Prints a table and the ratio harness / bare.
 
     .venv/bin/python scripts/bench_spine_overhead.py            # about 3 minutes here
     .venv/bin/python scripts/bench_spine_overhead.py --duration_ms=2000 --start_qps=10000
+    .venv/bin/python scripts/bench_spine_overhead.py --set=loadgen_trace=false   # a harness setting changed
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
+def _config(qps: float, duration_ms: int, outdir: Path, progress: bool, overrides: dict | None = None):
     from llmlib.config import resolve
 
     cli = {
@@ -32,11 +33,13 @@ def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
         "server_target_qps": str(qps), "min_duration_ms": str(duration_ms),
         "min_query_count": str(int(qps * duration_ms / 1000)), "warmup_queries": "0",
         "show_progress": str(progress).lower(), "results_dir": str(outdir), "request_timeout_s": "60",
+        **(overrides or {}),
     }
     return resolve(cli=cli, env={}, layers=())
 
 
-def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: bool) -> dict:
+def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: bool,
+            overrides: dict | None = None) -> dict:
     """One LoadGen Server test in this process; returns the parsed result."""
     import numpy as np
 
@@ -44,7 +47,7 @@ def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: boo
     from llmlib.harness import build_test_settings, import_loadgen, results_dir_for, run_scenario
     from llmlib.loadgen_log import parse_detail_log, summarize
 
-    config = _config(qps, duration_ms, outdir / kind, progress)
+    config = _config(qps, duration_ms, outdir / kind, progress, overrides)
     benchmark = load_benchmark("tiny-synthetic")
     t0 = time.monotonic()
     if kind == "harness":
@@ -87,7 +90,7 @@ def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: boo
 
 def measure(kind: str, qps: float, args) -> dict:
     cmd = [sys.executable, __file__, f"--one={kind}", f"--qps={qps}", f"--duration_ms={args.duration_ms}",
-           f"--outdir={args.outdir}"] + (["--progress"] if args.progress else [])
+           f"--outdir={args.outdir}"] + (["--progress"] if args.progress else []) + [f"--set={s}" for s in args.set]
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
@@ -139,10 +142,13 @@ def main() -> int:
     p.add_argument("--bisect_steps", type=int, default=3)
     p.add_argument("--progress", action="store_true", help="keep the harness progress display on")
     p.add_argument("--outdir", default=str(REPO / "results" / "bench_spine"))
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a harness setting for the harness runs (repeatable), e.g. loadgen_trace=false")
     args = p.parse_args()
+    overrides = dict(s.split("=", 1) for s in args.set)
     if args.one:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        r = run_one(args.one, args.qps, args.duration_ms, Path(args.outdir), args.progress)
+        r = run_one(args.one, args.qps, args.duration_ms, Path(args.outdir), args.progress, overrides)
         print(json.dumps(r, default=str))
         return 0
     rows: list[dict] = []
@@ -158,7 +164,8 @@ def main() -> int:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_spine_overhead.json").write_text(json.dumps({"best": best, "ratio": ratio, "runs": rows,
-                                                               "duration_ms": args.duration_ms}, indent=1))
+                                                               "duration_ms": args.duration_ms,
+                                                               "settings": overrides}, indent=1))
     return 0
 
 
