@@ -579,8 +579,10 @@ declare(name="stage_anyway", kind="bool", default=False, group="compliance",
         help="Stage runs made with quick-run overrides (--server_target_qps, --min_duration_ms, ...) too.")
 
 # --- report, self-measurement, QPS search (llmlib/report/) ---------------------------------------
-declare(name="loadgen_trace", kind="bool", default=True, group="report",
-        help="Let LoadGen write mlperf_log_trace.json (per-sample schedule delay for the report).")
+declare(name="loadgen_trace", kind="str", default="auto", group="report", choices=("auto", "true", "false"),
+        help="Let LoadGen write mlperf_log_trace.json (per-sample times: the schedule delay, the report's CDFs). "
+             "auto: when the scenario's expected rate is at most 2,000 samples/s (the trace costs LoadGen "
+             "~1.4 KB of formatting and writing per sample: above that it limits the rate).")
 declare(name="report", kind="bool", default=True, group="report",
         help="Write the plots (PNG) and report.html into every run folder, and index.html for several runs.")
 declare(name="find_peak_qps", kind="bool", default=False, group="report",

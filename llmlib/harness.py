@@ -212,6 +212,27 @@ class RunOutcome:
         return d
 
 
+#: --loadgen_trace=auto traces runs whose expected rate is at most this many samples/s.
+TRACE_AUTO_MAX_RATE = 2000.0
+
+
+def expected_rate(settings, scenario: ScenarioSpec) -> float:
+    """Samples per second LoadGen is set to issue: Server's target, Offline's expected QPS, SingleStream's
+    1 / expected latency."""
+    if scenario.loadgen_scenario == "Server":
+        return float(settings.server_target_qps)
+    if scenario.loadgen_scenario == "Offline":
+        return float(settings.offline_expected_qps)
+    latency_ns = float(getattr(settings, "single_stream_expected_latency_ns", 0) or 0)
+    return 1e9 / latency_ns if latency_ns > 0 else 0.0
+
+
+def trace_enabled(config: ResolvedConfig, settings, scenario: ScenarioSpec) -> bool:
+    if config.loadgen_trace == "auto":
+        return expected_rate(settings, scenario) <= TRACE_AUTO_MAX_RATE
+    return config.loadgen_trace == "true"
+
+
 def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Path:
     base = Path(config.results_dir)
     if not base.is_absolute():
@@ -499,7 +520,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         log_out.copy_summary_to_stdout = False
         log_settings = lg.LogSettings()
         log_settings.log_output = log_out
-        log_settings.enable_trace = config.loadgen_trace  # per-sample schedule delay for the report
+        log_settings.enable_trace = trace_enabled(config, settings, scenario)  # per-sample schedule delay
         if config.show_progress and not config.quiet:
             progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
                                 interval_s=config.progress_interval_s,
@@ -622,7 +643,8 @@ def self_measurement_lines(m: dict[str, Any] | None) -> list[str]:
         lines.append(f"schedule delay      : p50 {f(sched.get('p50_ms'))} ms, p99 {f(sched.get('p99_ms'))} ms, "
                      f"max {f(sched.get('max_ms'))} ms (LoadGen issue - scheduled time)")
     else:
-        lines.append("schedule delay      : n/a (no LoadGen trace: --loadgen_trace=false)")
+        lines.append("schedule delay      : n/a (no LoadGen trace: off above 2,000 samples/s or by "
+                     "--loadgen_trace; --loadgen_trace=true turns it on)")
     qps = f"achieved {f(m.get('achieved_qps'), '{:,.2f}')} samples/s"
     if m.get("target_qps"):
         qps += f" against target {m['target_qps']:,.2f} QPS"

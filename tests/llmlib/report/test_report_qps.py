@@ -147,6 +147,7 @@ def test_offline_and_server_valid_on_the_dummy_core_with_no_hand_set_qps(tmp_pat
     conf = (offline / "user.conf").read_text()
     assert f"tiny.Offline.target_qps = {s['loadgen']['target_qps']:.4g}" in conf
     assert (tmp_path / "local" / "index.html").is_file()
+    assert conf in (tmp_path / "local" / "user.conf").read_text()  # the chosen values, in one file to keep
 
 
 @pytest.mark.slow
