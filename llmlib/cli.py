@@ -175,7 +175,7 @@ def _run_each_in_a_process(argv: list[str], resolved: list) -> int:
 
 def _write_index(resolved: list, rows: list) -> None:
     """index.html (one table of the runs just made) at the results folder of the first run's system."""
-    if not resolved or not resolved[0][0].report:
+    if not resolved or not resolved[0][0].write_report:
         return
     from llmlib.harness import results_dir_for
 
@@ -242,7 +242,7 @@ def _run_one(config, benchmark, scenario: str, argv: Sequence[str] = ()) -> int:
             print(redact(f"error: {benchmark.name} {scenario}: {err}"), file=sys.stderr)
             return control.exit_code or 2
         print("\n" + redact(format_summary(outcome)), flush=True)
-        if config.report and control.exit_code is None:
+        if config.write_report and control.exit_code is None:
             _write_report(outcome.outdir)
         if control.exit_code is not None:
             return control.exit_code

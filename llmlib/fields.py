@@ -583,7 +583,7 @@ declare(name="loadgen_trace", kind="str", default="auto", group="report", choice
         help="Let LoadGen write mlperf_log_trace.json (per-sample times: the schedule delay, the report's CDFs). "
              "auto: when the scenario's expected rate is at most 2,000 samples/s (the trace costs LoadGen "
              "~1.4 KB of formatting and writing per sample: above that it limits the rate).")
-declare(name="report", kind="bool", default=True, group="report",
+declare(name="write_report", kind="bool", default=True, group="report",
         help="Write the plots (PNG) and report.html into every run folder, and index.html for several runs.")
 declare(name="find_peak_qps", kind="bool", default=False, group="report",
         help="Server/Interactive: search the highest target QPS the system sustains within the limits "

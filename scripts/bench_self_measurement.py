@@ -27,7 +27,7 @@ def run(trace: str, qps: float, duration_ms: int, results: Path) -> dict:
     cmd = [sys.executable, "-m", "llmlib", "--benchmarks=tiny-synthetic", "--scenarios=Interactive",
            "--core_type=dummy", "--dummy_zero_latency=true", f"--server_target_qps={qps}",
            f"--min_duration_ms={duration_ms}", f"--min_query_count={int(qps * duration_ms / 1000)}",
-           "--warmup_queries=0", "--report=false", "--quiet=true", f"--loadgen_trace={trace}",
+           "--warmup_queries=0", "--write_report=false", "--quiet=true", f"--loadgen_trace={trace}",
            f"--results_dir={results}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     summary = results / "local" / "tiny-synthetic" / "Interactive" / "performance" / "summary.json"

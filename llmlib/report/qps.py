@@ -29,7 +29,7 @@ from llmlib.errors import HarnessError
 log = logging.getLogger(__name__)
 
 #: Flags a probe sets itself (the user's other flags are passed on unchanged).
-_PROBE_OWNED = ("--benchmarks", "--scenarios", "--results_dir", "--report", "--find_peak_qps",
+_PROBE_OWNED = ("--benchmarks", "--scenarios", "--results_dir", "--write_report", "--find_peak_qps",
                 "--calibrate_offline_qps", "--server_target_qps", "--offline_expected_qps", "--min_duration_ms",
                 "--min_query_count", "--max_query_count", "--max_duration_ms", "--quiet", "--test_mode",
                 "--show_progress")
@@ -61,7 +61,7 @@ class Probe:
 def probe_argv(argv: Sequence[str], benchmark: str, scenario: str, results_dir: Path, **flags: Any) -> list[str]:
     """The command line of one probe: the user's flags without those the probe sets, then the probe's own."""
     keep = [a for a in argv if a.partition("=")[0] not in _PROBE_OWNED and a.startswith("--")]
-    own = {"benchmarks": benchmark, "scenarios": scenario, "results_dir": str(results_dir), "report": "false",
+    own = {"benchmarks": benchmark, "scenarios": scenario, "results_dir": str(results_dir), "write_report": "false",
            "find_peak_qps": "false", "calibrate_offline_qps": "never", "quiet": "true",
            "test_mode": "PerformanceOnly", **flags}
     return [sys.executable, "-m", "llmlib", *keep, *(f"--{k}={v}" for k, v in own.items())]

@@ -218,19 +218,19 @@ def test_bad_results_folder_is_one_line(tmp_path):
 def test_quiet_prints_warnings_and_the_summary_only(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llmlib", "--core_type=dummy", "--benchmarks=tiny",
                            "--scenarios=Server", "--server_target_qps=100", "--min_query_count=200",
-                           "--quiet=true", "--report=false", f"--results_dir={tmp_path}"],
+                           "--quiet=true", "--write_report=false", f"--results_dir={tmp_path}"],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "samples, " not in proc.stderr and "\r" not in proc.stderr  # no progress, plain or bar
     assert "INFO" not in proc.stderr
     assert "=== tiny | Server | PerformanceOnly" in proc.stdout and "harness added" in proc.stdout
-    assert not (_run_dir(tmp_path, "Server") / "report.html").exists()  # --report=false
+    assert not (_run_dir(tmp_path, "Server") / "report.html").exists()  # --write_report=false
 
 
 def test_progress_is_plain_lines_when_stderr_is_a_pipe(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llmlib", "--core_type=dummy", "--benchmarks=tiny",
                            "--scenarios=Server", "--server_target_qps=100", "--min_query_count=200",
-                           "--report=false", f"--results_dir={tmp_path}"],
+                           "--write_report=false", f"--results_dir={tmp_path}"],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tiny Server: ")]

@@ -96,7 +96,7 @@ def test_probe_command_keeps_the_users_flags_and_sets_its_own(tmp_path):
     args = cmd[3:]
     assert "--core_type=dummy" in args and "--dummy_max_batch_size=8" in args and "stray" not in args
     assert "--server_target_qps=42" in args and "--server_target_qps=5" not in args
-    assert "--find_peak_qps=false" in args and "--report=false" in args and f"--results_dir={tmp_path}" in args
+    assert "--find_peak_qps=false" in args and "--write_report=false" in args and f"--results_dir={tmp_path}" in args
 
 
 def _llmlib(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
