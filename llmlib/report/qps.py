@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 _PROBE_OWNED = ("--benchmarks", "--scenarios", "--results_dir", "--write_report", "--find_peak_qps",
                 "--calibrate_offline_qps", "--server_target_qps", "--offline_expected_qps", "--min_duration_ms",
                 "--min_query_count", "--max_query_count", "--max_duration_ms", "--quiet", "--test_mode",
-                "--show_progress")
+                "--show_progress", "--launch_servers")
 MAX_PROBES = 14
 #: A probe whose backlog grows faster than this fraction of its issue rate per second did not keep up.
 BACKLOG_GROWTH_LIMIT = 0.04
@@ -58,9 +59,21 @@ class Probe:
         return dict(self.__dict__)
 
 
+def launched_flags(config) -> dict[str, str]:
+    """Values --launch_servers filled in (the servers' URLs): a probe uses the servers this process launched."""
+    out = {"launch_servers": "false"}
+    for row in config.report():
+        if row["source"] == "--launch_servers" and row["value"] is not None and row["name"] != "launch_servers":
+            value = row["value"]
+            out[row["name"]] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
 def probe_argv(argv: Sequence[str], benchmark: str, scenario: str, results_dir: Path, **flags: Any) -> list[str]:
     """The command line of one probe: the user's flags without those the probe sets, then the probe's own."""
-    keep = [a for a in argv if a.partition("=")[0] not in _PROBE_OWNED and a.startswith("--")]
+    own_names = {f"--{k}" for k in flags}
+    keep = [a for a in argv if a.startswith("--") and a.partition("=")[0] not in _PROBE_OWNED
+            and a.partition("=")[0] not in own_names]
     own = {"benchmarks": benchmark, "scenarios": scenario, "results_dir": str(results_dir), "write_report": "false",
            "find_peak_qps": "false", "calibrate_offline_qps": "never", "quiet": "true",
            "test_mode": "PerformanceOnly", **flags}
@@ -68,8 +81,16 @@ def probe_argv(argv: Sequence[str], benchmark: str, scenario: str, results_dir: 
 
 
 def run_probe(cmd: list[str], outdir: Path, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run one probe process; its summary.json (with run_stats.json as `stats`)."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    """Run one probe process; its summary.json (with run_stats.json as `stats`). It runs in a folder of its
+    own: LoadGen reads an audit.config from the working directory, and none may apply to a probe."""
+    from llmlib.factory import repo_root
+
+    workdir = outdir.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)  # this checkout's llmlib, whatever the working directory
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s,
+                          cwd=workdir, env=env)
     summary = outdir / "summary.json"
     if not summary.is_file():
         tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
@@ -210,8 +231,8 @@ def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
     from llmlib.harness import import_loadgen, results_dir_for, user_conf_path
 
     scenario = benchmark.scenario(scenario_name)
-    if config.test_mode != "PerformanceOnly":
-        return config, []
+    if config.test_mode != "PerformanceOnly" or getattr(config, "audit_test", ""):
+        return config, []  # a compliance run keeps the settings of the run it audits
     outdir = results_dir_for(config, benchmark.name, scenario.name)
     if scenario.loadgen_scenario == "Offline":
         mode = config.calibrate_offline_qps
@@ -241,7 +262,7 @@ def _calibrate_offline(config, benchmark, scenario, argv, outdir: Path):
     samples = min(benchmark.performance_sample_count, config.performance_sample_count or 10**9, 1024)
     probe_results = probe_dir / "probe"
     cmd = probe_argv(argv, benchmark.name, scenario.name, probe_results, offline_expected_qps=1,
-                     min_duration_ms=0, min_query_count=samples)
+                     min_duration_ms=0, min_query_count=samples, **launched_flags(config))
     probe_out = results_dir_for(config.with_values(results_dir=str(probe_results)), benchmark.name, scenario.name)
     log.warning("calibrating Offline's expected QPS with a probe of %d samples (no --offline_expected_qps, no "
                 "user.conf line for %s)", samples, scenario.loadgen_model)
@@ -273,7 +294,8 @@ def _find_peak(config, benchmark, scenario, argv, outdir: Path, start_qps: float
         counter[0] += 1
         results = search_dir / f"probe_{counter[0]:02d}_{q:.4g}qps"
         cmd = probe_argv(argv, benchmark.name, scenario.name, results, server_target_qps=f"{q:.6g}",
-                         min_duration_ms=config.peak_probe_ms, min_query_count=max(64, int(q * duration_s)))
+                         min_duration_ms=config.peak_probe_ms, min_query_count=max(64, int(q * duration_s)),
+                         **launched_flags(config))
         out = results_dir_for(config.with_values(results_dir=str(results)), benchmark.name, scenario.name)
         return judge_probe(run_probe(cmd, out), q)
 
