@@ -89,9 +89,10 @@ def test_trace_has_every_sample_with_consistent_times(two_runs):
     assert np.all(trace.latency_ns >= trace.issue_delay_ns)
     assert np.all(np.isfinite(trace.ttft_ns))  # every Server sample got a first token
     assert np.all((trace.ttft_ns >= trace.issue_delay_ns) & (trace.ttft_ns <= trace.latency_ns))
-    # LoadGen's own p99 latency (detail log) equals the trace's per-sample latencies' p99
+    # LoadGen's own p99 latency (detail log) is one of the trace's per-sample latencies, at the 99th percentile
     p99 = summary["loadgen"]["latency_p99_ns"]
-    assert np.sort(trace.latency_ns)[int(np.ceil(0.99 * len(trace))) - 1] == pytest.approx(p99, rel=0.01)
+    ranks = np.nonzero(np.sort(trace.latency_ns) == p99)[0]
+    assert ranks.size and 0.98 * len(trace) <= ranks[0] <= 0.995 * len(trace)
 
 
 def _chromium() -> str:
