@@ -58,7 +58,8 @@ def headline_rows(run: RunData) -> list[tuple[str, Any]]:
         rows += [("TTFT p99", _ms(lg.get("ttft_p99_ns"))), ("TPOT p99", _ms(lg.get("tpot_p99_ns")))]
     rows.append(("latency p99", _ms(lg.get("latency_p99_ns"))))
     if s:
-        rows.append(("samples", f"issued {s.get('issued')} = completed {s.get('completed')} + failed {s.get('failed')}"))
+        rows.append(("samples", f"issued {s.get('issued')} = completed {s.get('completed')} "
+                                f"+ failed {s.get('failed')}"))
     rows.append(("output tokens counted as", run.token_counting()))
     return rows
 
@@ -68,7 +69,8 @@ def self_measurement_rows(run: RunData) -> list[tuple[str, Any]]:
     if not m:
         if run.trace is not None and len(run.trace):
             sd = run.trace.schedule_delay()
-            return [("schedule delay", f"p50 {sd['p50_ms']:.3f} ms, p99 {sd['p99_ms']:.3f} ms, max {sd['max_ms']:.3f} ms")]
+            return [("schedule delay",
+                     f"p50 {sd['p50_ms']:.3f} ms, p99 {sd['p99_ms']:.3f} ms, max {sd['max_ms']:.3f} ms")]
         return [("self-measurement", "not recorded (these logs were not written by this harness)")]
     from llmlib.harness import self_measurement_lines
 
@@ -85,7 +87,9 @@ def write_run_report(folder: str | Path) -> Path:
     plots = write_run_plots(run, run.folder)
     verdict = run.verdict
     s = run.summary or {}
-    title = f"{run.benchmark} | {run.scenario} | {run.mode}" + (f" | core={s['core_type']}" if s.get("core_type") else "")
+    title = f"{run.benchmark} | {run.scenario} | {run.mode}"
+    if s.get("core_type"):
+        title += f" | core={s['core_type']}"
     warn = "".join(f'<p class="warn">{html.escape(w)}</p>'
                    for w in ((s.get("self_measurement") or {}).get("warnings") or ()))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in (s.get("notes") or ()))

@@ -92,9 +92,23 @@ def plot_latency_cdfs(run: RunData, path: Path) -> Path:
     return _save(fig, path)
 
 
+PLOT_BINS = 80  # time bins are merged for plotting until at most this many remain
+
+
 def _bins(run: RunData):
+    """(bin width s, bin start times, the run's time bins merged to at most PLOT_BINS) or Nones."""
     if run.stats and run.stats.get("time_bins", {}).get("issued"):
-        tb = run.stats["time_bins"]
+        tb = dict(run.stats["time_bins"])
+        k = max(1, -(-len(tb["issued"]) // PLOT_BINS))
+        if k > 1:
+            def merge(values):
+                a = np.asarray(values, dtype=np.float64)
+                pad = (-a.shape[-1]) % k
+                a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
+                return a.reshape(*a.shape[:-1], -1, k).sum(axis=-1)
+            for key in ("issued", "completed", "failed", "tokens", "core_completed", "core_busy_s"):
+                tb[key] = merge(tb[key])
+            tb["width_s"] = tb["width_s"] * k
         width = tb["width_s"]
         n = len(tb["issued"])
         return width, np.arange(n) * width, tb
@@ -111,8 +125,11 @@ def plot_throughput(run: RunData, path: Path) -> Path:
         ax2 = ax.twinx()
         ax2.step(t, np.asarray(tb["completed"]) / width, where="post", color="tab:orange",
                  label="samples/s completed")
-        ax2.step(t, np.asarray(tb["issued"]) / width, where="post", color="tab:green", alpha=0.6,
-                 label="samples/s issued")
+        if run.scenario == "Offline":  # one query: every sample is issued at the start
+            ax2.plot([], [], " ", label=f"({int(np.sum(tb['issued']))} samples issued at once)")
+        else:
+            ax2.step(t, np.asarray(tb["issued"]) / width, where="post", color="tab:green", alpha=0.6,
+                     label="samples/s issued")
         ax2.set_ylabel("samples/s")
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower center")
@@ -162,7 +179,8 @@ def plot_errors(run: RunData, path: Path) -> Path:
     failed_total = (run.summary or {}).get("failed")
     if tb is not None:
         failed = np.asarray(tb["failed"])
-        ax.step(t, failed / width, where="post", color="tab:red", label=f"failed samples/s ({int(failed.sum())} in all)")
+        ax.step(t, failed / width, where="post", color="tab:red",
+                label=f"failed samples/s ({int(failed.sum())} in all)")
         ax.set_ylim(bottom=0, top=max(1.0, float((failed / width).max()) * 1.2))
         ax.set_xlabel("s")
         ax.legend(fontsize=7)
