@@ -189,9 +189,12 @@ def _write_index(resolved: list, rows: list) -> None:
 
         root = folders[0].parents[2]  # results/<system>/<benchmark>/<scenario>/<mode>
         print(f"index of the runs: {write_index(root, [load_run(f) for f in folders])}")
-        confs = [f / "user.conf" for f in folders if (f / "user.conf").is_file()]
-        if confs:  # the values calibration / peak search chose, in one file to keep
-            (root / "user.conf").write_text("".join(c.read_text() for c in confs))
+        chosen = [line for f in folders if (f / "user.conf").is_file()
+                  for line in (f / "user.conf").read_text().split("# --- chosen by the harness ---\n")[-1].splitlines()
+                  if line and not line.startswith("#")]
+        if chosen:  # the values calibration / peak search chose, in one file to keep
+            (root / "user.conf").write_text("# QPS values the harness chose (calibration, peak search)\n"
+                                            + "\n".join(chosen) + "\n")
             print(f"chosen QPS values : {root / 'user.conf'}")
     except (HarnessError, OSError, ValueError) as err:
         print(f"warning: index.html not written: {err}", file=sys.stderr)

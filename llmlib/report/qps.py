@@ -218,8 +218,13 @@ def conf_sets(conf: Path, model: str, lg_scenario: str, key: str) -> bool:
     return conf_value(conf, model, lg_scenario, key) is not None
 
 
-def write_user_conf(path: Path, lines: dict[str, float], comment: str) -> Path:
-    text = [f"# {line}" for line in comment.splitlines()] + [f"{k} = {v:.4g}" for k, v in lines.items()]
+def write_user_conf(path: Path, lines: dict[str, float], comment: str, base: Path | None = None) -> Path:
+    """The user.conf the run used: `base` (the user.conf it was given) then the chosen values, which LoadGen
+    applies last (a later line wins), so the file alone reproduces the run's settings."""
+    text = [f"# {line}" for line in comment.splitlines()]
+    if base is not None and base.is_file():
+        text += [f"# --- {base} ---", base.read_text().rstrip("\n"), "# --- chosen by the harness ---"]
+    text += [f"{k} = {v:.6g}" for k, v in lines.items()]
     path.write_text("\n".join(text) + "\n")
     return path
 
@@ -257,7 +262,7 @@ def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
 def _calibrate_offline(config, benchmark, scenario, argv, outdir: Path):
     probe_dir = outdir / "calibration"
     shutil.rmtree(probe_dir, ignore_errors=True)
-    from llmlib.harness import results_dir_for
+    from llmlib.harness import results_dir_for, user_conf_path
 
     samples = min(benchmark.performance_sample_count, config.performance_sample_count or 10**9, 1024)
     probe_results = probe_dir / "probe"
@@ -275,14 +280,15 @@ def _calibrate_offline(config, benchmark, scenario, argv, outdir: Path):
     outdir.mkdir(parents=True, exist_ok=True)
     conf = write_user_conf(outdir / "user.conf", {f"{scenario.loadgen_model}.Offline.target_qps": qps},
                            f"Written by the harness: Offline expected QPS = {rate:.4g} samples/s measured by a "
-                           f"{samples}-sample probe x {OFFLINE_MARGIN}.\nKeep it by copying it into your user.conf.")
+                           f"{samples}-sample probe x {OFFLINE_MARGIN}.\nKeep it by copying it into your user.conf.",
+                           base=user_conf_path(config))
     line = (f"expected QPS {qps:,.2f} calibrated: probe of {samples} samples ran {rate:,.2f} samples/s "
             f"(x {OFFLINE_MARGIN}); kept in {conf}")
     return config.with_values(source="calibrated by a probe run", offline_expected_qps=qps), [line]
 
 
 def _find_peak(config, benchmark, scenario, argv, outdir: Path, start_qps: float):
-    from llmlib.harness import results_dir_for
+    from llmlib.harness import results_dir_for, user_conf_path
     from llmlib.report.plots import plot_peak_search
 
     search_dir = outdir / "peak_search"
@@ -312,7 +318,7 @@ def _find_peak(config, benchmark, scenario, argv, outdir: Path, start_qps: float
     conf = write_user_conf(outdir / "user.conf", {f"{scenario.loadgen_model}.Server.target_qps": peak},
                            f"Written by the harness: the peak target QPS found by {len(probes)} probes of "
                            f"{duration_s:g} s (tolerance {config.peak_tolerance:.0%}).\n"
-                           "Keep it by copying it into your user.conf.")
+                           "Keep it by copying it into your user.conf.", base=user_conf_path(config))
     line = (f"peak QPS {peak:,.3f} found by {len(probes)} probes of {duration_s:g} s "
             f"(bracket within {config.peak_tolerance:.0%}); this full-length run confirms it; kept in {conf}")
     return config.with_values(source="found by --find_peak_qps", server_target_qps=peak), [line]
