@@ -6,7 +6,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine report compare clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,10 +48,11 @@ stage_submission: install  ## lay out finished runs as the MLPerf submission tre
 check_submission: install  ## run the official submission checker on --submission_dir and show its verdict
 	$(PY) -m llmlib.compliance.submission check $(RUN_ARGS)
 
-test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, OpenMPI)
+test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, OpenMPI), chromium
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh
 	PYTHON=$(abspath $(PY)) bash scripts/setup_llamacpp_server_env.sh
 	bash scripts/setup_openmpi.sh
+	bash scripts/setup_chromium.sh
 
 test: install test_servers  ## run every test tier
 	$(PY) -m pytest -q $(TEST_ARGS)
@@ -61,6 +62,13 @@ test_quick: install  ## the quick tier (no LoadGen end-to-end runs, no model pro
 
 bench_spine: install  ## harness overhead vs a bare LoadGen SUT (Server, zero-latency dummy core)
 	$(PY) scripts/bench_spine_overhead.py $(RUN_ARGS)
+
+RESULTS ?= results
+report: install  ## rebuild plots, report.html per run and index.html: make report RESULTS=results/...
+	$(PY) -m llmlib.report build $(RESULTS)
+
+compare: install  ## deltas between two result folders: make compare A=results_a B=results_b [OUT=folder]
+	$(PY) -m llmlib.report compare $(A) $(B) $(OUT)
 
 clean:  ## remove run outputs
 	rm -rf results/*/

@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if base.quiet:  # progress off (harness), only warnings and errors in the log
+        logging.getLogger().setLevel(logging.WARNING)
     if base.print_config:
         for config, benchmark, scenario in resolved:
             print(f"# {benchmark.name} / {scenario}\n{config.format()}\n")
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if len(resolved) == 1:
         config, benchmark, scenario = resolved[0]
-        return _run_one(config, benchmark, scenario)
+        return _run_one(config, benchmark, scenario, argv)
     return _run_each_in_a_process(argv, resolved)
 
 
@@ -150,6 +152,7 @@ def _run_each_in_a_process(argv: list[str], resolved: list) -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
+    _write_index(resolved, rows)
     print("\n" + "=" * 72)
     worst = 0
     for name, scenario, config, rc in rows:
@@ -170,11 +173,50 @@ def _run_each_in_a_process(argv: list[str], resolved: list) -> int:
     return worst
 
 
-def _run_one(config, benchmark, scenario: str) -> int:
+def _write_index(resolved: list, rows: list) -> None:
+    """index.html (one table of the runs just made) at the results folder of the first run's system."""
+    if not resolved or not resolved[0][0].write_report:
+        return
+    from llmlib.harness import results_dir_for
+
+    folders = [results_dir_for(config, name, scenario) for name, scenario, config, rc in rows if rc is not None]
+    folders = [f for f in folders if (f / "mlperf_log_detail.txt").is_file()]
+    if not folders:
+        return
+    try:
+        from llmlib.report.html import write_index
+        from llmlib.report.run_data import load_run
+
+        root = folders[0].parents[2]  # results/<system>/<benchmark>/<scenario>/<mode>
+        print(f"index of the runs: {write_index(root, [load_run(f) for f in folders])}")
+        chosen = [line for f in folders if (f / "user.conf").is_file()
+                  for line in (f / "user.conf").read_text().split("# --- chosen by the harness ---\n")[-1].splitlines()
+                  if line and not line.startswith("#")]
+        if chosen:  # the values calibration / peak search chose, in one file to keep
+            (root / "user.conf").write_text("# QPS values the harness chose (calibration, peak search)\n"
+                                            + "\n".join(chosen) + "\n")
+            print(f"chosen QPS values : {root / 'user.conf'}")
+    except (HarnessError, OSError, ValueError) as err:
+        print(f"warning: index.html not written: {err}", file=sys.stderr)
+
+
+def _write_report(outdir: str) -> None:
+    """Plots and report.html in the run folder; a failure here never changes the run's exit code."""
+    try:
+        from llmlib.report.html import write_run_report
+
+        print(f"report              : {write_run_report(outdir)}", flush=True)
+    except (HarnessError, OSError, ValueError) as err:
+        print(f"warning: report not written for {outdir}: {err}", file=sys.stderr)
+
+
+def _run_one(config, benchmark, scenario: str, argv: Sequence[str] = ()) -> int:
     """One run in this process, with Ctrl-C / SIGTERM taken by a RunControl: exit code 0 (every
     request completed), 1 (requests failed or the run failed), 2 (bad input), 130 / 143 (stopped
-    by SIGINT / SIGTERM)."""
+    by SIGINT / SIGTERM). Offline's expected QPS calibration and the peak QPS search run their
+    probes first, each in a process of its own (llmlib/report/qps.py)."""
     from llmlib.harness import format_summary, run_scenario
+    from llmlib.report.qps import prepare
     from llmlib.run_control import RunControl
 
     if config.launch_servers:  # start the servers for this run, stop them after (llmlib/ops/launch.py)
@@ -183,18 +225,28 @@ def _run_one(config, benchmark, scenario: str) -> int:
         try:
             with launched_servers(config, benchmark, scenario) as served:
                 served = served.with_values(source="--launch_servers", launch_servers=False)
-                return _run_one(served, benchmark, scenario)
+                return _run_one(served, benchmark, scenario, argv)
         except HarnessError as err:
             print(redact(f"error: {benchmark.name} {scenario}: --launch_servers: {err}"), file=sys.stderr)
             return 1 if type(err).__name__ == "OpsError" else 2
+    try:
+        config, notes = prepare(config, benchmark, scenario, argv)
+    except HarnessError as err:
+        print(redact(f"error: {benchmark.name} {scenario}: {err}"), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{benchmark.name} {scenario}: interrupted during the QPS probes", file=sys.stderr)
+        return 130
     control = RunControl(grace_s=config.interrupt_grace_s).install()
     try:
         try:
-            outcome = run_scenario(config, benchmark, scenario, control=control)
+            outcome = run_scenario(config, benchmark, scenario, control=control, notes=notes)
         except HarnessError as err:
             print(redact(f"error: {benchmark.name} {scenario}: {err}"), file=sys.stderr)
             return control.exit_code or 2
         print("\n" + redact(format_summary(outcome)), flush=True)
+        if config.write_report and control.exit_code is None:
+            _write_report(outcome.outdir)
         if control.exit_code is not None:
             return control.exit_code
         return 0 if outcome.ok else 1

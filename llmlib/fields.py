@@ -304,6 +304,8 @@ declare(name="show_progress", kind="bool", default=True, group="server",
         help="Show the tqdm progress display.")
 declare(name="show_steady_state_progress", kind="bool", default=True, group="server",
         help="Show steady-state tokens/s (excluding ramp-up and tail) in the progress display.")
+declare(name="quiet", kind="bool", default=False, group="server",
+        help="No progress display and only warnings in the log; the summary is still printed.")
 declare(name="progress_interval_s", kind="float", default=0.5, minimum=0.05, group="server",
         help="Seconds between progress display refreshes.")
 declare(name="request_timeout_s", kind="float", default=None, minimum=0, group="server",
@@ -581,3 +583,21 @@ declare(name="system_description", kind="str", default="", group="compliance",
         help="The system description YAML/JSON (default: <config_dir>/submission/<system>.yaml).")
 declare(name="stage_anyway", kind="bool", default=False, group="compliance",
         help="Stage runs made with quick-run overrides (--server_target_qps, --min_duration_ms, ...) too.")
+
+# --- report, self-measurement, QPS search (llmlib/report/) ---------------------------------------
+declare(name="loadgen_trace", kind="str", default="auto", group="report", choices=("auto", "true", "false"),
+        help="Let LoadGen write mlperf_log_trace.json (per-sample times: the schedule delay, the report's CDFs). "
+             "auto: when the scenario's expected rate is at most 2,000 samples/s (the trace costs LoadGen "
+             "~1.4 KB of formatting and writing per sample: above that it limits the rate).")
+declare(name="write_report", kind="bool", default=True, group="report",
+        help="Write the plots (PNG) and report.html into every run folder, and index.html for several runs.")
+declare(name="find_peak_qps", kind="bool", default=False, group="report",
+        help="Server/Interactive: search the highest target QPS the system sustains within the limits "
+             "(short probes, bracketing then bisection), then one full-length confirming run.")
+declare(name="peak_probe_ms", kind="int", default=5000, minimum=500, group="report",
+        help="Length of each peak-search probe run in ms.")
+declare(name="peak_tolerance", kind="float", default=0.02, minimum=0.001, maximum=0.5, group="report",
+        help="Peak search: stop bisecting when the bracket is this narrow (relative: highest pass / lowest fail).")
+declare(name="calibrate_offline_qps", kind="str", default="auto", group="report", choices=("auto", "always", "never"),
+        help="Offline: set the expected QPS from a short probe run (auto: when neither --offline_expected_qps "
+             "nor a user.conf line sets it for the benchmark).")

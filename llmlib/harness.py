@@ -11,6 +11,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from llmlib.expander import ExpanderSUT, parse_scaffolding
 from llmlib.factory import build_server, load_benchmark_dataset, repo_root
 from llmlib.generation import GenerationParams, generation_params
 from llmlib.loadgen_log import parse_detail_log, summarize
+from llmlib.report.loadgen_trace import schedule_delay_of
+from llmlib.report.recorder import RunRecorder, self_measurement, write_run_stats
 from llmlib.reporter import LoadgenReporter
 from llmlib.run_control import RunControl
 from llmlib.secrets import config_secrets, redact, redact_obj
@@ -169,6 +172,8 @@ class RunOutcome:
     round_warning: str | None = None
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
+    # the harness measuring itself (llmlib/report/recorder.py): added latency, schedule delay, QPS, CPU
+    self_measurement: dict[str, Any] | None = None
 
     @property
     def lost(self) -> int:
@@ -209,6 +214,27 @@ class RunOutcome:
             d["completed_samples_per_second"] = self.completed / duration if duration else None
             d["completed_tokens_per_second"] = self.output_tokens / duration if duration else None
         return d
+
+
+#: --loadgen_trace=auto traces runs whose expected rate is at most this many samples/s.
+TRACE_AUTO_MAX_RATE = 2000.0
+
+
+def expected_rate(settings, scenario: ScenarioSpec) -> float:
+    """Samples per second LoadGen is set to issue: Server's target, Offline's expected QPS, SingleStream's
+    1 / expected latency."""
+    if scenario.loadgen_scenario == "Server":
+        return float(settings.server_target_qps)
+    if scenario.loadgen_scenario == "Offline":
+        return float(settings.offline_expected_qps)
+    latency_ns = float(getattr(settings, "single_stream_expected_latency_ns", 0) or 0)
+    return 1e9 / latency_ns if latency_ns > 0 else 0.0
+
+
+def trace_enabled(config: ResolvedConfig, settings, scenario: ScenarioSpec) -> bool:
+    if config.loadgen_trace == "auto":
+        return expected_rate(settings, scenario) <= TRACE_AUTO_MAX_RATE
+    return config.loadgen_trace == "true"
 
 
 def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Path:
@@ -297,6 +323,7 @@ class _Run:
         self._written = threading.Lock()
         self.errors_file = None
         self._errors_lock = threading.Lock()
+        self.recorder: RunRecorder | None = None
 
     # --- what a stop does (called on the run-control thread) ------------------------------------------
     def stop(self, cause: str) -> None:
@@ -365,6 +392,23 @@ class _Run:
                 o.loadgen = asdict(summarize(parse_detail_log(detail), self.scenario.name))
             except HarnessError as err:
                 o.run_error = o.run_error or str(err)
+        self.measure_self(loadgen_finished=loadgen_finished)
+
+    def measure_self(self, *, loadgen_finished: bool) -> None:
+        """run_stats.json and the self-measurement figures of the summary (never fails the run)."""
+        o, rec = self.outcome, self.recorder
+        if rec is None:
+            return
+        try:
+            if not loadgen_finished:
+                rec.close()
+            stats = rec.to_json()
+            write_run_stats(Path(o.outdir), stats)
+            schedule = schedule_delay_of(o.outdir) if loadgen_finished else None
+            o.self_measurement = self_measurement(stats, schedule, o.loadgen, scenario=o.scenario,
+                                                  ttft_limit_ms=o.ttft_limit_ms)
+        except (OSError, ValueError) as err:
+            o.notes.append(f"self-measurement not written: {err}")
 
     def write_summary(self, *, print_it: bool = False) -> None:
         """summary.txt and summary.json, once (a hard exit and the normal end may race)."""
@@ -387,7 +431,7 @@ class _Run:
 
 
 def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str, *,
-                 control: RunControl | None = None) -> RunOutcome:
+                 control: RunControl | None = None, notes: Sequence[str] = ()) -> RunOutcome:
     """One LoadGen test of one benchmark and scenario. Never leaves a request unaccounted for.
 
     `control` takes Ctrl-C / SIGTERM (the CLI installs one with signal handling); without one the
@@ -396,14 +440,14 @@ def run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name
     if own_control:
         control = RunControl(grace_s=config.interrupt_grace_s, signals=False).install()
     try:
-        return _run_scenario(config, benchmark, scenario_name, control)
+        return _run_scenario(config, benchmark, scenario_name, control, notes)
     finally:
         if own_control:
             control.uninstall()
 
 
 def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_name: str,
-                  control: RunControl) -> RunOutcome:
+                  control: RunControl, notes: Sequence[str] = ()) -> RunOutcome:
     lg = import_loadgen()
     benchmark = benchmark.for_mode(config.test_mode)  # gpt-oss-120b: other set and limits in AccuracyOnly
     scenario = benchmark.scenario(scenario_name)
@@ -419,6 +463,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
                          core_type=config.core_type, system=config.system_name, outdir=str(outdir),
                          ttft_limit_ms=scenario.ttft_ms, tpot_limit_ms=scenario.tpot_ms,
                          round_warning=round_warning(benchmark, config.round))
+    outcome.notes.extend(notes)  # QPS calibration / peak search (llmlib/report/qps.py)
     if outcome.round_warning:
         log.warning(outcome.round_warning)
     run = _Run(lg, config, benchmark, scenario, outcome, control)
@@ -482,11 +527,13 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         log_out.copy_summary_to_stdout = False
         log_settings = lg.LogSettings()
         log_settings.log_output = log_out
-        log_settings.enable_trace = False
-        if config.show_progress:
+        log_settings.enable_trace = trace_enabled(config, settings, scenario)  # per-sample schedule delay
+        if config.show_progress and not config.quiet:
             progress = Progress(server, total=lambda: sut.issued, desc=f"{benchmark.name} {scenario.name}",
                                 interval_s=config.progress_interval_s,
                                 steady_state=config.show_steady_state_progress)
+        run.recorder = RunRecorder(len(server.cores))
+        server.recorder, server.recorder_fail = run.recorder.on_complete, run.recorder.on_fail
         run.loadgen_started = True
         control.loadgen_time_left = _schedule_left(settings, scenario, config, benchmark, time.monotonic())
         lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_config)
@@ -514,6 +561,9 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
         if qsl_handle is not None:
             lg.DestroyQSL(qsl_handle)
         server.on_core_lost = None
+        server.recorder = server.recorder_fail = None
+        if run.recorder is not None:
+            run.recorder.close()
         control.on_stop(None)
         control.loadgen_time_left = None
         bundle.stop()
@@ -585,6 +635,36 @@ def _noop(_samples) -> None:
 
 def _ms(ns: int | None) -> str:
     return "n/a" if ns is None else f"{ns / 1e6:,.2f} ms"
+
+
+def self_measurement_lines(m: dict[str, Any] | None) -> list[str]:
+    """The harness's own cost in this run, and a warning where it could distort the result."""
+    if not m:
+        return []
+    def f(v, fmt="{:,.3f}"):
+        return "n/a" if v is None else fmt.format(v)
+    added, sched = m.get("added_latency_ms") or {}, m.get("schedule_delay_ms") or {}
+    lines = [f"harness added       : p50 {f(added.get('p50_ms'))} ms, p99 {f(added.get('p99_ms'))} ms "
+             "(core response -> LoadGen call returned)"]
+    if sched:
+        lines.append(f"schedule delay      : p50 {f(sched.get('p50_ms'))} ms, p99 {f(sched.get('p99_ms'))} ms, "
+                     f"max {f(sched.get('max_ms'))} ms (LoadGen issue - scheduled time)")
+    else:
+        lines.append("schedule delay      : n/a (no LoadGen trace: off above 2,000 samples/s or by "
+                     "--loadgen_trace; --loadgen_trace=true turns it on)")
+    qps = f"achieved {f(m.get('achieved_qps'), '{:,.2f}')} samples/s"
+    if m.get("target_qps"):
+        qps += f" against target {m['target_qps']:,.2f} QPS"
+        sched = m.get("scheduled_qps")
+        if sched and m.get("achieved_qps") is not None:
+            qps += f" (LoadGen scheduled {sched:,.2f}: {m['achieved_qps'] / sched:.1%} of it)"
+    lines.append(f"achieved QPS        : {qps}")
+    lines.append(f"harness CPU         : {f(m.get('harness_cpu_s'), '{:,.2f}')} s "
+                 f"({f(m.get('harness_cpu_cores'), '{:.2f}')} cores, "
+                 f"{f(m.get('harness_cpu_us_per_sample'), '{:,.1f}')} us per sample; this process)")
+    for w in m.get("warnings") or ():
+        lines.append(f"WARNING (harness)   : {w}")
+    return lines
 
 
 def format_summary(o: RunOutcome) -> str:
@@ -690,6 +770,7 @@ def format_summary(o: RunOutcome) -> str:
     if o.failed:
         lines.append("note                : failed samples were completed in LoadGen with no output; "
                      "its latency figures include them")
+    lines.extend(self_measurement_lines(o.self_measurement))
     for note in o.notes:
         lines.append(f"note                : {note}")
     lines.append(f"wall time           : {o.wall_s:.1f} s")

@@ -153,6 +153,10 @@ class LLMServer:
         self.on_core_lost: Callable[[str], None] | None = None
         self._core_lost: str | None = None
         self.error_sink: Callable[[int, int, str], None] | None = None  # (request id, sample index, cause)
+        # The run's self-measurement (llmlib/report/recorder.py): called with (t_issue, t_first, t_core,
+        # n_tokens or -1 for a failure, core index, t_after_target) once per outcome; None outside a run.
+        self.recorder: Callable[[tuple], None] | None = None
+        self.recorder_fail: Callable[[tuple], None] | None = None
         self._timeout_ns = int(request_timeout_s * 1e9)
         self._stall_ns = int(stall_warning_s * 1e9)
         self.stalls_reported = 0
@@ -334,8 +338,12 @@ class LLMServer:
         if self._chunk_state:
             self._end_chunks(request_id)
         entry[0].complete(request_id, token_ids, n_tokens, t_first != 0)
+        rec = self.recorder
+        if rec is not None:
+            rec((entry[2], t_first, now, n_tokens, entry[1], self._clock()))
 
     def on_error(self, request_id: int, error: BaseException) -> None:
+        now = self._clock()
         with self._lock:
             entry = self._pending.pop(request_id, None)
             if entry is None:
@@ -362,6 +370,9 @@ class LLMServer:
         if self._chunk_state:
             self._end_chunks(request_id)
         entry[0].fail(request_id, error, entry[4] != 0)
+        rec = self.recorder_fail
+        if rec is not None:
+            rec((entry[2], entry[4], now, -1, ci, self._clock()))
         if lost is not None and self.on_core_lost is not None:
             self.on_core_lost(lost)
 
@@ -543,18 +554,30 @@ def mask_variable_parts(cause: str) -> str:
 
 class Progress:
     """tqdm display refreshed from a timer thread (never from the hot path): done/total,
-    tokens/s, steady-state tokens/s over a sliding window, running p99 TTFT and TPOT."""
+    tokens/s, steady-state tokens/s over a sliding window, running p99 TTFT and TPOT.
+
+    When stderr is not a terminal (CI logs, a pipe) it prints one plain line every `plain_every_s`
+    instead of redrawing a bar with carriage returns."""
 
     def __init__(self, server: LLMServer, *, total: Callable[[], int] | None, desc: str, interval_s: float = 0.5,
-                 steady_state: bool = True, window_s: float = 10.0):
+                 steady_state: bool = True, window_s: float = 10.0, plain: bool | None = None,
+                 plain_every_s: float = 10.0, stream=None):
+        import sys
+
         from tqdm import tqdm
 
+        self._stream = stream if stream is not None else sys.stderr
+        self.plain = (not self._stream.isatty()) if plain is None else plain
+        self._plain_every_ns = int(plain_every_s * 1e9)
+        self._last_line_ns = 0
+        self.desc = desc
         self.server = server
         self.interval_s = interval_s
         self.steady_state = steady_state
         self.window_ns = int(window_s * 1e9)
         self._total = total
-        self._bar = tqdm(total=None, desc=desc, unit="sample", dynamic_ncols=True, leave=True)
+        self._bar = None if self.plain else tqdm(total=None, desc=desc, unit="sample", dynamic_ncols=True,
+                                                 leave=True, file=self._stream)
         self._stop = threading.Event()
         self._start_counts = (server.counts.completed + server.counts.failed, server.counts.output_tokens)
         self._t0 = time.monotonic_ns()
@@ -566,14 +589,15 @@ class Progress:
         while not self._stop.wait(self.interval_s):
             self._refresh()
 
-    def _refresh(self) -> None:
+    def _refresh(self, final: bool = False) -> None:
         c = self.server.counts
         done = c.completed + c.failed - self._start_counts[0]
         tokens = c.output_tokens - self._start_counts[1]
         now = time.monotonic_ns()
-        self._bar.n = done
-        if self._total is not None:
-            self._bar.total = self._total()
+        total = self._total() if self._total is not None else None
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.total = total
         elapsed = max(now - self._t0, 1) / 1e9
         post = {"tok/s": f"{tokens / elapsed:,.0f}"}
         self._history.append((now, tokens))
@@ -592,14 +616,21 @@ class Progress:
             post["KV cache"] = f"{100 * sum(kv) / len(kv):.0f}%"
         if c.failed:
             post["failed"] = c.failed
+        if self._bar is None:
+            if final or now - self._last_line_ns >= self._plain_every_ns:
+                self._last_line_ns = now
+                head = f"{self.desc}: {done}/{total if total is not None else '?'} samples, {elapsed:,.1f} s"
+                print(", ".join([head, *(f"{k} {v}" for k, v in post.items())]), file=self._stream, flush=True)
+            return
         self._bar.set_postfix(post, refresh=False)
         self._bar.refresh()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._refresh()
-        self._bar.close()
+        self._refresh(final=True)
+        if self._bar is not None:
+            self._bar.close()
 
 
 _warmup_ids = itertools.count(1)

@@ -2,7 +2,10 @@
 callback through LLMServer, the zero-latency dummy core and the reporter, with LoadGen's three
 calls replaced by no-ops; next to a bare callback making the same (no-op) calls.
 
-    .venv/bin/python scripts/bench_hot_path.py [--samples=200000] [--profile]
+    .venv/bin/python scripts/bench_hot_path.py [--samples=200000] [--profile] [--recorder]
+
+--recorder attaches the run's self-measurement (llmlib/report/recorder.py) as a run does, and adds
+the time its timer thread takes to fold the samples (measured by folding once at the end).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=200_000)
     p.add_argument("--profile", action="store_true", help="also print a cProfile of 50,000 samples")
+    p.add_argument("--recorder", action="store_true", help="with the self-measurement recorder attached")
     args = p.parse_args()
 
     from llmlib.benchmarks import load_benchmark
@@ -46,10 +50,23 @@ def main() -> int:
                      gen=generation_params(config, bench), streaming=True)
     samples = [([i], [i % len(bundle.dataset)]) for i in range(args.samples)]
     issue = sut.issue_queries
+    rec = None
+    if args.recorder:
+        from llmlib.report.recorder import RunRecorder
+
+        rec = RunRecorder(len(bundle.server.cores), fold_interval_s=3600)  # folded below, timed
+        bundle.server.recorder, bundle.server.recorder_fail = rec.on_complete, rec.on_fail
     t0 = time.perf_counter()
     for ids, idx in samples:
         issue(ids, idx)
     harness_us = (time.perf_counter() - t0) / len(samples) * 1e6
+    if rec is not None:
+        t0 = time.perf_counter()
+        rec.fold()
+        fold_us = (time.perf_counter() - t0) / len(samples) * 1e6
+        rec.close()
+        print(f"recorder fold    : {fold_us:6.2f} us/sample (its timer thread, off the hot path)")
+        bundle.server.recorder = bundle.server.recorder_fail = None
 
     qsr, ftc, qsc = lg.QuerySampleResponse, lg.FirstTokenComplete, lg.QuerySamplesComplete
 

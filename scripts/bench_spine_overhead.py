@@ -8,6 +8,7 @@ is INVALID, then bisects. Prints a table and the ratio harness / bare.
 
     .venv/bin/python scripts/bench_spine_overhead.py            # about 3 minutes here
     .venv/bin/python scripts/bench_spine_overhead.py --duration_ms=2000 --start_qps=10000
+    .venv/bin/python scripts/bench_spine_overhead.py --set=loadgen_trace=false   # a harness setting changed
     .venv/bin/python scripts/bench_spine_overhead.py --repos=before:/tmp/before,after:.   # checkouts side by side
 
 `--repos` measures the harness of each named checkout (e.g. `git archive <commit> | tar -x -C /tmp/before`)
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
+def _config(qps: float, duration_ms: int, outdir: Path, progress: bool, overrides: dict | None = None):
     from llmlib.config import resolve
 
     cli = {
@@ -36,20 +37,22 @@ def _config(qps: float, duration_ms: int, outdir: Path, progress: bool):
         "server_target_qps": str(qps), "min_duration_ms": str(duration_ms),
         "min_query_count": str(int(qps * duration_ms / 1000)), "warmup_queries": "0",
         "show_progress": str(progress).lower(), "results_dir": str(outdir), "request_timeout_s": "60",
+        **(overrides or {}),
     }
     return resolve(cli=cli, env={}, layers=())
 
 
-def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: bool) -> dict:
-    kind = kind.split("@")[0]
+def run_one(kind: str, qps: float, duration_ms: int, outdir: Path, progress: bool,
+            overrides: dict | None = None) -> dict:
     """One LoadGen Server test in this process; returns the parsed result."""
+    kind = kind.split("@")[0]
     import numpy as np
 
     from llmlib.benchmarks import load_benchmark
     from llmlib.harness import build_test_settings, import_loadgen, results_dir_for, run_scenario
     from llmlib.loadgen_log import parse_detail_log, summarize
 
-    config = _config(qps, duration_ms, outdir / kind, progress)
+    config = _config(qps, duration_ms, outdir / kind, progress, overrides)
     benchmark = load_benchmark("tiny-synthetic")
     t0 = time.monotonic()
     if kind == "harness":
@@ -95,7 +98,7 @@ def measure(kind: str, qps: float, args) -> dict:
     repo_path = Path(args.repo_paths.get(repo, REPO)).resolve()
     cmd = [sys.executable, __file__, f"--one={name}", f"--qps={qps}", f"--duration_ms={args.duration_ms}",
            f"--outdir={Path(args.outdir) / (repo or 'this')}", f"--repo={repo_path}"] + \
-        (["--progress"] if args.progress else [])
+        (["--progress"] if args.progress else []) + [f"--set={s}" for s in args.set]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(repo_path))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo_path)
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
@@ -149,14 +152,17 @@ def main() -> int:
     p.add_argument("--bisect_steps", type=int, default=3)
     p.add_argument("--progress", action="store_true", help="keep the harness progress display on")
     p.add_argument("--outdir", default=str(REPO / "results" / "bench_spine"))
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a harness setting for the harness runs (repeatable), e.g. loadgen_trace=false")
     args = p.parse_args()
+    overrides = dict(s.split("=", 1) for s in args.set)
     if args.one:
         if args.repo:  # the checkout under test, ahead of this script's own
             sys.path.insert(0, args.repo)
             for name in [m for m in sys.modules if m == "llmlib" or m.startswith("llmlib.")]:
                 del sys.modules[name]
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        r = run_one(args.one, args.qps, args.duration_ms, Path(args.outdir), args.progress)
+        r = run_one(args.one, args.qps, args.duration_ms, Path(args.outdir), args.progress, overrides)
         print(json.dumps(r, default=str))
         return 0
     args.repo_paths = dict(item.split(":", 1) for item in args.repos.split(",") if item)
@@ -176,7 +182,8 @@ def main() -> int:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_spine_overhead.json").write_text(json.dumps({"best": best, "ratio": ratio, "runs": rows,
-                                                               "duration_ms": args.duration_ms}, indent=1))
+                                                               "duration_ms": args.duration_ms,
+                                                               "settings": overrides}, indent=1))
     return 0
 
 

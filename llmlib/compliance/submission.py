@@ -243,6 +243,8 @@ def stage_one(config, benchmark, scenario: str, out_root: Path, *, stage_anyway:
     # measurements: user.conf, mlperf.conf, README.md, measurements.json, the resolved settings
     user_conf = Path(perf_config["user_conf"]["value"] or Path(perf_config["config_dir"]["value"]) / "user.conf")
     user_conf = user_conf if user_conf.is_absolute() else repo_root() / user_conf
+    if (perf / "user.conf").is_file():  # the harness chose a QPS (llmlib/report/qps.py): the conf the run used
+        user_conf = perf / "user.conf"
     shutil.copyfile(_require(user_conf, "the run's user.conf"), dst / "user.conf")
     mlperf_conf = _mlperf_conf(config)
     if mlperf_conf is not None:

@@ -515,7 +515,7 @@ def test_progress_display_shows_throughput_latency_and_kv_cache(make_server, rec
 
     server = make_server([KvCore, KvCore])
     issued = {"n": 0}
-    progress = Progress(server, total=lambda: issued["n"], desc="t", interval_s=60)
+    progress = Progress(server, total=lambda: issued["n"], desc="t", interval_s=60, plain=False)  # the bar
     try:
         reqs = [req(i, streaming=True) for i in range(1, 41)]
         issued["n"] = len(reqs)
@@ -533,7 +533,7 @@ def test_progress_shows_no_kv_column_for_cores_without_it(make_server, recorder)
     from llmlib.server import Progress
 
     server = make_server([EchoCore])
-    progress = Progress(server, total=None, desc="t", interval_s=60)
+    progress = Progress(server, total=None, desc="t", interval_s=60, plain=False)
     try:
         server.submit([req(1)], recorder)
         progress._refresh()

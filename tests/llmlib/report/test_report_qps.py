@@ -1,0 +1,169 @@
+"""QPS calibration and peak search: the search on a known boundary, the probe verdict from the backlog,
+user.conf reading, and end to end on the dummy core (a known capacity: batch limit / time per request)
+and the main command with no hand-set QPS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmlib.report.qps import (
+    BACKLOG_GROWTH_LIMIT,
+    MAX_PROBES,
+    Probe,
+    backlog_growth,
+    conf_value,
+    judge_probe,
+    probe_argv,
+    search_peak,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _fake_probe(capacity: float, calls: list):
+    def probe(q: float) -> Probe:
+        calls.append(q)
+        ok = q <= capacity
+        return Probe(target_qps=q, passed=ok, why="", achieved_qps=q if ok else capacity * 0.98,
+                     ttft_p99_ms=None, tpot_p99_ms=None, backlog_growth=0.0, folder="")
+    return probe
+
+
+@pytest.mark.parametrize("capacity,start", [(137.0, 15.0), (3.3, 15.0), (5000.0, 1.0), (15.0, 15.0)])
+def test_search_brackets_then_bisects_to_the_boundary(capacity, start):
+    calls: list[float] = []
+    peak, probes = search_peak(_fake_probe(capacity, calls), start, tolerance=0.02)
+    assert peak is not None and peak <= capacity
+    failed_above = min(p.target_qps for p in probes if not p.passed)
+    assert failed_above / peak <= 1.02 and failed_above > capacity
+    assert len(probes) == len(calls) <= MAX_PROBES
+
+
+def test_search_with_nothing_passing_returns_none():
+    peak, probes = search_peak(lambda q: Probe(q, False, "broken", None, None, None, None, ""), 10.0,
+                               tolerance=0.02, max_probes=6)
+    assert peak is None and len(probes) == 6
+    assert [p.target_qps for p in probes] == [10.0, 2.5, 0.625, 0.15625, 0.0390625, 0.009765625]
+
+
+def _stats(issued: np.ndarray, completed: np.ndarray, width: float = 0.1) -> dict:
+    return {"time_bins": {"width_s": width, "issued": issued.tolist(), "completed": completed.tolist(),
+                          "failed": [0] * issued.size}, "achieved_samples_per_s": float(completed.sum()) / 6}
+
+
+def test_backlog_growth_separates_keeping_up_from_falling_behind():
+    rng = np.random.default_rng(5)
+    issued = rng.poisson(20, size=60)  # 200/s for 6 s
+    kept_up = np.concatenate([[0], issued[:-1]])  # each bin's samples finish in the next one
+    assert abs(backlog_growth(_stats(issued, kept_up))) < 0.01
+    capped = np.minimum(issued, 18)  # at most 180/s: falls behind by the difference
+    growth = backlog_growth(_stats(issued, capped))
+    expected = (issued.sum() - capped.sum()) / issued.sum()
+    assert expected > 0.1 and growth == pytest.approx(expected, abs=0.03)
+    summary = {"ok": True, "loadgen": {"perf_constraints_met": True, "ttft_p99_ns": 5e7}, "outdir": "x",
+               "stats": _stats(issued, capped)}
+    p = judge_probe(summary, 200.0)
+    assert not p.passed and "backlog grew" in p.why and p.backlog_growth > BACKLOG_GROWTH_LIMIT
+    summary["stats"] = _stats(issued, kept_up)
+    assert judge_probe(summary, 200.0).passed
+    summary["loadgen"]["perf_constraints_met"] = False
+    assert judge_probe(summary, 200.0).why == "latency constraints not met"
+    summary.update(ok=False, failed=3)
+    assert judge_probe(summary, 200.0).why.startswith("3 failed")
+
+
+def test_conf_value_reads_like_loadgen(tmp_path):
+    conf = tmp_path / "user.conf"
+    conf.write_text("# tiny.Server.target_qps = 1\n*.Server.target_qps = 7\ntiny.Server.target_qps = 15 # hf\n"
+                    "tiny.*.target_qps = 9\nother.Offline.target_qps = 3\n")
+    assert conf_value(conf, "tiny", "Server", "target_qps") == "15"
+    assert conf_value(conf, "tiny", "Offline", "target_qps") == "9"
+    assert conf_value(conf, "x", "Server", "target_qps") == "7"
+    assert conf_value(conf, "x", "Offline", "target_qps") is None
+    assert conf_value(tmp_path / "missing.conf", "tiny", "Server", "target_qps") is None
+
+
+def test_probe_command_keeps_the_users_flags_and_sets_its_own(tmp_path):
+    cmd = probe_argv(["--core_type=dummy", "--server_target_qps=5", "--find_peak_qps=true", "--dummy_max_batch_size=8",
+                      "stray"], "tiny", "Interactive", tmp_path, server_target_qps=42)
+    assert cmd[:3] == [sys.executable, "-m", "llmlib"]
+    args = cmd[3:]
+    assert "--core_type=dummy" in args and "--dummy_max_batch_size=8" in args and "stray" not in args
+    assert "--server_target_qps=42" in args and "--server_target_qps=5" not in args
+    assert "--find_peak_qps=false" in args and "--write_report=false" in args and f"--results_dir={tmp_path}" in args
+
+
+def _llmlib(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmlib", "--show_progress=false", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.loadgen
+@pytest.mark.timeout(900)
+def test_find_peak_qps_finds_the_dummy_cores_capacity(tmp_path):
+    """32 slots, 20 ms to the first token then 31 x 2 ms: 32 / 0.082 s = 390.2 requests/s."""
+    capacity = 32 / (0.020 + 31 * 0.002)
+    proc = _llmlib("--benchmarks=tiny", "--scenarios=Server", "--core_type=dummy", f"--results_dir={tmp_path}",
+                   "--find_peak_qps=true", "--dummy_max_batch_size=32", "--dummy_output_len=32", "--peak_probe_ms=6000")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "local" / "tiny" / "Server" / "performance"
+    search = json.loads((out / "peak_search.json").read_text())
+    peak = search["peak_qps"]
+    assert abs(peak - capacity) / capacity <= 0.05, (peak, capacity, search["probes"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "VALID" and summary["loadgen"]["target_qps"] == pytest.approx(peak, rel=1e-4)
+    assert not summary["loadgen"]["errors"]  # the confirming run is clean (no second conf load)
+    assert any("peak QPS" in n for n in summary["notes"])
+    probes = sorted((out / "peak_search").glob("probe_*"))
+    assert len(probes) == len(search["probes"]) >= 3  # every probe kept
+    for p in search["probes"]:
+        assert Path(p["folder"]).is_dir() and (Path(p["folder"]) / "mlperf_log_detail.txt").is_file()
+    assert (out / "peak_search.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Peak QPS search" in (out / "report.html").read_text()
+    conf = (out / "user.conf").read_text()
+    assert float(conf.split("tiny.Server.target_qps = ")[-1].split()[0]) == pytest.approx(peak, rel=1e-5)
+    assert "tiny.Server.min_query_count = 500" in conf  # the user.conf the run was given comes first
+
+
+@pytest.mark.slow
+@pytest.mark.loadgen
+@pytest.mark.timeout(600)
+def test_offline_and_server_valid_on_the_dummy_core_with_no_hand_set_qps(tmp_path):
+    proc = _llmlib("--benchmarks=tiny", "--scenarios=Offline,Server", "--core_type=dummy", f"--results_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for scenario in ("Offline", "Server"):
+        s = json.loads((tmp_path / "local" / "tiny" / scenario / "performance" / "summary.json").read_text())
+        assert s["verdict"] == "VALID", s["loadgen"]
+    offline = tmp_path / "local" / "tiny" / "Offline" / "performance"
+    s = json.loads((offline / "summary.json").read_text())
+    assert any("calibrated" in n for n in s["notes"])
+    assert s["loadgen"]["min_duration_met"] is True
+    assert (offline / "calibration").is_dir()
+    conf = (offline / "user.conf").read_text()
+    chosen = conf.split("# --- chosen by the harness ---\n")[-1].strip()
+    assert chosen.startswith("tiny.Offline.target_qps = ")
+    assert float(chosen.split(" = ")[1]) == pytest.approx(s["loadgen"]["target_qps"], rel=1e-4)
+    assert (tmp_path / "local" / "index.html").is_file()
+    assert chosen in (tmp_path / "local" / "user.conf").read_text()  # the chosen values, in one file to keep
+
+
+@pytest.mark.slow
+@pytest.mark.loadgen
+@pytest.mark.timeout(1500)
+def test_find_peak_qps_on_the_hf_core_gives_a_valid_confirming_run(tmp_path):
+    pytest.importorskip("torch")
+    proc = _llmlib("--benchmarks=tiny", "--scenarios=Server", f"--results_dir={tmp_path}", "--find_peak_qps=true",
+                   "--peak_probe_ms=5000", "--peak_tolerance=0.1", timeout=1400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "local" / "tiny" / "Server" / "performance"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["core_type"] == "hf" and summary["verdict"] == "VALID", summary["loadgen"]
+    assert json.loads((out / "peak_search.json").read_text())["peak_qps"] == pytest.approx(
+        summary["loadgen"]["target_qps"], rel=1e-4)  # LoadGen logs the QPS with 6 significant digits
