@@ -26,9 +26,10 @@ run_harness: install  ## run LoadGen: make run_harness RUN_ARGS="--benchmarks=..
 print_config: install  ## print the resolved configuration with the source of every value
 	$(PY) -m llmlib --print_config $(RUN_ARGS)
 
-test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python)
+test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, transformers serve)
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh
 	PYTHON=$(abspath $(PY)) bash scripts/setup_llamacpp_server_env.sh
+	PYTHON=$(abspath $(PY)) bash scripts/setup_transformers_serve_env.sh
 
 test: install test_servers  ## run every test tier
 	$(PY) -m pytest -q $(TEST_ARGS)
