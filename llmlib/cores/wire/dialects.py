@@ -136,6 +136,7 @@ def refused_fields(status: int, data: bytes | str, sent: Iterable[str]) -> set[s
     if status < 400:
         return set()
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = text.replace("\\n", " ").replace("\\t", " ")  # JSON-escaped line breaks (pydantic's messages)
     low = text.lower()
     sent = set(sent)
     if not any(w in low for w in ("unexpected field", "extra_forbidden", "extra inputs", "unknown field",
@@ -161,8 +162,7 @@ class Refusal:
                     f"{', '.join(d.name for d in DIALECTS.values() if not d.token_id_prompts)}; "
                     "texts from --trtllm_prompt_text_column)")
         names = ", ".join(sorted(self.fields))
-        fits = [d.name for d in DIALECTS.values() if not (d.fields & self.fields)
-                and d.token_id_prompts == dialect.token_id_prompts]
+        fits = [d.name for d in DIALECTS.values() if not (d.fields & self.fields)]
         flag = " or --trtllm_return_token_ids=false" if self.fields == {"return_token_ids"} else ""
         return (f"the server refuses the field(s) {names} of --trtllm_api_dialect={dialect.name} (HTTP "
                 f"{self.status}: {_short(self.message)}); --trtllm_api_dialect=auto leaves them out{flag}"
@@ -230,5 +230,44 @@ def lost_controls(dialect: Dialect, *, min_new_tokens: int, stop_token_ids: Sequ
     return lost
 
 
+def run_report(core_stats: Sequence[Mapping[str, Any]], *, accuracy: bool) -> dict[str, Any] | None:
+    """The run's dialect facts from its cores' reports (None when no core speaks a dialect): the
+    dialect(s), every lost control once (in an accuracy run, missing output ids make it non-compliant),
+    whether the result is compliant, and the health check's warnings."""
+    names = [str(st["api_dialect"]) for st in core_stats if st.get("api_dialect")]
+    if not names:
+        return None
+    lost: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for st in core_stats:
+        for lc in st.get("lost_controls") or ():
+            entry = dict(lc)
+            if accuracy and entry["control"] == "output token ids":
+                entry["noncompliant"] = True
+            if entry["control"] not in lost or entry["noncompliant"]:
+                lost[entry["control"]] = entry
+        warnings += [w for w in st.get("warnings") or () if w not in warnings]
+    titles = sorted({str((st.get("api_dialect_detail") or {}).get("title") or st["api_dialect"])
+                     for st in core_stats if st.get("api_dialect")})
+    return {"api_dialect": sorted(set(names)), "api_dialect_titles": titles, "lost_controls": list(lost.values()),
+            "compliant": not any(lc["noncompliant"] for lc in lost.values()), "warnings": warnings}
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The summary.txt lines of `run_report`'s result."""
+    lines = [f"api dialect         : {', '.join(report['api_dialect'])}   ({'; '.join(report['api_dialect_titles'])})"]
+    for i, lc in enumerate(report["lost_controls"]):
+        head = "lost controls       : " if i == 0 else "                      "
+        mark = "  (makes the result non-compliant)" if lc["noncompliant"] else ""
+        lines.append(f"{head}{lc['control']}: {lc['effect']}{mark}")
+    if not report["lost_controls"]:
+        lines.append("lost controls       : none that matter to MLPerf")
+    bad = [lc["control"] for lc in report["lost_controls"] if lc["noncompliant"]]
+    lines.append("compliance          : " + (f"NOT COMPLIANT ({', '.join(bad)} lost: see above)" if bad else
+                                             "no lost control makes the result non-compliant"))
+    lines += [f"warning             : {w}" for w in report["warnings"]]
+    return lines
+
+
 __all__ = ["AUTO", "DIALECTS", "Dialect", "EXTENSIONS", "LostControl", "NAMES", "Refusal", "closest", "get_dialect",
-           "lost_controls", "read_refusal", "refused_fields"]
+           "lost_controls", "read_refusal", "refused_fields", "run_report", "summary_lines"]
