@@ -197,6 +197,9 @@ def tls_context(settings: EndpointSettings) -> ssl.SSLContext:
             from None
 
 
+#: longest wait for one request of the dialect probe (auto)
+PROBE_TIMEOUT_S = 120.0
+
 #: dataset columns taken for prompt texts when none is named (a text dialect, or `auto` stepping down)
 TEXT_COLUMNS = ("input", "text", "prompt", "question")
 
@@ -556,13 +559,16 @@ class TrtllmEndpointCore(AsyncLoopCore):
         else:
             self.model = served[0]
         if not self._probed:
-            fut = asyncio.run_coroutine_threadsafe(self._probe_dialect(timeout_s), self._loop)
+            # a server's first generation can be slow (a model loaded on demand, kernels warmed up): each probe
+            # request gets the request timeout (at most PROBE_TIMEOUT_S), not the health check's
+            probe_s = min(self.settings.request_timeout_s or PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+            fut = asyncio.run_coroutine_threadsafe(self._probe_dialect(probe_s), self._loop)
             try:
-                fut.result(12 * timeout_s + 1.0)
+                fut.result(12 * probe_s + 1.0)
             except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
                 fut.cancel()
                 raise self._error(f"the dialect probe (--trtllm_api_dialect=auto) got no answer within "
-                                  f"{12 * timeout_s:g}s") from None
+                                  f"{12 * probe_s:g}s") from None
             if not served and not self.model:
                 self._warn(f"{models} lists no model; requests go without a model field (the server "
                            "answered the probe without one)")
@@ -695,8 +701,8 @@ class TrtllmEndpointCore(AsyncLoopCore):
             refusal = read_refusal(r.status, r.body, body)
             if refusal is not None and refusal.token_ids:
                 if self._texts is None:
-                    raise self._error(token_ids_refused_cause(r.status, r.body) + " or a tokenizer with "
-                                      "--tokenizer_path (to detokenize them)", final=True)
+                    raise self._error(token_ids_refused_cause(r.status, r.body) + " or --tokenizer_path",
+                                      final=True)
                 texts = True
                 steps.append("token-id prompts refused: prompt texts")
                 continue

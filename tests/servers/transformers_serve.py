@@ -43,6 +43,9 @@ def serve_command() -> Path:
 class ServeOptions:
     threads: int = 1
     seed: int = 0
+    #: continuous batching (paged attention, `sdpa`): requests batched as they come; without it each
+    #: request waits for the one before (TTFT p99 ~2.5 s at 3 requests/s here, ~70 ms with it)
+    continuous_batching: bool = True
     start_timeout_s: float = START_TIMEOUT_S
 
 
@@ -71,7 +74,9 @@ class TransformersServe:
     def command(self) -> list[str]:
         return [str(serve_command()), "serve", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--device", "cpu", "--dtype", "float32", "--default-seed", str(self.options.seed),
-                "--log-level", "warning"]
+                "--log-level", "warning",
+                *(["--continuous-batching", "--attn-implementation", "sdpa"] if self.options.continuous_batching
+                  else [])]
 
     def _env(self) -> dict[str, str]:
         """A minimal environment; an empty hub cache of its own (so /v1/models lists nothing, as on a
