@@ -779,7 +779,8 @@ class TrtllmEndpointCore(AsyncLoopCore):
                              + (f" ({'; '.join(steps)})" if steps else ""),
                        fields=fields, token_id_prompts=not texts, output_ids=output_ids, stream_usage=stream_usage,
                        done_marker=done_marker, empty_model_list=not self.served_models,
-                       stream_options=d.stream_options, source="probed by --trtllm_api_dialect=auto")
+                       stream_options=d.stream_options, usage_counts_eos=base is not None and base.usage_counts_eos,
+                       source="probed by --trtllm_api_dialect=auto")
 
     # --- the loop thread ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -160,7 +160,8 @@ def test_loadgen_server_run_is_valid_with_no_dialect_flags(server, tmp_path):
     assert s["failed"] == 0 and s["lost"] == 0 and s["issued"] == s["completed"] >= MIN_QUERIES, s["errors"]
     d = s["api_dialect"]
     assert d["api_dialect"] == ["transformers"] and d["compliant"] is True
-    assert {lc["control"] for lc in d["lost_controls"]} == {"token-id prompts", "output token ids"}
+    assert {lc["control"] for lc in d["lost_controls"]} == {"token-id prompts", "output token ids",
+                                                            "EOS in usage counts"}
     assert set(s["core_stats"][0]["token_sources"]) == {"usage"}
     text = (out / "summary.txt").read_text()
     assert "api dialect         : transformers" in text and "lost controls       : token-id prompts" in text

@@ -42,6 +42,8 @@ class Dialect:
     empty_model_list: bool = False
     #: takes `stream_options` (a strict server refuses an unknown field)
     stream_options: bool = True
+    #: `usage.completion_tokens` counts the EOS token a generation stopped at (the dataset's lengths do not)
+    usage_counts_eos: bool = False
     #: where the facts come from
     source: str = ""
 
@@ -93,7 +95,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             source="OpenAI's Completions API: prompt may be token ids; stream_options.include_usage; "
                    "streams end with [DONE]"),
     Dialect(name="transformers", title="transformers serve", fields=frozenset(), token_id_prompts=False,
-            output_ids=False, stream_usage=True, done_marker=False, empty_model_list=True,
+            output_ids=False, stream_usage=True, done_marker=False, empty_model_list=True, usage_counts_eos=True,
             source="recorded from transformers 5.23 `transformers serve` (tests/servers/transformers_serve.py): "
                    "422 on any field outside OpenAI's, 400 'prompt must be a string', usage on the last "
                    "chunk, no [DONE], /v1/models lists the hub cache only"),
@@ -223,6 +225,10 @@ def lost_controls(dialect: Dialect, *, min_new_tokens: int, stop_token_ids: Sequ
         lost.append(LostControl(control="output token counts", noncompliant=True,
                                 effect="output lengths are counted stream chunks, not tokens (TPOT and "
                                        "tokens/sample are estimates)"))
+    if dialect.usage_counts_eos and (sources.get("usage") or (not sources and not dialect.output_ids)):
+        lost.append(LostControl(control="EOS in usage counts", noncompliant=False,
+                                effect="usage.completion_tokens counts the EOS token: an output that stops at EOS "
+                                       "counts one more token than the dataset's lengths"))
     if not dialect.output_ids or (sources and not sources.get("token_ids")):
         lost.append(LostControl(control="output token ids", noncompliant=accuracy,
                                 effect="no output ids (counts from usage or chunks): the accuracy log "

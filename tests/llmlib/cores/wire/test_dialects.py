@@ -229,13 +229,14 @@ def test_lost_controls_name_what_mlperf_needs():
     assert lost["min_tokens"].noncompliant and "(2)" in lost["min_tokens"].effect
     assert lost["stop_token_ids"].noncompliant and "[13]" in lost["stop_token_ids"].effect
     assert not lost["token-id prompts"].noncompliant and not lost["output token ids"].noncompliant
+    assert not lost["EOS in usage counts"].noncompliant  # transformers serve's usage counts its EOS
     assert "output token counts" not in lost  # usage gives the count
     assert lost_controls(DIALECTS["vllm"], min_new_tokens=2, stop_token_ids=(2, 13), eos_token_id=2,
                          text_prompts=False, streaming=True) == []
 
 
 def test_eos_alone_and_a_minimum_of_one_are_not_lost():
-    assert [lc.control for lc in lost_controls(DIALECTS["transformers"], min_new_tokens=1, stop_token_ids=(2,),
+    assert [lc.control for lc in lost_controls(DIALECTS["openai"], min_new_tokens=1, stop_token_ids=(2,),
                                                eos_token_id=2, text_prompts=False, streaming=True)] \
         == ["output token ids"]
 
@@ -254,7 +255,7 @@ def test_the_run_report_and_its_lines():
                   streaming=True)],
               "warnings": ["GET /v1/models lists no model"]}] * 2
     perf = run_report(stats, accuracy=False)
-    assert perf["api_dialect"] == ["transformers"] and perf["compliant"] and len(perf["lost_controls"]) == 2
+    assert perf["api_dialect"] == ["transformers"] and perf["compliant"] and len(perf["lost_controls"]) == 3
     text = "\n".join(summary_lines(perf))
     assert "api dialect         : transformers" in text and "no lost control makes" in text
     assert text.count("GET /v1/models lists no model") == 1
