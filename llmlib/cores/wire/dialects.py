@@ -71,9 +71,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             done_marker=True,
             source="vllm/entrypoints/openai/protocol.py CompletionRequest (return_token_ids, min_tokens, "
                    "stop_token_ids, top_k, ignore_eos); serving_completion.py ends streams with [DONE]"),
-    Dialect(name="sglang", title="SGLang", fields=frozenset({"min_tokens", "stop_token_ids", "top_k", "ignore_eos"}),
-            token_id_prompts=True, output_ids=False, stream_usage=True, done_marker=True,
-            source="sglang/srt/entrypoints/openai/protocol.py CompletionRequest (no return_token_ids); "
+    Dialect(name="sglang", title="SGLang", fields=_ALL, token_id_prompts=True, output_ids=True, stream_usage=True,
+            done_marker=True,
+            source="python/sglang/srt/entrypoints/openai/protocol.py (sgl-project/sglang 004c82e) CompletionRequest: "
+                   "return_token_ids, top_k, min_tokens, stop_token_ids, ignore_eos; token_ids in each choice; "
                    "serving_completions.py ends streams with [DONE]"),
     Dialect(name="trtllm", title="trtllm-serve", fields=frozenset({"min_tokens", "stop_token_ids", "top_k",
                                                                     "ignore_eos"}),

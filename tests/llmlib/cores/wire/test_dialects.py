@@ -50,7 +50,7 @@ def payload(dialect: str, stream: bool = True) -> dict:
 # --- payloads --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dialect, extensions", [
     ("vllm", {"top_k", "min_tokens", "stop_token_ids", "return_token_ids"}),
-    ("sglang", {"top_k", "min_tokens", "stop_token_ids"}),
+    ("sglang", {"top_k", "min_tokens", "stop_token_ids", "return_token_ids"}),
     ("trtllm", {"top_k", "min_tokens", "stop_token_ids"}),  # no return_token_ids: extra='forbid' refuses it
     ("llamacpp", {"top_k", "min_tokens"}),
     ("tgi", set()),
@@ -172,7 +172,7 @@ VLLM_STREAM = (b'data: {"id":"c","choices":[{"index":0,"text":" a","token_ids":[
                b'data: {"id":"c","choices":[{"index":0,"text":" b","token_ids":[8],"finish_reason":"length"}]}\n\n'
                b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
                b"data: [DONE]\n\n")
-#: SGLang (entrypoints/openai/serving_completions.py): no token ids; usage chunk; [DONE]
+#: SGLang (entrypoints/openai/serving_completions.py) without return_token_ids: no ids; usage chunk; [DONE]
 SGLANG_STREAM = (b'data: {"id":"c","choices":[{"index":0,"text":" a","finish_reason":null}]}\n\n'
                  b'data: {"id":"c","choices":[{"index":0,"text":" b","finish_reason":"length"}]}\n\n'
                  b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
