@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_ARGS ?=
 TEST_ARGS ?=
+EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config test test_quick bench_spine clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,10 +27,23 @@ run_harness: install  ## run LoadGen: make run_harness RUN_ARGS="--benchmarks=..
 print_config: install  ## print the resolved configuration with the source of every value
 	$(PY) -m llmlib --print_config $(RUN_ARGS)
 
-test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, transformers serve)
+evaluate: install  ## score a log another harness wrote: make evaluate EVAL_ARGS="--benchmark B --log L --dataset D --tokenizer T"
+	$(PY) -m llmlib.evaluation $(EVAL_ARGS)
+
+generate_engines: install  ## quantize and build TensorRT-LLM engines: make generate_engines RUN_ARGS="--benchmarks=... [--dry_run]"
+	$(PY) -m llmlib.ops generate_engines $(RUN_ARGS)
+
+run_llm_server: install  ## start the serving processes (MLPERF_DISAGG_LAUNCH_TYPE=worker|leader under mpirun: disaggregated)
+	$(PY) -m llmlib.ops run_llm_server $(RUN_ARGS)
+
+generate_disagg_config: install  ## write the disaggregated-serving YAML at --trtllm_disagg_config_path
+	$(PY) -m llmlib.ops generate_disagg_config $(RUN_ARGS)
+
+test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, transformers serve, OpenMPI)
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh
 	PYTHON=$(abspath $(PY)) bash scripts/setup_llamacpp_server_env.sh
 	PYTHON=$(abspath $(PY)) bash scripts/setup_transformers_serve_env.sh
+	bash scripts/setup_openmpi.sh
 
 test: install test_servers  ## run every test tier
 	$(PY) -m pytest -q $(TEST_ARGS)

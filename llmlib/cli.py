@@ -177,6 +177,16 @@ def _run_one(config, benchmark, scenario: str) -> int:
     from llmlib.harness import format_summary, run_scenario
     from llmlib.run_control import RunControl
 
+    if config.launch_servers:  # start the servers for this run, stop them after (llmlib/ops/launch.py)
+        from llmlib.ops.launch import launched_servers
+
+        try:
+            with launched_servers(config, benchmark, scenario) as served:
+                served = served.with_values(source="--launch_servers", launch_servers=False)
+                return _run_one(served, benchmark, scenario)
+        except HarnessError as err:
+            print(redact(f"error: {benchmark.name} {scenario}: --launch_servers: {err}"), file=sys.stderr)
+            return 1 if type(err).__name__ == "OpsError" else 2
     control = RunControl(grace_s=config.interrupt_grace_s).install()
     try:
         try:

@@ -50,3 +50,8 @@ class FlushTimeoutError(HarnessError):
 class RunStopped(HarnessError):
     """The run was stopped on purpose (Ctrl-C, SIGTERM, a core that can no longer serve) before
     LoadGen's test began."""
+
+
+class OpsError(HarnessError):
+    """A build step or a serving process failed (its message names the step or server and shows
+    the tail of its log)."""

@@ -24,10 +24,12 @@ METHODS: dict[str, dict[str, tuple[type, Any]]] = {
     "native": {},
     "majority_vote": {"samples": (int, 8)},
     "token_budget": {"budget": (int, 512), "batch": (int, 2)},
+    # Dynasor-CoT: the reasoning streams `interval` tokens at a time (the cores deliver chunks to a
+    # stream task), a probe asks for the answer after each step, and `certainty` equal answers in a row
+    # cancel the stream (the backend stops); a core that streams no chunks gives no probes (hf)
+    "dynasor": {"interval": (int, 32), "certainty": (int, 3), "probe_tokens": (int, 16)},
 }
-# Not offered here: Dynasor-CoT needs tokens streamed every few steps, and the LLMServer cores
-# deliver a first token and then the whole output, so its probes could never interleave; best-of-N
-# needs a reward model. Both controllers exist in scaffolding.controllers for direct use.
+# Not offered here: best-of-N needs a reward model (scaffolding.controllers has it for direct use).
 
 
 def parse_scaffolding(spec: str) -> tuple[str, dict[str, Any]]:
@@ -53,10 +55,23 @@ def parse_scaffolding(spec: str) -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def build_controller(method: str, params: dict[str, Any], sampling: dict[str, Any]):
+def build_controller(method: str, params: dict[str, Any], sampling: dict[str, Any], tokenizer: Any = None):
     """The controller for a method, its generations sampled with the run's settings."""
     from scaffolding import NativeGenerationController
-    from scaffolding.controllers import MajorityVoteController, TokenBudgetMajorityVoteController
+    from scaffolding.controllers import (
+        DynasorCoTController,
+        MajorityVoteController,
+        TokenBudgetMajorityVoteController,
+    )
+
+    if method == "dynasor":
+        if tokenizer is None:
+            raise ConfigError("--scaffolding=dynasor needs a tokenizer to encode its probe (the prompts are "
+                              "token ids): give --tokenizer_path")
+        return DynasorCoTController(probe_interval=params["interval"], certainty_threshold=params["certainty"],
+                                    probe_max_tokens=params["probe_tokens"], tokenizer=tokenizer,
+                                    sampling_params={k: v for k, v in sampling.items() if k != "max_tokens"},
+                                    max_tokens=sampling.get("max_tokens"))
 
     gen = NativeGenerationController(sampling_params=sampling)
     if method == "native":
@@ -124,7 +139,7 @@ class ExpanderSUT:
         sampling["max_tokens"] = gen.max_new_tokens
         worker = LLMCoreWorker(server, tokenizer, default_max_tokens=gen.max_new_tokens,
                                stop_token_ids=tuple(gen.stop_token_ids), params=gen)
-        self.llm = ScaffoldingLlm(build_controller(method, params, sampling), {"generation": worker},
+        self.llm = ScaffoldingLlm(build_controller(method, params, sampling, tokenizer), {"generation": worker},
                                   max_parallel_requests=max_parallel)
         self._answers = dataset.extra.get("answer")
 

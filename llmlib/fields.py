@@ -254,6 +254,12 @@ declare(name="user_conf", kind="str", default="", group="run",
 declare(name="tokenizer_path", kind="str", default="", group="run",
         help="Tokenizer folder for decoding outputs (default: --hf_model_path, or a tokenizer found "
              "next to the dataset file); `char` is the math dataset's character tokenizer.")
+declare(name="prm800k_path", kind="str", default="", env="PRM800K_PATH", group="run",
+        help="openai/prm800k checkout whose grading/ grades MATH500 answers (deepseek-r1, gpt-oss-120b), "
+             "e.g. <mlcommons/inference>/language/deepseek-r1/submodules/prm800k.")
+declare(name="lcb_tests", kind="str", default="", env="LCB_TESTS", group="run",
+        help="LiveCodeBench test cases (JSON/JSONL rows: question_id, public/private_test_cases, metadata) "
+             "that generated code is run against in the sandbox.")
 declare(name="scaffolding", kind="str", default="", group="run",
         help="Run each sample through a test-time-compute method: native, majority_vote:samples=8, "
              "token_budget:budget=512,batch=2. Empty: off.")
@@ -315,6 +321,10 @@ declare(name="max_consecutive_failures", kind="int", default=50, minimum=0, grou
 declare(name="interrupt_grace_s", kind="float", default=20.0, minimum=0, group="server",
         help="After Ctrl-C / SIGTERM (or a core lost), how long LoadGen may take to finish its test "
              "(pending requests fail at once) before the harness exits without LoadGen's summary.")
+declare(name="token_stats", kind="bool", default=False, group="server",
+        help="Stream every token of Server/Interactive requests to the harness (cores that stream: "
+             "trtllm_endpoint, trtllm_disagg, dummy) for per-request inter-token statistics in the summary; "
+             "off, LoadGen's requests get a first token and the final output only.")
 declare(name="flush_timeout_s", kind="float", default=60.0, minimum=0, group="server",
         help="How long the end-of-run flush waits for pending requests.")
 
@@ -397,6 +407,87 @@ declare(name="workers_per_core", kind="str", default="0", group="endpoints",
              "N >= 1 runs each core's connections, stream parsing and token counting in N processes, and the "
              "LoadGen process only issues and completes; 0: in this process; auto: the machine's cores but one, "
              "split between the cores.")
+
+# --- ops: quantize, build engines, launch servers, disaggregated serving (llmlib/ops) ---------------
+declare(name="dry_run", kind="bool", default=False, group="ops",
+        help="generate_engines / run_llm_server / generate_disagg_config: print the exact commands and "
+             "files, touch nothing.")
+declare(name="precision", kind="str", default="fp8", group="ops",
+        choices=("fp8", "fp4", "nvfp4", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "fp16", "bf16"),
+        help="Quantization format of the checkpoint (quantize.py's qformat; fp4 = nvfp4, fp16/bf16 = full_prec).")
+declare(name="checkpoint_dtype", kind="str", default="float16", group="ops",
+        choices=("auto", "float16", "bfloat16", "float32"),
+        help="dtype of the parts quantization leaves unquantized (quantize.py's dtype).")
+declare(name="quantized_checkpoint_dir", kind="str", default="", group="ops",
+        help="Where quantization writes the checkpoint (default build/models/<benchmark>/<precision>-tp<T>pp<P>).")
+declare(name="calib_dataset_path", kind="str", default="", group="ops",
+        help="Calibration data folder for quantization (quantize.py's calib_dataset; empty: its default).")
+declare(name="calib_batch_size", kind="int", default=1024, minimum=1, group="ops",
+        help="Calibration batch size; quantize.py's calib_size = batch size x batches.")
+declare(name="calib_max_batches", kind="int", default=1, minimum=1, group="ops",
+        help="Calibration batches; quantize.py's calib_size = batch size x batches.")
+declare(name="gpu_batch_size", kind="int", default=256, minimum=1, group="ops",
+        help="Engine max batch size (trtllm-build's max_batch_size; not allowed in --trtllm_build_flags).")
+declare(name="build_steps", kind="list", default=["quantize", "build"], choices=("quantize", "build"),
+        group="ops", help="Steps generate_engines runs, in order.")
+declare(name="force_calibration", kind="bool", default=False, group="ops",
+        help="Quantize again even when a complete checkpoint exists.")
+declare(name="force_build_engines", kind="bool", default=False, group="ops",
+        help="Build again even when a complete engine exists.")
+declare(name="trtllm_source_dir", kind="str", default="build/TRTLLM", env="TRTLLM_SOURCE_DIR", group="ops",
+        help="A TensorRT-LLM source tree (for examples/quantization/quantize.py).")
+declare(name="trtllm_quantize_script", kind="str", default="", env="TRTLLM_QUANTIZE_SCRIPT", group="ops",
+        help="quantize.py to run (default <trtllm_source_dir>/examples/quantization/quantize.py).")
+declare(name="trtllm_python", kind="str", default="", env="TRTLLM_PYTHON", group="ops",
+        help="Interpreter that runs quantize.py and must import tensorrt_llm (default: this one).")
+declare(name="trtllm_build_command", kind="str", default="trtllm-build", env="TRTLLM_BUILD_COMMAND", group="ops",
+        help="The engine builder executable (TensorRT-LLM's trtllm-build).")
+declare(name="server_kind", kind="str", default="trtllm-serve", group="ops",
+        choices=("trtllm-serve", "triton", "vllm", "sglang", "llama-cpp", "custom"),
+        help="What run_llm_server starts, one per data-parallel rank (custom: --server_command as a template).")
+declare(name="server_command", kind="str", default="", env="SERVER_COMMAND", group="ops",
+        help="The server executable and leading arguments (default per kind: trtllm-serve, tritonserver, "
+             "vllm serve, python -m sglang.launch_server, python -m llama_cpp.server); with "
+             "--server_kind=custom the whole command, a template of {host} {port} {rank} {model} {devices}.")
+declare(name="server_host", kind="str", default="127.0.0.1", group="ops",
+        help="Host the launched servers listen on when --trtllm_server_urls does not say.")
+declare(name="server_base_port", kind="int", default=8000, minimum=1, maximum=65535, group="ops",
+        help="Port of rank 0 when --trtllm_server_urls is empty (rank i: base + i).")
+declare(name="server_health_path", kind="str", default="", group="ops",
+        help="Readiness path polled on each server (default per kind: /health, /v2/health/ready for Triton, "
+             "/v1/models for llama-cpp); `grpc` / `grpc:<model>`: Triton's gRPC ServerReady / ModelReady on the "
+             "server's own port.")
+declare(name="server_ready_timeout_s", kind="float", default=900.0, positive=True, group="ops",
+        help="Deadline for every launched server to answer its readiness path.")
+declare(name="server_log_dir", kind="str", default="build/logs/servers", group="ops",
+        help="Where each launched server's log, command and generated options files go.")
+declare(name="launch_servers", kind="bool", default=False, group="ops",
+        help="run_harness starts the servers of --server_kind itself before the run and stops them after.")
+declare(name="disagg_num_ctx_servers", kind="int", default=1, minimum=1, group="ops",
+        help="Disaggregated serving: context (prefill) servers.")
+declare(name="disagg_ctx_tp", kind="int", default=1, minimum=1, group="ops", help="Context servers' TP size.")
+declare(name="disagg_ctx_pp", kind="int", default=1, minimum=1, group="ops", help="Context servers' PP size.")
+declare(name="disagg_ctx_batch_size", kind="int", default=None, minimum=1, group="ops",
+        help="Context servers' max batch size (default --gpu_batch_size).")
+declare(name="disagg_ctx_max_num_tokens", kind="int", default=8192, minimum=1, group="ops",
+        help="Context servers' max tokens per step.")
+declare(name="disagg_num_gen_servers", kind="int", default=1, minimum=1, group="ops",
+        help="Disaggregated serving: generation (decode) servers.")
+declare(name="disagg_gen_tp", kind="int", default=1, minimum=1, group="ops", help="Generation servers' TP size.")
+declare(name="disagg_gen_pp", kind="int", default=1, minimum=1, group="ops", help="Generation servers' PP size.")
+declare(name="disagg_gen_batch_size", kind="int", default=None, minimum=1, group="ops",
+        help="Generation servers' max batch size (default --gpu_batch_size).")
+declare(name="disagg_gen_max_num_tokens", kind="int", default=None, minimum=1, group="ops",
+        help="Generation servers' max tokens per step (default: their batch size).")
+declare(name="disagg_hostname", kind="str", default="localhost", group="ops",
+        help="Host of the router and the workers in the disaggregated YAML.")
+declare(name="disagg_router_port", kind="int", default=8000, minimum=1, maximum=65535, group="ops",
+        help="Port of the disaggregated router (the YAML's port).")
+declare(name="disagg_worker_start_port", kind="int", default=8001, minimum=1, maximum=65535, group="ops",
+        help="Port of the first context server; the others count up (context, then generation).")
+declare(name="disagg_router_command", kind="str", default="trtllm-serve disaggregated -c {config} -t 1800 -r 1800",
+        env="DISAGG_ROUTER_COMMAND", group="ops",
+        help="The router the leader starts once every worker is up: a template of {config} {host} {port}.")
 
 # --- dummy core --------------------------------------------------------------------------------
 declare(name="dummy_num_cores", kind="int", default=1, minimum=1, group="dummy",

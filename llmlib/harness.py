@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlib.accuracy import AccuracyReport, evaluate, load_tokenizer, read_accuracy_log
+from llmlib.evaluation import (AccuracyReport, EvalOptions, evaluate_accuracy, load_tokenizer, read_accuracy_log,
+                               table_from_dataset, write_results)
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
@@ -93,12 +94,14 @@ class LoadgenSUT:
     """LoadGen's issue/flush callbacks (a "fast" SUT: LoadGen passes sample ids and indices as
     two lists, so no QuerySample object is built per sample). Each sample becomes a request."""
 
-    def __init__(self, server, reporter: LoadgenReporter, inputs, *, gen: GenerationParams, streaming: bool):
+    def __init__(self, server, reporter: LoadgenReporter, inputs, *, gen: GenerationParams, streaming: bool,
+                 chunks: bool = False):
         self.server = server
         self.reporter = reporter
         self.inputs = inputs
         self.params = gen  # one typed object shared by every request
         self.streaming = streaming
+        self.chunks = chunks and streaming  # --token_stats: the server listens to every token
         self.issued = 0
         self.issue_errors = 0
         self._submit_one = server.submit_one
@@ -108,10 +111,16 @@ class LoadgenSUT:
         try:
             if len(ids) == 1:  # Server: one sample per call
                 idx = indices[0]
-                self._submit_one(Request(ids[0], self.inputs[idx], self.params, self.streaming, idx), self.reporter)
+                req = Request(ids[0], self.inputs[idx], self.params, self.streaming, idx)
+                if self.chunks:
+                    req.chunks = True
+                self._submit_one(req, self.reporter)
                 return
             inputs, params, streaming = self.inputs, self.params, self.streaming
             requests = [Request(rid, inputs[idx], params, streaming, idx) for rid, idx in zip(ids, indices)]
+            if self.chunks:
+                for req in requests:
+                    req.chunks = True
             self.server.submit(requests, self.reporter)
         except Exception as err:  # never let an exception escape into LoadGen's thread
             self.issue_errors += 1
@@ -154,6 +163,8 @@ class RunOutcome:
     accuracy_lines: list[str] = field(default_factory=list)
     scaffolding: dict[str, Any] | None = None
     scaffolding_lines: list[str] = field(default_factory=list)
+    #: inter-token statistics of the requests someone listened to (--token_stats, scaffolding streams)
+    token_stats: dict[str, Any] | None = None
     round_warning: str | None = None
     ttft_limit_ms: float | None = None
     tpot_limit_ms: float | None = None
@@ -340,6 +351,8 @@ class _Run:
             o.output_tokens = self.expander.stats.answer_tokens
             o.scaffolding = self.expander.stats.report()
             o.scaffolding_lines = self.expander.stats.lines()
+        if server.itl_ns:
+            o.token_stats = token_stats(server.itl_ns, server.max_gap_ns)
         o.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
         o.timed_out = server.counts.timed_out
         o.stalls_reported = server.stalls_reported
@@ -461,7 +474,8 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
                                        max_parallel=config.scaffolding_max_parallel)
             sut = run.expander
         else:
-            sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming)
+            sut = LoadgenSUT(server, reporter, dataset.input_tokens, gen=gen, streaming=scenario.streaming,
+                             chunks=bool(config.token_stats))
         run.sut = sut
         sut_handle = lg.ConstructFastSUT(sut.issue_queries, sut.flush_queries)
         perf_count = config.performance_sample_count or min(benchmark.performance_sample_count, len(dataset))
@@ -557,11 +571,14 @@ def tokenizer_path_for(config: ResolvedConfig, benchmark: BenchmarkSpec) -> Path
 
 
 def evaluate_run(config: ResolvedConfig, benchmark: BenchmarkSpec, dataset, outdir: Path) -> AccuracyReport:
-    """Score mlperf_log_accuracy.json; writes accuracy.json next to it."""
+    """Score mlperf_log_accuracy.json with the benchmark's evaluator; writes accuracy.txt (the
+    submission checker's form) and accuracy.json next to it."""
     tok_path = tokenizer_path_for(config, benchmark)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
-    report = evaluate(read_accuracy_log(outdir / "mlperf_log_accuracy.json"), dataset, benchmark, tokenizer)
-    (outdir / "accuracy.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    entries = read_accuracy_log(outdir / "mlperf_log_accuracy.json")
+    options = EvalOptions(prm800k_path=config.prm800k_path, lcb_tests=config.lcb_tests)
+    report = evaluate_accuracy(entries, table_from_dataset(benchmark, dataset), tokenizer, benchmark, options)
+    write_results(report, outdir)
     return report
 
 
@@ -626,6 +643,11 @@ def format_summary(o: RunOutcome) -> str:
         inside = (lo is None or o.tokens_per_sample >= lo) and (hi is None or o.tokens_per_sample <= hi)
         bounds = f"[{'-inf' if lo is None else f'{lo:.2f}'}, {'inf' if hi is None else f'{hi:.2f}'}]"
         lines.append(f"tokens/sample       : {o.tokens_per_sample:.2f} within {bounds}: {'PASS' if inside else 'FAIL'}")
+    if o.token_stats:
+        t = o.token_stats
+        lines.append(f"inter-token latency : p50 {t['itl_p50_ms']:.3f} ms  p99 {t['itl_p99_ms']:.3f} ms   longest gap "
+                     f"per request p50 {t['max_gap_p50_ms']:.3f} ms  p99 {t['max_gap_p99_ms']:.3f} ms "
+                     f"({t['requests']} streamed requests, the last {t['window']} gaps)")
     if o.scaffolding_lines:
         lines.append("scaffolding:")
         lines.extend(f"  {line}" for line in o.scaffolding_lines)
@@ -679,3 +701,14 @@ def format_summary(o: RunOutcome) -> str:
     lines.append(f"wall time           : {o.wall_s:.1f} s")
     lines.append(f"results             : {o.outdir}")
     return "\n".join(lines)
+
+
+def token_stats(itl_ns, max_gap_ns) -> dict[str, Any]:
+    """Inter-token latency (per token, between chunks) and each request's longest gap, in ms."""
+    import numpy as np
+
+    itl = np.asarray(itl_ns, dtype=np.float64) / 1e6
+    gaps = np.asarray(max_gap_ns, dtype=np.float64) / 1e6 if len(max_gap_ns) else np.zeros(1)
+    return {"itl_p50_ms": float(np.percentile(itl, 50)), "itl_p99_ms": float(np.percentile(itl, 99)),
+            "max_gap_p50_ms": float(np.percentile(gaps, 50)), "max_gap_p99_ms": float(np.percentile(gaps, 99)),
+            "requests": len(max_gap_ns), "window": len(itl_ns)}

@@ -138,6 +138,10 @@ class LLMServer:
         # recent latency samples for the running display (ns); appends are atomic under the GIL
         self.ttft_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
         self.tpot_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        # requests someone listens to (chunks): gaps per token between chunks, and each request's longest gap
+        self.itl_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.max_gap_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._chunk_state: dict[int, list[int]] = {}  # request id -> [last chunk ns, tokens then, max gap ns]
         self._first_error: str | None = None
         self.error_examples: dict[str, str] = {}  # error shape -> its first full cause
         # Intake: None while requests are accepted; else why they are refused (a stopped run).
@@ -274,6 +278,38 @@ class LLMServer:
         self.ttft_ns.append(now - entry[2])
         entry[0].first_token(request_id, token_ids)
 
+    def on_chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        """The output so far of a request made with `chunks=True`: to its target's `chunk` (when it has
+        one), and the gaps between chunks into the inter-token statistics."""
+        entry = self._pending.get(request_id)
+        if entry is None:
+            return
+        now = self._clock()
+        state = self._chunk_state.get(request_id)
+        if state is None:
+            self._chunk_state[request_id] = [now, n_tokens, 0]
+        elif n_tokens > state[1]:
+            gap = now - state[0]
+            self.itl_ns.append(gap // (n_tokens - state[1]))
+            if gap > state[2]:
+                state[2] = gap
+            state[0], state[1] = now, n_tokens
+        chunk = getattr(entry[0], "chunk", None)
+        if chunk is not None:
+            chunk(request_id, token_ids, n_tokens)
+
+    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        """Stop a pending request: its core stops the backend's work on it, and it ends with one outcome
+        (an error naming `reason` unless it finished first). A request no longer pending is left alone."""
+        entry = self._pending.get(request_id)
+        if entry is not None:
+            self.cores[entry[1]].cancel(request_id, reason)
+
+    def _end_chunks(self, request_id: int) -> None:
+        state = self._chunk_state.pop(request_id, None)
+        if state is not None:
+            self.max_gap_ns.append(state[2])
+
     def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         now = self._clock()
         with self._lock:
@@ -295,6 +331,8 @@ class LLMServer:
         t_first = entry[4]
         if t_first and n_tokens > 1:
             self.tpot_ns.append((now - t_first) // (n_tokens - 1))
+        if self._chunk_state:
+            self._end_chunks(request_id)
         entry[0].complete(request_id, token_ids, n_tokens, t_first != 0)
 
     def on_error(self, request_id: int, error: BaseException) -> None:
@@ -321,6 +359,8 @@ class LLMServer:
             lost = self._check_core_lost(ci, cause)
         if self.error_sink is not None:
             self.error_sink(request_id, entry[5], cause)
+        if self._chunk_state:
+            self._end_chunks(request_id)
         entry[0].fail(request_id, error, entry[4] != 0)
         if lost is not None and self.on_core_lost is not None:
             self.on_core_lost(lost)

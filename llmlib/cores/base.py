@@ -28,21 +28,23 @@ class Request:
     """One generation request. `request_id` is unique among requests in flight; `params` are its
     typed generation parameters (output limits, stop tokens, sampling), usually the run's one
     shared object. An int `params` is shorthand for `GenerationParams(max_new_tokens=n)` (greedy,
-    no stop tokens). Requests pickle (a core may live in another process)."""
+    no stop tokens). `chunks`: someone listens to the tokens as they come (a streaming core then
+    calls the sink's `on_chunk`); LoadGen's requests leave it off and pay nothing for it.
+    Requests pickle (a core may live in another process)."""
 
-    __slots__ = ("request_id", "input_tokens", "params", "streaming", "sample_index")
+    __slots__ = ("request_id", "input_tokens", "params", "streaming", "sample_index", "chunks", "max_new_tokens")
 
     def __init__(self, request_id: int, input_tokens: np.ndarray, params: GenerationParams | int,
-                 streaming: bool, sample_index: int = -1):
+                 streaming: bool, sample_index: int = -1, *, chunks: bool = False):
         self.request_id = request_id
         self.input_tokens = input_tokens
-        self.params = params if isinstance(params, GenerationParams) else limit(int(params))
+        if params.__class__ is not GenerationParams:
+            params = limit(int(params))
+        self.params = params
+        self.max_new_tokens = params.max_new_tokens  # (read on the hot path: a plain slot, not a property)
         self.streaming = streaming
         self.sample_index = sample_index
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.params.max_new_tokens
+        self.chunks = chunks
 
     @property
     def min_new_tokens(self) -> int:
@@ -53,10 +55,12 @@ class Request:
         return self.params.stop_token_ids
 
     def __getstate__(self):
-        return (self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index)
+        return (self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index, self.chunks)
 
     def __setstate__(self, state) -> None:
-        self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index = state
+        (self.request_id, self.input_tokens, self.params, self.streaming, self.sample_index,
+         self.chunks) = state
+        self.max_new_tokens = self.params.max_new_tokens
 
     def __repr__(self) -> str:
         return (f"Request(id={self.request_id}, sample={self.sample_index}, "
@@ -93,6 +97,9 @@ class ResponseSink(Protocol):
     def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None: ...
 
     def on_error(self, request_id: int, error: BaseException) -> None: ...
+
+    # optional: `on_chunk(request_id, token_ids, n_tokens)`, the output so far (token ids where the
+    # backend gives them, else empty) and how many tokens it has, for requests made with `chunks=True`
 
 
 class LLMCore(ABC):
@@ -224,6 +231,13 @@ class LLMCore(ABC):
     def _first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         if request_id in self._pending:
             self.sink.on_first_token(request_id, token_ids)
+
+    def _chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        """The output so far of a request made with `chunks=True` (only streaming cores call this)."""
+        if request_id in self._pending:
+            on_chunk = getattr(self.sink, "on_chunk", None)
+            if on_chunk is not None:
+                on_chunk(request_id, token_ids, n_tokens)
 
     def _complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         if self._pending.pop(request_id, None) is None:

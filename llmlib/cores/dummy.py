@@ -21,7 +21,7 @@ from llmlib.config import ResolvedConfig
 from llmlib.cores.base import EMPTY_TOKENS, CoreInputs, CoreSettings, LLMCore, Request
 from llmlib.errors import BackendError, ConfigError
 
-_FIRST, _DONE = 0, 1
+_FIRST, _DONE, _CHUNK = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +159,9 @@ class DummyCore(LLMCore):
                     tokens = self._output_for(req)
                 if req.streaming:
                     self._first_token(rid, tokens)
+                    if req.chunks:
+                        for k in range(1, len(tokens) + 1):
+                            self._chunk(rid, tokens[:k], k)
                 self._complete(rid, tokens, len(tokens))
             return
         with self._cond:
@@ -178,6 +181,10 @@ class DummyCore(LLMCore):
             done = first + self.tpot_ns * max(len(tokens) - 1, 0)
             if req.streaming and len(tokens):
                 heapq.heappush(self._events, (first, next(self._seq), _FIRST, req, tokens))
+                if req.chunks:  # someone listens: one chunk per token, at its time
+                    for k in range(len(tokens)):
+                        heapq.heappush(self._events, (first + self.tpot_ns * k, next(self._seq), _CHUNK, req,
+                                                      tokens[:k + 1]))
             heapq.heappush(self._events, (done, next(self._seq), _DONE, req, tokens))
 
     def _engine_loop(self) -> None:
@@ -204,6 +211,8 @@ class DummyCore(LLMCore):
                 rid = req.request_id
                 if kind == _FIRST:
                     self._first_token(rid, tokens)
+                elif kind == _CHUNK:
+                    self._chunk(rid, tokens, len(tokens))
                 elif self._should_fail():
                     self._fail(rid, BackendError(self.address, "injected failure"))
                 else:

@@ -19,7 +19,10 @@ types) is not noticed, and per-chunk `finish_reason` is not read. The body arriv
 straight into `StreamState.feed` (one call per read, all the events it brought checked together), and
 the request's task wakes only when the response ends. A request is written in the loop callback that
 takes it (`_begin`) when a concurrency slot and an idle connection are free, not one loop iteration
-later in its task's first step (behind the reads of every other stream); `send_times` records when.
+later in its task's first step (behind the reads of every other stream). A request made with
+`chunks=True` (someone listens) also gets the output so far after every read that brought tokens.
+The wire format (bodies, replies, SSE) is `llmlib.cores.wire.openai`'s, shared with scaffolding's
+OpenAIWorker; `--workers_per_core` runs this core in worker processes (llmlib/serving/core_workers.py).
 
 URLs and secrets. `--trtllm_server_urls` items are `host:port` (http) or `http[s]://host[:port][/prefix]`:
 the scheme is kept (https verifies the certificate, against `--trtllm_ca_file` when given) and so is the
@@ -813,10 +816,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if req.streaming:
             rid = req.request_id
             state = call.state = StreamState()
+            if req.chunks:  # someone listens: the output so far after every read that brought tokens
+                seen = [0]
 
-            def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
-                if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
-                    self._first_token(rid, state.first_tokens())
+                def on_body(data: bytes) -> None:
+                    if state.feed(data):
+                        self._first_token(rid, state.first_tokens())
+                    n = state.tokens_so_far()
+                    if n > seen[0]:
+                        seen[0] = n
+                        self._chunk(rid, state.first_tokens(), n)
+            else:
+                def on_body(data: bytes) -> None:  # on the loop, from the socket: no task wake-up per read
+                    if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
+                        self._first_token(rid, state.first_tokens())
 
         body = json.dumps(self._payload(req)).encode()
         call.ex = self._http.start("POST", self._path, body, on_body=on_body,

@@ -1,7 +1,8 @@
 """Network cores spread over worker processes: the LoadGen process only issues and completes; workers
 hold the connections, parse the streams and count tokens (pyzmq PUSH/PULL over ipc, msgspec msgpack).
 
-Per sample one message goes out (the request) and at most two come back (its first token, its outcome).
+Per sample one message goes out (the request) and at most two come back (its first token, its outcome);
+a request someone listens to (`chunks=True`) also gets its token chunks back.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class WorkerPoolCore(LLMCore):
             owner[req.request_id] = w
             load[w] += 1
             batches.setdefault(w, []).append((req.request_id, ids.tobytes(), hit[1], req.streaming,
-                                              req.sample_index))
+                                              req.sample_index, req.chunks))
         enc = self._enc
         with self._send_lock:
             for w, items in batches.items():
@@ -287,6 +288,8 @@ class WorkerPoolCore(LLMCore):
                             if w is not None:
                                 load[w] -= 1
                             complete(msg[1], np.frombuffer(msg[2], dtype=np.uint32), msg[3])
+                        elif kind == "k":
+                            self._chunk(msg[1], np.frombuffer(msg[2], dtype=np.uint32), msg[3])
                         elif kind == "e":
                             w = owner.pop(msg[1], None)
                             if w is not None:
@@ -372,6 +375,9 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         def on_first_token(self, rid, tokens) -> None:
             send(("f", rid, np.asarray(tokens[:1], dtype=np.uint32).tobytes()))
 
+        def on_chunk(self, rid, tokens, n_tokens) -> None:  # only requests someone listens to
+            send(("k", rid, np.asarray(tokens, dtype=np.uint32).tobytes(), int(n_tokens)))
+
         def on_complete(self, rid, tokens, n_tokens) -> None:
             send(("d", rid, np.asarray(tokens, dtype=np.uint32).tobytes(), int(n_tokens)))
 
@@ -404,18 +410,20 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         threading.Thread(target=run, name=f"worker-{index}-{kind}", daemon=True).start()
 
     params_of: dict[bytes, Any] = {}
-    while True:
-        msg = dec.decode(pull.recv())
+
+    def handle(msg) -> int | None:
+        """Act on one message; the stop message's sequence number when it is the stop, else None."""
         kind = msg[0]
         if kind == "r":
             reqs = []
-            for rid, ids, blob, streaming, sample_index in msg[1]:
+            for rid, ids, blob, streaming, sample_index, chunks in msg[1]:
                 params = params_of.get(blob)
                 if params is None:
                     if len(params_of) > 1024:
                         params_of.clear()
                     params = params_of[blob] = pickle.loads(blob)
-                reqs.append(Request(rid, np.frombuffer(ids, dtype=np.int32), params, streaming, sample_index))
+                reqs.append(Request(rid, np.frombuffer(ids, dtype=np.int32), params, streaming, sample_index,
+                                    chunks=chunks))
             core.enqueue(reqs)
         elif kind == "c":
             core.cancel(msg[1], msg[2])
@@ -426,12 +434,48 @@ def _worker_main(target: str, settings: CoreSettings, rank: int, index: int, n: 
         elif kind == "x":
             control("x", msg[1], lambda: pickle.dumps(core.report()))
         elif kind == "s":
-            try:
-                core.stop()
-            finally:
-                send(("s", msg[1], index, "ok", None))
-                ctx.destroy(linger=1000)  # lingers until the answer has left (at most 1 s)
-            return
+            return msg[1]
+        return None
+
+    loop = getattr(core, "_loop", None)
+    if loop is not None and loop.is_running():
+        # Requests are taken on the core's own event loop (the socket's fd as a reader), so the core
+        # writes each at once instead of after a cross-thread wake-up. The fd is edge-triggered: drain
+        # until nothing is left.
+        fd = pull.getsockopt(zmq.FD)
+        stopped = threading.Event()
+        stop_seq = [0]
+
+        def drain() -> None:
+            while True:
+                try:
+                    raw = pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                seq = handle(dec.decode(raw))
+                if seq is not None:
+                    loop.remove_reader(fd)
+                    stop_seq[0] = seq
+                    stopped.set()
+                    return
+
+        def start_reading() -> None:
+            loop.add_reader(fd, drain)
+            drain()  # what came before the reader was added
+
+        loop.call_soon_threadsafe(start_reading)
+        stopped.wait()
+        seq = stop_seq[0]
+    else:
+        while True:
+            seq = handle(dec.decode(pull.recv()))
+            if seq is not None:
+                break
+    try:
+        core.stop()
+    finally:
+        send(("s", seq, index, "ok", None))
+        ctx.destroy(linger=1000)  # lingers until the answer has left (at most 1 s)
 
 
 __all__ = ["WorkerPoolCore", "parse_workers_per_core"]

@@ -27,11 +27,14 @@ DEFAULT_FIELDS = (*SAMPLING_FIELDS, "stop")
 
 class RequestOutcome:
     """The LLMServer Target of one request: records first-token and final times (in the thread
-    that delivers them) and resolves two futures on the worker's loop. `first` resolves to
+    that delivers them) and resolves futures on the worker's loop. `first` resolves to
     `[first token]`, or to None when the request ended without a separate first token; `final`
-    to `(output token ids, n_tokens)` or the request's error."""
+    to `(output token ids, n_tokens)` or the request's error. A request made with `chunks=True`
+    also gets the output so far (`tokens`, `n_tokens`) as the core streams it; `wait_tokens(n)`
+    returns once at least n tokens came, or the request ended."""
 
-    __slots__ = ("loop", "request", "first", "final", "issued_ns", "first_ns", "final_ns")
+    __slots__ = ("loop", "request", "first", "final", "issued_ns", "first_ns", "final_ns", "tokens", "n_tokens",
+                 "_waiter", "_want")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, request: Request):
         self.loop = loop
@@ -41,12 +44,19 @@ class RequestOutcome:
         self.issued_ns = time.monotonic_ns()
         self.first_ns = 0
         self.final_ns = 0
+        self.tokens: list[int] = []  # the output so far (the first token, then chunks)
+        self.n_tokens = 0
+        self._waiter: asyncio.Future | None = None
+        self._want = 0
 
     # --- Target: called from the server's / cores' threads (or inline, from submit) ---
     def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         now = time.monotonic_ns()
         first = [int(token_ids[0])] if len(token_ids) else None
         self._post(self._resolve_first, first, now)
+
+    def chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+        self._post(self._resolve_chunk, np.asarray(token_ids).tolist(), int(n_tokens))
 
     def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
         now = time.monotonic_ns()
@@ -66,6 +76,14 @@ class RequestOutcome:
         if not self.first.done():
             self.first_ns = now if first is not None else 0
             self.first.set_result(first)
+            if first is not None and self.n_tokens == 0:
+                self.tokens, self.n_tokens = list(first), 1
+                self._wake()
+
+    def _resolve_chunk(self, tokens: list[int], n_tokens: int) -> None:
+        if n_tokens > self.n_tokens and not self.final.done():
+            self.tokens, self.n_tokens = tokens, n_tokens
+            self._wake()
 
     def _resolve_final(self, result: tuple[list[int], int] | None, error: BaseException | None, now: int) -> None:
         if not self.first.done():
@@ -77,6 +95,23 @@ class RequestOutcome:
             self.final.set_exception(error)
         else:
             self.final.set_result(result)
+        self._wake(force=True)
+
+    def _wake(self, force: bool = False) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and (force or self.n_tokens >= self._want):
+            waiter.set_result(None)
+
+    async def wait_tokens(self, n: int) -> None:
+        """Until at least `n` tokens came, or the request ended (its outcome is then in `final`)."""
+        if self.final.done() or self.n_tokens >= n:
+            return
+        self._want = n
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     @property
     def ttft_s(self) -> float | None:
@@ -106,15 +141,14 @@ class LLMCoreWorker(Worker):
       prompt_tokens, ttft_s, latency_s, finish_reason ('length' when max_tokens was reached,
       else 'stop').
 
-    Streaming granularity: a core reports a first token and then the whole output, nothing in
-    between. So a StreamGenerationTask with streaming_step <= 1 returns from its first step when
-    the first token arrives (output_tokens = [it]) and from its next step when the output is
-    complete; with a larger streaming_step the first step already waits for the whole output
-    (the task's "at least streaming_step tokens" is kept). Setting `cancel_flag` cannot stop the
-    backend (LLMServer has no public cancel): the step waits for the output and truncates it to
-    the tokens the controller had already seen, with finish_reason 'cancelled'; what the backend
-    really generated (the cost) is in `customized_result_fields['generated_tokens']`, and how
-    many were cut in `['discarded_tokens']`.
+    Streaming granularity: a StreamGenerationTask's request is made with `chunks=True`, so a core
+    that streams (trtllm_endpoint, dummy; also through worker processes) delivers the output so
+    far as it comes, and each step returns after `streaming_step` more tokens. A core that gives
+    only a first token and the whole output (hf) gives at most two steps. Setting `cancel_flag`
+    cancels the request through LLMServer.cancel, which stops the backend's work (the endpoint core
+    closes its connection); the task keeps the tokens the controller had already seen, with
+    finish_reason 'cancelled'; what the backend generated by then is in
+    `customized_result_fields['generated_tokens']`, and how many were cut in `['discarded_tokens']`.
     """
 
     name = "llmcore"
@@ -158,32 +192,48 @@ class LLMCoreWorker(Worker):
         self._fill(task, outcome, tokens, n_tokens)
 
     async def stream_step(self, task: StreamGenerationTask) -> None:
+        """One step: returns once `streaming_step` (at least 1) more tokens came, or the request ended.
+        Tokens come as the core streams them (chunks); a core that gives only a first token and the
+        whole output gives two steps at most. `cancel_flag` stops the backend request (LLMServer.cancel):
+        the task ends with the tokens the controller had seen, finish_reason 'cancelled'."""
         outcome: RequestOutcome | None = task.request_handle
         if outcome is None:
             if task.cancel_flag:  # cancelled before it started: nothing is sent
                 task.output_tokens, task.completion_tokens = [], 0
                 task.finish_reason, task.end_flag = "cancelled", True
                 return
-            outcome = self._submit(task, streaming=True)
+            outcome = self._submit(task, streaming=True, chunks=True)
             task.request_handle = outcome
-            if task.streaming_step <= 1:
-                first = await outcome.first
-                if first is not None and not outcome.final.done():
-                    task.output_tokens = first
-                    task.completion_tokens = len(first)
-                    task.prompt_tokens = len(outcome.request.input_tokens)
-                    task.ttft_s = outcome.ttft_s
-                    return
-        seen = list(task.output_tokens or ()) if task.cancel_flag else None
-        tokens, n_tokens = await outcome.final
-        self._fill(task, outcome, tokens, n_tokens)
-        if seen is not None:
+        elif task.cancel_flag:
+            seen = list(task.output_tokens or ())
+            if not outcome.final.done():
+                self.server.cancel(outcome.request.request_id, "cancelled by the controller")
+            try:
+                tokens, n_tokens = await outcome.final
+            except Exception:  # noqa: BLE001 - the cancel's own error: the output is what was seen
+                tokens, n_tokens = list(outcome.tokens), outcome.n_tokens
+            self._fill(task, outcome, tokens, n_tokens)
             self._truncate(task, len(seen))
-        task.end_flag = True
+            task.customized_result_fields["generated_tokens"] = max(n_tokens, len(seen))
+            task.end_flag = True
+            return
+        seen_n = len(task.output_tokens or ())
+        await outcome.wait_tokens(seen_n + max(1, int(task.streaming_step or 1)))
+        if outcome.final.done():
+            tokens, n_tokens = await outcome.final  # raises the request's error
+            self._fill(task, outcome, tokens, n_tokens)
+            task.end_flag = True
+            return
+        task.output_tokens = list(outcome.tokens)
+        task.completion_tokens = outcome.n_tokens
+        task.prompt_tokens = len(outcome.request.input_tokens)
+        task.ttft_s = outcome.ttft_s
+        task.output_str = self.decode(task.output_tokens)
 
     # --- building requests ------------------------------------------------------------------------------
-    def _submit(self, task: GenerationTask, *, streaming: bool) -> RequestOutcome:
+    def _submit(self, task: GenerationTask, *, streaming: bool, chunks: bool = False) -> RequestOutcome:
         request = self.build_request(task, streaming=streaming)
+        request.chunks = chunks
         outcome = RequestOutcome(asyncio.get_running_loop(), request)
         self.server.submit((request,), outcome)  # never blocks: a core's enqueue returns at once
         return outcome

@@ -1,5 +1,5 @@
 """The `trtllm_endpoint` core against a real OpenAI-compatible server written elsewhere:
-llama-cpp-python's, serving the tiny model as a GGUF file (tests/servers/tiny_gguf.py) on 127.0.0.1.
+llama-cpp-python's, serving the tiny model as a GGUF file (llmlib/tiny_gguf.py) on 127.0.0.1.
 
 Health and model checks; the server's greedy outputs reproduce the `tiny` references (which proves
 the GGUF right); a LoadGen Server run reaches VALID. llama-cpp-python takes no token-id prompt, so
@@ -24,7 +24,7 @@ from llmlib.cores.base import Request
 from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
 from llmlib.dataset import load_dataset
 from llmlib.errors import BackendError
-from tests.servers.tiny_gguf import ensure_tiny_gguf
+from llmlib.tiny_gguf import ensure_tiny_gguf
 from llmlib.tiny_model import tiny_dataset_path
 from tests.servers.llamacpp import MODEL_ALIAS, LlamaCppServer
 
@@ -210,13 +210,15 @@ MIN_QUERIES = 460
 
 
 @pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
-def test_loadgen_server_run_is_valid(server, tmp_path):
-    """No dialect flag and no text column: auto finds the llamacpp dialect; the summary says the counted
-    chunks make the result non-compliant (LoadGen's own verdict is still VALID)."""
+@pytest.mark.parametrize("workers", ["0", "2"])  # the core in the harness process, or in two worker processes
+def test_loadgen_server_run_is_valid(server, tmp_path, workers):
+    """No dialect flag and no text column: auto finds the llamacpp dialect (in each worker); the summary
+    says the counted chunks make the result non-compliant (LoadGen's own verdict is still VALID)."""
     args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
             "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
             f"--server_target_qps={TARGET_QPS}",
-            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2"]
+            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
+            f"--workers_per_core={workers}"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]

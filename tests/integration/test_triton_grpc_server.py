@@ -15,6 +15,9 @@ import pytest
 
 from llmlib.cli import resolve_for
 from llmlib.cores.base import Request
+from llmlib.benchmarks import load_benchmark
+from llmlib.config import resolve
+from llmlib.generation import generation_params
 from llmlib.cores.triton_grpc_core import TritonGrpcCore, TritonSettings
 from llmlib.errors import BackendError
 from llmlib.harness import run_scenario
@@ -50,8 +53,13 @@ def make_core(make_config, tiny_benchmark):
         core.stop()
 
 
+#: what the harness sends with every request of the tiny benchmark (its EOS is the end id)
+RUN_PARAMS = generation_params(resolve(cli={}, env={}, layers=()), load_benchmark("tiny"))
+
+
 def req(rid: int, streaming: bool, max_new: int = 64, n_in: int = 5) -> Request:
-    return Request(rid, np.arange(rid, rid + n_in, dtype=np.int32), max_new, streaming, sample_index=rid)
+    return Request(rid, np.arange(rid, rid + n_in, dtype=np.int32), RUN_PARAMS.with_max_new_tokens(max_new),
+                   streaming, sample_index=rid)
 
 
 def expected(r: Request, n: int = OUT) -> list[int]:

@@ -636,12 +636,14 @@ def test_current_round_and_rounds():
     assert load_benchmark("tiny").every_round and load_benchmark("tiny").in_round("v5.0")
 
 
-def test_reasoning_benchmarks_name_their_evaluator_and_the_rouge_ones_do_not():
+def test_benchmarks_name_their_evaluator_and_the_rouge_ones_do_not():
     assert load_benchmark("deepseek-r1").accuracy.evaluator == "deepseek-r1"
     assert load_benchmark("deepseek-r1-interactive").accuracy.evaluator == "deepseek-r1"
     assert load_benchmark("gpt-oss-120b").accuracy.evaluator == "gpt-oss-120b"
     assert load_benchmark("tiny-gpt-oss-120b").accuracy.evaluator == "gpt-oss-120b"
-    for name in ("llama2-70b-99.9", "llama3.1-8b", "llama3.1-8b-edge", "mixtral-8x7b", "tiny"):
+    assert load_benchmark("mixtral-8x7b").accuracy.evaluator == "mixtral-8x7b"
+    assert load_benchmark("llama3.1-405b").accuracy.evaluator == "llama3.1-405b"
+    for name in ("llama2-70b-99.9", "llama3.1-8b", "llama3.1-8b-edge", "tiny"):
         assert load_benchmark(name).accuracy.evaluator is None
 
 

@@ -69,3 +69,30 @@ def test_parse_scaffolding(spec, expected):
 def test_bad_scaffolding_specs_name_the_problem(spec, match):
     with pytest.raises(ConfigError, match=match):
         parse_scaffolding(spec)
+
+
+@pytest.mark.loadgen
+def test_dynasor_runs_through_loadgen_on_a_streaming_core(tmp_path):
+    """The dummy core streams chunks to the stream task, so probes interleave with the reasoning and a
+    certain answer cancels it (early exit); the run is VALID and every sample is accounted for."""
+    o = run(tmp_path, "Server", scaffolding="dynasor:interval=4,certainty=1,probe_tokens=40",
+            dummy_zero_latency="false", dummy_ttft_ms=2, dummy_tpot_ms=1, server_target_qps=20,
+            min_query_count=100, min_duration_ms=500, dummy_oracle_accuracy=1.0)
+    assert o.ok and o.issued == o.completed and o.lost == 0, (o.errors, o.loadgen)
+    assert o.scaffolding["method"] == "dynasor"
+    # the stream plus a probe after its first 4 tokens: chunks reached the stream task (with a first token
+    # and the whole output only, a 4-token step would wait for the end and no probe would run)
+    assert o.scaffolding["sub_requests_per_sample"] >= 2
+    assert o.scaffolding["accuracy"] >= 95  # the oracle is always right: probes agree
+    assert o.token_stats and o.token_stats["requests"] >= 100  # the streams' inter-token statistics
+    text = (tmp_path / "local" / "math-tiny" / "Server" / "performance" / "summary.txt").read_text()
+    assert "inter-token latency" in text
+
+
+def test_dynasor_needs_a_tokenizer():
+    from llmlib.expander import build_controller
+
+    assert parse_scaffolding("dynasor:interval=8") == ("dynasor", {"interval": 8, "certainty": 3,
+                                                                   "probe_tokens": 16})
+    with pytest.raises(ConfigError, match="dynasor needs a tokenizer"):
+        build_controller("dynasor", {"interval": 8, "certainty": 3, "probe_tokens": 16}, {}, None)

@@ -215,6 +215,10 @@ def test_accuracy_mode_logs_every_sample(tmp_path):
     assert all(len(e["data"]) > 0 for e in acc)  # hex of the uint32 token ids
     assert Path(o.outdir).name == "accuracy"
     assert 8 <= o.tokens_per_sample <= 64
+    # Scored once, by the benchmark's evaluator: the checker's accuracy.txt and the project's JSON.
+    txt = (Path(o.outdir) / "accuracy.txt").read_text()
+    assert "'tokens_per_sample': " in txt and "'gen_num': 256" in txt
+    assert json.loads((Path(o.outdir) / "accuracy.json").read_text())["evaluator"] == "rouge"
 
 
 def test_cli_runs_each_scenario_and_prints_the_ledger(tmp_path):

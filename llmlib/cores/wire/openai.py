@@ -287,6 +287,12 @@ class StreamState:
             self.usage_tokens = usage.get("completion_tokens")
         return False
 
+    def tokens_so_far(self) -> int:
+        """Output tokens seen so far: ids where the server sends them, else content chunks."""
+        if self.ids_mode:
+            return len(self.ids)
+        return self.chunks + 1 if self.first_seen else 0
+
     def first_tokens(self) -> np.ndarray:
         return np.asarray(self.ids, dtype=np.uint32) if self.ids else EMPTY_TOKENS
 

@@ -213,33 +213,39 @@ class Streaming(Controller):
         return task, seen
 
 
-def test_stream_steps_first_token_then_the_whole_output(make_server):
-    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=10)  # first token at 30 ms, last at 220 ms
+def test_stream_steps_come_token_by_token_on_a_streaming_core(make_server):
+    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=10)  # first token at 30 ms, one every 10 ms after
     with ScaffoldingLlm(Streaming(), {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
-    assert seen == [(1, False), (20, True)]
+    lengths = [n for n, _ in seen]
+    assert seen[0] == (1, False) and seen[-1] == (20, True) and not any(end for _, end in seen[:-1])
+    assert lengths == sorted(lengths) and len(seen) >= 10  # the chunks, not a first token and the whole output
     assert task.output_tokens == dummy_output([7, 8], 20) and task.finish_reason == "length"
     assert 0.02 <= task.ttft_s < task.latency_s
 
 
-def test_a_larger_streaming_step_waits_for_the_whole_output(make_server):
+def test_a_larger_streaming_step_waits_for_that_many_more_tokens(make_server):
     server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=2)
     with ScaffoldingLlm(Streaming(step=4), {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
-    assert seen == [(20, True)]
+    lengths = [n for n, _ in seen]
+    assert seen[-1] == (20, True) and lengths[0] >= 4
+    assert all(b - a >= 4 for a, b in zip(lengths[:-2], lengths[1:-1]))  # each step >= 4 more, but the last
 
 
-def test_cancel_waits_and_truncates_to_what_the_controller_saw(make_server):
-    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=5)
+def test_cancel_stops_the_backend_request_and_keeps_what_the_controller_saw(make_server):
+    server = make_server(dummy_ttft_ms=30, dummy_tpot_ms=50)  # 20 tokens would take about a second
+    t0 = time.monotonic()
     with ScaffoldingLlm(Streaming(cancel_after_first=True),
                         {"generation": LLMCoreWorker(server, default_max_tokens=4)}) as llm:
         task, seen = llm.generate("x")
+    assert time.monotonic() - t0 < 0.6  # it did not wait for the whole output
     assert seen == [(1, False), (1, True)]
     assert task.output_tokens == dummy_output([7, 8], 1) and task.finish_reason == "cancelled"
     assert task.completion_tokens == 1
-    assert task.customized_result_fields["generated_tokens"] == 20  # the cost: the backend could not stop
-    assert task.customized_result_fields["discarded_tokens"] == 19
-    assert server.counts.completed == 1 and server.counts.accounted
+    assert 1 <= task.customized_result_fields["generated_tokens"] < 20  # the backend stopped early
+    assert server.counts.failed == 1 and server.counts.accounted  # ended by the cancel, exactly once
+    assert "cancelled by the controller" in next(iter(server.counts.errors))
 
 
 def test_a_stream_cancelled_before_it_starts_sends_nothing(make_server):

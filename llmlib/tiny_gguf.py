@@ -83,7 +83,7 @@ def load_hparams(model_dir: Path) -> LlamaHParams:
     ]
     problems = [why for bad, why in unsupported if bad]
     if problems:
-        raise HarnessError(f"{path}: not convertible to GGUF by tests/servers/tiny_gguf.py: {', '.join(problems)}")
+        raise HarnessError(f"{path}: not convertible to GGUF by llmlib.tiny_gguf: {', '.join(problems)}")
     heads = int(cfg["num_attention_heads"])
     return LlamaHParams(
         vocab_size=int(cfg["vocab_size"]),

@@ -1,4 +1,4 @@
-"""Tests of tests/servers/tiny_gguf.py: the RoPE permutation is llama.cpp's, and a converted tiny model read back
+"""Tests of llmlib.tiny_gguf: the RoPE permutation is llama.cpp's, and a converted tiny model read back
 with gguf.GGUFReader holds the model's hyperparameters, tokenizer and (permuted) weights; caching."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from llmlib.errors import HarnessError  # noqa: E402
-from tests.servers.tiny_gguf import (  # noqa: E402
+from llmlib.tiny_gguf import (  # noqa: E402
     GGUF_FILE,
     ensure_tiny_gguf,
     load_hparams,
