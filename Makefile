@@ -6,7 +6,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config test test_quick bench_spine clean
+.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ run_llm_server: install  ## start the serving processes (MLPERF_DISAGG_LAUNCH_TY
 
 generate_disagg_config: install  ## write the disaggregated-serving YAML at --trtllm_disagg_config_path
 	$(PY) -m llmlib.ops generate_disagg_config $(RUN_ARGS)
+
+run_audit_harness: install  ## compliance runs + verdicts: RUN_ARGS="--benchmarks=... --scenarios=... --audit_tests=TEST06 --mlperf_inference_dir=..."
+	$(PY) -m llmlib.compliance $(RUN_ARGS)
+
+stage_submission: install  ## lay out finished runs as the MLPerf submission tree (--submission_dir)
+	$(PY) -m llmlib.compliance.submission stage $(RUN_ARGS)
+
+check_submission: install  ## run the official submission checker on --submission_dir and show its verdict
+	$(PY) -m llmlib.compliance.submission check $(RUN_ARGS)
 
 test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, transformers serve, OpenMPI)
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh

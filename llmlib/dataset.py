@@ -593,11 +593,12 @@ def _length_dist(spec: Mapping, key: str, where: str) -> dict[str, Any]:
         )
     _check_keys(dist_spec, _LENGTH_DIST_KEYS[dist], where, f"{key} ({dist})", prefix=f"{key}.")
     out: dict[str, Any] = {"dist": dist}
+    least = 0 if key == "output_len" else 1  # an output may be empty (a model that ends at once)
     if dist == "fixed":
-        out["value"] = _int_param(dist_spec, "value", where, minimum=1, prefix=f"{key}.")
+        out["value"] = _int_param(dist_spec, "value", where, minimum=least, prefix=f"{key}.")
         return out
-    low = _int_param(dist_spec, "min", where, minimum=1, prefix=f"{key}.")
-    high = _int_param(dist_spec, "max", where, minimum=1, prefix=f"{key}.")
+    low = _int_param(dist_spec, "min", where, minimum=least, prefix=f"{key}.")
+    high = _int_param(dist_spec, "max", where, minimum=least, prefix=f"{key}.")
     if low > high:
         raise DatasetError(f"{where}: {key}.min={low} > {key}.max={high}: expected min <= max")
     out["min"], out["max"] = low, high

@@ -55,3 +55,7 @@ class RunStopped(HarnessError):
 class OpsError(HarnessError):
     """A build step or a serving process failed (its message names the step or server and shows
     the tail of its log)."""
+
+
+class ComplianceError(HarnessError):
+    """A compliance run or a submission tree cannot be made: missing official files, logs or results."""

@@ -559,3 +559,29 @@ declare(name="llm_gen_config_path", kind="str", default="", group="trtllm",
         help="generation_config.json written during engine generation.")
 declare(name="num_gpus", kind="int", default=None, minimum=1, group="trtllm",
         help="GPUs to use (default: all visible). Data-parallel ranks = num_gpus / (TP x PP).")
+# --- compliance runs and submission staging (llmlib/compliance/) -----------------------------------
+declare(name="mlperf_inference_dir", kind="str", default="", env="MLPERF_INFERENCE_DIR", group="compliance",
+        help="A checkout of mlcommons/inference (compliance/TEST0x/audit.config and run_verification.py, "
+             "tools/submission/ with the checker).")
+declare(name="audit_tests", kind="list", default=[], group="compliance",
+        help="Compliance tests for run_audit_harness, e.g. TEST06,TEST07 (default: those the benchmark requires).")
+declare(name="audit_test", kind="str", default="", group="compliance",
+        help="Set by run_audit_harness for its child run: the compliance test this run is (results go to "
+             "<scenario>/<TEST0x>/ instead of <scenario>/<mode>/).")
+declare(name="audit_config", kind="str", default="", group="compliance",
+        help="Set by run_audit_harness for its child run: the audit.config LoadGen reads (a copy in the run's "
+             "own temporary working directory).")
+declare(name="audit_accuracy_script", kind="str", default="", group="compliance",
+        help="TEST07's accuracy command, with {accuracy_log} for the log's path (given to its run_verification.py).")
+declare(name="audit_verify_only", kind="bool", default=False, group="compliance",
+        help="run_audit_harness: verify the logs of earlier compliance runs again, without running LoadGen.")
+declare(name="submission_dir", kind="str", default="submission", group="compliance",
+        help="Where stage_submission lays out the tree (check_submission checks it).")
+declare(name="submitter", kind="str", default="", group="compliance",
+        help="Organization name in the submission tree (default: the system description's submitter).")
+declare(name="division", kind="str", default="closed", choices=("closed", "open"), group="compliance",
+        help="Submission division.")
+declare(name="system_description", kind="str", default="", group="compliance",
+        help="The system description YAML/JSON (default: <config_dir>/submission/<system>.yaml).")
+declare(name="stage_anyway", kind="bool", default=False, group="compliance",
+        help="Stage runs made with quick-run overrides (--server_target_qps, --min_duration_ms, ...) too.")

@@ -18,6 +18,7 @@ from typing import Any
 from llmlib.evaluation import (AccuracyReport, EvalOptions, evaluate_accuracy, load_tokenizer, read_accuracy_log,
                                table_from_dataset, write_results)
 from llmlib.benchmarks import BenchmarkSpec, ScenarioSpec
+from llmlib.compliance.guard import audit_config_for
 from llmlib.config import ResolvedConfig
 from llmlib.cores.base import Request
 from llmlib.errors import ConfigError, FlushTimeoutError, HarnessError, RunStopped
@@ -217,7 +218,8 @@ def results_dir_for(config: ResolvedConfig, benchmark: str, scenario: str) -> Pa
     base = Path(config.results_dir)
     if not base.is_absolute():
         base = repo_root() / base
-    return base / config.system_name / benchmark / scenario / MODE_DIRS[config.test_mode]
+    # A compliance run (llmlib.compliance) writes <scenario>/<TEST0x>/, next to the runs it audits.
+    return base / config.system_name / benchmark / scenario / (config.audit_test or MODE_DIRS[config.test_mode])
 
 
 def derived_timeouts(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario: ScenarioSpec,
@@ -411,6 +413,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
     lg = import_loadgen()
     benchmark = benchmark.for_mode(config.test_mode)  # gpt-oss-120b: other set and limits in AccuracyOnly
     scenario = benchmark.scenario(scenario_name)
+    audit_config = audit_config_for(config)
     # Everything that can be wrong with the input is found before a results folder is made.
     settings = build_test_settings(lg, config, benchmark, scenario)
     config = derived_timeouts(config, benchmark, scenario, settings)
@@ -492,7 +495,7 @@ def _run_scenario(config: ResolvedConfig, benchmark: BenchmarkSpec, scenario_nam
                                 steady_state=config.show_steady_state_progress)
         run.loadgen_started = True
         control.loadgen_time_left = _schedule_left(settings, scenario, config, benchmark, time.monotonic())
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_config)
         control.finished()
         run.loadgen_done = True
         try:
@@ -661,7 +664,8 @@ def format_summary(o: RunOutcome) -> str:
     lines.append(f"samples             : issued {o.issued} = completed {o.completed} + failed {o.failed}"
                  + ("" if o.lost == 0 else f"   LOST {o.lost}"))
     if o.short_outputs:
-        lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported to LoadGen as 2 so TPOT is defined)")
+        lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported with their true count: LoadGen "
+                     "logs an error for each and a TPOT of about 0)")
     if o.timed_out or o.duplicates_dropped:
         lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
     if o.stalls_reported:

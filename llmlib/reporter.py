@@ -1,6 +1,23 @@
 """The only place that calls LoadGen's FirstTokenComplete and QuerySamplesComplete.
 
-Every sample is reported with `n_tokens`; outputs shorter than two tokens keep TPOT defined.
+Every sample is reported with `n_tokens` equal to the number of tokens in its logged output.
+
+What LoadGen 6.0.17 does with the count (mlcommons/inference loadgen/, read at b66003e1):
+`loadgen.cc` passes the response's `n_tokens` unchanged to `AsyncLog::LogAccuracy`, which writes
+it as the accuracy log's `token_count` (TEST06's length check compares it with the logged data),
+and to `AsyncLog::RecordSampleCompletion` (`logging.cc`), which computes the sample's
+TPOT = (latency - first_token_latency) / (n_tokens - 1) in integer nanoseconds. There
+`n_tokens == 0` logs the error "n_tokens argument missing or attempted to record 0 as number of
+tokens" and `n_tokens == 1` logs "Number of tokens need to be greater than 1" and is then counted
+as 0; both are error_runtime entries in mlperf_log_detail.txt, the sample's token count adds 0
+to the run's tokens, and its TPOT becomes -(latency - first_token_latency): zero or a few
+microseconds below it, since the first token of a 0- or 1-token output is sent when the output
+ends (or just before, when the core streams it). Such a sample never raises the TPOT
+percentiles LoadGen judges (it sorts below every real one) and its TTFT is true. Reporting 2
+instead (what this module once did) kept LoadGen quiet but logged a `token_count` that differs
+from the data, which fails TEST06, so a model that answers with EOS at once failed compliance.
+The summary counts such samples (`short_outputs`); the submission checker rejects an accuracy
+run whose detail log holds LoadGen errors, so a run with them says so.
 """
 
 from __future__ import annotations
@@ -13,10 +30,9 @@ import numpy as np
 
 from llmlib.cores.base import EMPTY_TOKENS
 
-#: LoadGen computes TPOT as (latency - TTFT) / (n_tokens - 1), which is undefined (it logs
-#: garbage) below two tokens. Such samples are reported with this many tokens, so TPOT is
-#: the time between first and final response (about 0); they are counted in `short_outputs`.
-MIN_REPORTED_TOKENS = 2
+#: Outputs with fewer tokens than this make LoadGen log an error_runtime entry (see above); they
+#: are still reported with their true count and counted in `short_outputs`.
+MIN_TPOT_TOKENS = 2
 
 _U32 = np.dtype(np.uint32)
 _from_buffer = ctypes.c_char.from_buffer
@@ -103,10 +119,14 @@ class LoadgenReporter:
             return self._late()
         if self.streaming and not first_sent:
             self.first_token(request_id, token_ids)
-        if n_tokens < MIN_REPORTED_TOKENS:
+        if len(token_ids):
+            # The count LoadGen gets is the count of what it logs, whatever the core claimed.
+            n_tokens = len(token_ids)
+        # else: a count-only output (an endpoint that returns no ids, only usage or chunks): LoadGen
+        # gets the count for its token figures; its log holds no data, so TEST06 cannot pass on it.
+        if n_tokens < MIN_TPOT_TOKENS:
             with self._lock:
                 self.short_outputs += 1
-            n_tokens = MIN_REPORTED_TOKENS
         # LoadGen copies the buffer during this call; token_ids stays alive until it returns.
         if token_ids.dtype is _U32:
             try:
@@ -126,6 +146,6 @@ class LoadgenReporter:
             return self._late()
         if self.streaming and not first_sent:
             self.first_token(request_id, EMPTY_TOKENS)
-        self._qsc([self._qsr(request_id, _EMPTY_ADDRESS, 0, MIN_REPORTED_TOKENS)])
+        self._qsc([self._qsr(request_id, _EMPTY_ADDRESS, 0, 0)])
         with self._lock:
             self.failed += 1

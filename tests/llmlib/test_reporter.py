@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from llmlib.errors import BackendError
-from llmlib.reporter import MIN_REPORTED_TOKENS, LoadgenReporter, as_u32, buffer_address
+from llmlib.reporter import LoadgenReporter, as_u32, buffer_address
 
 
 class FakeLG:
@@ -87,17 +87,31 @@ def test_streaming_complete_of_an_empty_output_still_sends_ftc_first(lg):
     rep = LoadgenReporter(lg, streaming=True)
     rep.complete(4, np.zeros(0, dtype=np.uint32), 0, first_sent=False)
     assert lg.kinds() == ["FTC", "QSC"]
-    assert lg.last("QSC") == (4, b"", 0, MIN_REPORTED_TOKENS)
+    assert lg.last("QSC") == (4, b"", 0, 0)
 
 
 # --- short outputs -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, reported, short", [(0, 2, 1), (1, 2, 1), (2, 2, 0), (5, 5, 0)])
-def test_outputs_shorter_than_two_tokens_are_reported_as_two(lg, n, reported, short):
+@pytest.mark.parametrize("n, short", [(0, 1), (1, 1), (2, 0), (5, 0)])
+def test_n_tokens_is_the_logged_token_count_also_below_two(lg, n, short):
     rep = LoadgenReporter(lg, streaming=False)
     rep.complete(3, np.arange(n, dtype=np.uint32), n, first_sent=False)
     rid, data, size, n_tokens = lg.last("QSC")
-    assert (rid, n_tokens, size, data) == (3, reported, 4 * n, u32_bytes(range(n)))
+    assert (rid, n_tokens, size, data) == (3, n, 4 * n, u32_bytes(range(n)))
     assert rep.short_outputs == short and rep.failed == 0
+
+
+@pytest.mark.parametrize("claimed", [0, 1, 3, 99])
+def test_n_tokens_follows_the_data_not_the_cores_claim(lg, claimed):
+    rep = LoadgenReporter(lg, streaming=True)
+    rep.complete(3, np.array([5, 6], dtype=np.int64), claimed, first_sent=False)
+    assert lg.last("QSC")[2:] == (8, 2)
+
+
+def test_a_count_only_output_keeps_the_cores_count(lg):
+    """An endpoint that returns no ids (only usage): LoadGen gets the count; nothing is logged."""
+    rep = LoadgenReporter(lg, streaming=False)
+    rep.complete(3, np.zeros(0, dtype=np.uint32), 17, first_sent=False)
+    assert lg.last("QSC") == (3, b"", 0, 17) and rep.short_outputs == 0
 
 
 # --- failures ---------------------------------------------------------------------------------------------
@@ -106,7 +120,7 @@ def test_streaming_fail_sends_an_empty_response_with_ftc_first(lg):
     rep.fail(9, BackendError("x:1", "down"), first_sent=False)
     assert lg.kinds() == ["FTC", "QSC"]
     assert lg.last("FTC")[0] == 9 and lg.last("FTC")[2] == 0
-    assert lg.last("QSC") == (9, b"", 0, MIN_REPORTED_TOKENS)
+    assert lg.last("QSC") == (9, b"", 0, 0)
     assert rep.failed == 1 and rep.short_outputs == 0
 
 
@@ -119,7 +133,7 @@ def test_streaming_fail_after_first_token_sends_no_second_ftc(lg):
 def test_non_streaming_fail_sends_only_the_empty_response(lg):
     rep = LoadgenReporter(lg, streaming=False)
     rep.fail(2, RuntimeError("boom"), first_sent=False)
-    assert lg.calls == [("QSC", [(2, b"", 0, MIN_REPORTED_TOKENS)])] and rep.failed == 1
+    assert lg.calls == [("QSC", [(2, b"", 0, 0)])] and rep.failed == 1
 
 
 def test_counts_are_exact_across_threads(lg):
