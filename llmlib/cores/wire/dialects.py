@@ -58,10 +58,14 @@ class Dialect:
                                    stream_options=self.stream_options and "stream_options" not in refused)
 
     def describe(self) -> dict[str, Any]:
+        """For the report: text values only (worker processes' reports are merged by summing numbers)."""
+        def yes(flag: bool) -> str:
+            return "yes" if flag else "no"
+
         return {"name": self.name, "title": self.title, "fields": sorted(self.fields),
-                "prompts": "token ids" if self.token_id_prompts else "text", "output_ids": self.output_ids,
-                "stream_usage": self.stream_usage, "done_marker": self.done_marker,
-                "empty_model_list": self.empty_model_list}
+                "prompts": "token ids" if self.token_id_prompts else "text", "output_ids": yes(self.output_ids),
+                "stream_usage": yes(self.stream_usage), "done_marker": yes(self.done_marker),
+                "empty_model_list": yes(self.empty_model_list)}
 
 
 _ALL = frozenset(EXTENSIONS)
