@@ -78,7 +78,7 @@ from llmlib.http1 import (
     parse_endpoint_url,
 )
 from llmlib.cores.wire import dialects as dialects_mod
-from llmlib.cores.wire.dialects import AUTO, DIALECTS, Dialect, closest, get_dialect, read_refusal
+from llmlib.cores.wire.dialects import AUTO, DIALECTS, Dialect, get_dialect, read_refusal
 from llmlib.cores.wire.openai import (
     PROMPT_MUST_BE_TEXT_RE,
     ReplyError,
@@ -225,7 +225,7 @@ class DetokenizedPrompts(Sequence):
         text = self._cache.get(i)
         if text is None:
             if self._tokenizer is None:
-                from llmlib.accuracy import load_tokenizer
+                from llmlib.evaluation import load_tokenizer
 
                 self._tokenizer = load_tokenizer(self.tokenizer_path)
             ids = self.tokens[i]

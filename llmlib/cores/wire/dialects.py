@@ -119,18 +119,6 @@ def get_dialect(name: str) -> Dialect:
         raise ConfigError(f"--trtllm_api_dialect={name!r}: expected one of {', '.join(NAMES)}") from None
 
 
-def closest(found: Dialect) -> str:
-    """The table's dialect that sends the same fields and prompt form as `found`, else 'custom'."""
-    for d in DIALECTS.values():
-        if d.fields == found.fields and d.token_id_prompts == found.token_id_prompts \
-                and d.done_marker == found.done_marker:
-            return d.name
-    for d in DIALECTS.values():
-        if d.fields == found.fields and d.token_id_prompts == found.token_id_prompts:
-            return d.name
-    return "custom"
-
-
 # --- refusals -------------------------------------------------------------------------------------------
 _FIELD_LIST_RE = re.compile(r"\{([^{}]*)\}")
 _QUOTED_RE = re.compile(r"['\"`]([a-z_]+)['\"`]")
@@ -280,5 +268,5 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["AUTO", "DIALECTS", "Dialect", "EXTENSIONS", "LostControl", "NAMES", "Refusal", "closest", "get_dialect",
+__all__ = ["AUTO", "DIALECTS", "Dialect", "EXTENSIONS", "LostControl", "NAMES", "Refusal", "get_dialect",
            "lost_controls", "read_refusal", "refused_fields", "run_report", "summary_lines"]

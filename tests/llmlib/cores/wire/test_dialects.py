@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from llmlib.cores.trtllm_endpoint_core import request_payload
+from types import SimpleNamespace
+
+import numpy as np
+
+from llmlib.cores.trtllm_endpoint_core import DetokenizedPrompts, EndpointSettings, prompt_texts, request_payload
 from llmlib.cores.wire.dialects import (
     DIALECTS,
     EXTENSIONS,
@@ -263,3 +267,22 @@ def test_the_run_report_and_its_lines():
     assert not acc["compliant"]
     assert "NOT COMPLIANT (output token ids lost" in "\n".join(summary_lines(acc))
     assert run_report([{"core": "x"}], accuracy=False) is None
+
+
+# --- which prompt texts a dialect gets ---------------------------------------------------------------------
+DATASET = SimpleNamespace(extra={"input": ["a", "b"], "other": [1, 2]},
+                          input_tokens=[np.array([1, 5], dtype=np.int32), np.array([1, 6], dtype=np.int32)])
+
+
+def test_prompt_texts_by_dialect():
+    """A token-id dialect needs none; auto and text dialects take the dataset's text column, else the
+    prompts detokenized with the benchmark's tokenizer (lazily); a named column always wins."""
+    assert prompt_texts(DATASET, EndpointSettings(urls=("h:1",), api_dialect="vllm")) is None
+    assert prompt_texts(DATASET, EndpointSettings(urls=("h:1",))) == ["a", "b"]
+    assert prompt_texts(DATASET, EndpointSettings(urls=("h:1",), api_dialect="transformers")) == ["a", "b"]
+    assert prompt_texts(DATASET, EndpointSettings(urls=("h:1",), api_dialect="vllm",
+                                                  prompt_text_column="input")) == ["a", "b"]
+    no_text = SimpleNamespace(extra={}, input_tokens=DATASET.input_tokens)
+    assert prompt_texts(no_text, EndpointSettings(urls=("h:1",))) is None  # no tokenizer either
+    lazy = prompt_texts(no_text, EndpointSettings(urls=("h:1",), tokenizer_path="/nowhere"))
+    assert isinstance(lazy, DetokenizedPrompts) and len(lazy) == 2 and lazy._tokenizer is None
