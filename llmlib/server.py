@@ -521,7 +521,10 @@ _VARIABLE_PARTS = [
     (re.compile(r"\[[0-9a-fA-F]*:[0-9a-fA-F:]*\](?::\d+)?"), "<addr>"),
     (re.compile(r"\blocalhost:\d+\b"), "<addr>"),
     (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
-    # ids with a prefix: cmpl-..., chatcmpl-..., req_..., 0x...
+    # the ids OpenAI-compatible servers give each request, whatever their length, and JSON "id" values
+    (re.compile(r"\b(chatcmpl|cmpl|req|request|resp|run|msg|call|gen)([-_])[A-Za-z0-9]+\b"), r"\1\2<id>"),
+    (re.compile(r'("(?:id|request_id|requestId)"\s*:\s*)"[^"]*"'), r'\1"<id>"'),
+    # other ids with a prefix: session-8a7sdf6A9, ...
     (re.compile(r"\b([A-Za-z]+[-_])(?=[A-Za-z0-9]*\d[A-Za-z0-9]*\d)[A-Za-z0-9]{8,}\b"), r"\1<id>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
     (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),
