@@ -48,9 +48,10 @@ stage_submission: install  ## lay out finished runs as the MLPerf submission tre
 check_submission: install  ## run the official submission checker on --submission_dir and show its verdict
 	$(PY) -m llmlib.compliance.submission check $(RUN_ARGS)
 
-test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, OpenMPI), chromium
+test_servers: install  ## build the real servers the tests start (tritonserver via pytriton, llama-cpp-python, transformers serve, OpenMPI), chromium
 	PYTHON=$(abspath $(PY)) bash scripts/setup_triton_server_env.sh
 	PYTHON=$(abspath $(PY)) bash scripts/setup_llamacpp_server_env.sh
+	PYTHON=$(abspath $(PY)) bash scripts/setup_transformers_serve_env.sh
 	bash scripts/setup_openmpi.sh
 	bash scripts/setup_chromium.sh
 

@@ -387,6 +387,10 @@ declare(name="trtllm_request_timeout_s", kind="float", default=None, minimum=0, 
         help="Per-request HTTP deadline in seconds (default: --request_timeout_s; 0: none).")
 declare(name="trtllm_return_token_ids", kind="bool", default=True, group="endpoints",
         help="Ask the server for output token ids (return_token_ids, vLLM); else counts come from usage.")
+declare(name="trtllm_api_dialect", kind="str", default="auto", group="endpoints",
+        choices=("auto", "vllm", "sglang", "trtllm", "tgi", "llamacpp", "openai", "transformers"),
+        help="The server family's dialect (llmlib/cores/wire/dialects.py): extension fields, prompt form, "
+             "stream end. auto: probed in the health check with small requests, stepping down on each refusal.")
 declare(name="trtllm_disagg_config_path", kind="str", default="", env="DISAGG_CONFIG_PATH", group="endpoints",
         help="Disaggregated-serving YAML (hostname, port, context_servers, generation_servers) for the "
              "trtllm_disagg core, which drives its router.")

@@ -174,6 +174,9 @@ class RunOutcome:
     tpot_limit_ms: float | None = None
     # the harness measuring itself (llmlib/report/recorder.py): added latency, schedule delay, QPS, CPU
     self_measurement: dict[str, Any] | None = None
+    #: the endpoint dialect(s) that ran, the controls lost and whether that leaves the result compliant
+    #: (llmlib.cores.wire.dialects.run_report); None for cores that speak no dialect
+    api_dialect: dict[str, Any] | None = None
 
     @property
     def lost(self) -> int:
@@ -386,6 +389,9 @@ class _Run:
             if self.before is not None else {}
         o.error_examples = {shape: server.error_examples.get(shape, shape) for shape in o.errors}
         o.core_stats = server.core_stats()
+        from llmlib.cores.wire.dialects import run_report
+
+        o.api_dialect = run_report(o.core_stats, accuracy=o.mode == "AccuracyOnly")
         detail = Path(o.outdir) / "mlperf_log_detail.txt"
         if loadgen_finished and detail.is_file() and self.loadgen_started:
             try:
@@ -757,6 +763,10 @@ def format_summary(o: RunOutcome) -> str:
     if sources:
         lines.append("output tokens from  : " + ", ".join(f"{k} x {v}" for k, v in sources.most_common())
                      + "  (server token ids / usage counts / counted stream chunks; warmup included)")
+    if o.api_dialect:
+        from llmlib.cores.wire.dialects import summary_lines
+
+        lines.extend(summary_lines(o.api_dialect))
     if len(o.core_stats) > 1:
         for st in o.core_stats:
             lines.append(f"  {st['core']:<16}: completed {st['completed']}, failed {st['failed']}, "

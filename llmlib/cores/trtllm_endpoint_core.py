@@ -77,6 +77,8 @@ from llmlib.http1 import (
     TLSError,
     parse_endpoint_url,
 )
+from llmlib.cores.wire import dialects as dialects_mod
+from llmlib.cores.wire.dialects import AUTO, DIALECTS, Dialect, get_dialect, read_refusal
 from llmlib.cores.wire.openai import (
     PROMPT_MUST_BE_TEXT_RE,
     ReplyError,
@@ -124,6 +126,11 @@ class EndpointSettings(CoreSettings):
     allow_key_over_http: bool = False
     #: probe once, in the health check, whether the server takes token-id prompts (when the core sends them)
     probe_token_ids: bool = True
+    #: the server family (llmlib.cores.wire.dialects), or `auto`: probed in the health check
+    api_dialect: str = AUTO
+    #: a tokenizer folder to detokenize prompts with when the server takes text only and no text column
+    #: is given ("": none; resolved from the benchmark by `resolve_settings`)
+    tokenizer_path: str = ""
 
 
 def _opt(config: ResolvedConfig, name: str, default: Any) -> Any:
@@ -138,6 +145,9 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
         timeout = _opt(config, "request_timeout_s", 600.0)
     key_file = _opt(config, "openai_api_key_file", "")
     concurrency = int(_opt(config, "trtllm_max_concurrency", 256))
+    dialect = str(_opt(config, "trtllm_api_dialect", AUTO))
+    if dialect != AUTO:
+        get_dialect(dialect)  # ConfigError naming the flag and the names
     if concurrency < 1:
         raise ConfigError(f"--trtllm_max_concurrency={concurrency}: expected at least 1")
     return EndpointSettings(
@@ -153,6 +163,7 @@ def endpoint_settings(config: ResolvedConfig) -> EndpointSettings:
         connect_ahead=_opt(config, "trtllm_connect_ahead", None),
         ca_file=str(_opt(config, "trtllm_ca_file", "")),
         allow_key_over_http=bool(_opt(config, "allow_api_key_over_http", False)),
+        api_dialect=dialect,
     )
 
 
@@ -189,43 +200,103 @@ def tls_context(settings: EndpointSettings) -> ssl.SSLContext:
             from None
 
 
+#: longest wait for one request of the dialect probe (auto)
+PROBE_TIMEOUT_S = 120.0
+
+#: dataset columns taken for prompt texts when none is named (a text dialect, or `auto` stepping down)
+TEXT_COLUMNS = ("input", "text", "prompt", "question")
+
+
+class DetokenizedPrompts(Sequence):
+    """Prompt texts made on demand by decoding the dataset's token ids with the benchmark's tokenizer
+    (special tokens skipped: the server adds its own BOS). Picklable: the tokenizer is loaded again
+    where the texts are used, and only the prompts asked for are decoded."""
+
+    def __init__(self, tokens: Sequence[np.ndarray], tokenizer_path: str):
+        self.tokens = tokens
+        self.tokenizer_path = tokenizer_path
+        self._tokenizer = None
+        self._cache: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        text = self._cache.get(i)
+        if text is None:
+            if self._tokenizer is None:
+                from llmlib.evaluation import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.tokenizer_path)
+            ids = self.tokens[i]
+            text = self._cache[i] = self._tokenizer.decode(
+                ids.tolist() if isinstance(ids, np.ndarray) else list(ids), skip_special_tokens=True)
+        return text
+
+    def __getstate__(self):
+        return {"tokens": self.tokens, "tokenizer_path": self.tokenizer_path}
+
+    def __setstate__(self, state):
+        self.__init__(state["tokens"], state["tokenizer_path"])
+
+
 def prompt_texts(dataset: Any, settings: EndpointSettings) -> list[str] | None:
-    """The prompt texts sent instead of token ids (None: token ids): the dataset column named by
-    --trtllm_prompt_text_column (for servers that take no token-id prompt, e.g. llama-cpp-python's),
-    else, for chat, the dataset's `input_texts`."""
+    """The prompt texts the core may send instead of token ids (None: none at hand): the dataset column
+    named by --trtllm_prompt_text_column, else for chat the dataset's `input_texts`; when the dialect
+    may need texts (`auto`, or one that takes no token ids), a text column of the dataset (TEXT_COLUMNS)
+    or, failing that, the token ids detokenized with the benchmark's tokenizer."""
     column = settings.prompt_text_column
-    if not column:
-        return getattr(dataset, "input_texts", None) if settings.use_chat else None
     extra = getattr(dataset, "extra", None) or {}
-    if column not in extra:
-        raise ConfigError(f"--trtllm_prompt_text_column={column!r}: the dataset has no such column (its extra "
-                          f"columns: {', '.join(extra) or 'none'}); list it in the benchmark's "
-                          "dataset.extra_columns")
-    return extra[column]
+    if column:
+        if column not in extra:
+            raise ConfigError(f"--trtllm_prompt_text_column={column!r}: the dataset has no such column (its extra "
+                              f"columns: {', '.join(extra) or 'none'}); list it in the benchmark's "
+                              "dataset.extra_columns")
+        return extra[column]
+    if settings.use_chat:
+        return getattr(dataset, "input_texts", None)
+    if settings.api_dialect != AUTO and DIALECTS[settings.api_dialect].token_id_prompts:
+        return None
+    for name in TEXT_COLUMNS:
+        values = extra.get(name)
+        if values and isinstance(values[0], str):
+            return values
+    tokens = getattr(dataset, "input_tokens", None)
+    if tokens is not None and settings.tokenizer_path:
+        return DetokenizedPrompts(tokens, settings.tokenizer_path)
+    return None
 
 
 # --- payloads (the wire format is llmlib.cores.wire.openai's) ------------------------------------------
 def request_payload(*, model: str | None, prompt: list[int] | str, max_tokens: int, stream: bool,
                     sampling: dict[str, Any], stop_token_ids: Sequence[int] = (), chat: bool = False,
-                    return_token_ids: bool = True) -> dict[str, Any]:
+                    return_token_ids: bool = True, extensions: frozenset[str] | None = None,
+                    stream_usage: bool = True) -> dict[str, Any]:
     """The JSON body of one harness request: greedy is temperature 0 alone; `top_k`, `min_tokens`,
-    `stop_token_ids` and `return_token_ids` are the extensions vLLM / trtllm-serve / SGLang accept."""
+    `stop_token_ids` and `return_token_ids` are the extensions vLLM / trtllm-serve / SGLang accept, sent
+    only where `extensions` (the dialect's fields; None: all) has them."""
     temperature = float(sampling.get("temperature") or 0.0)
     fields: dict[str, Any] = {"temperature": temperature}
     if temperature > 0:
         fields["top_p"] = float(sampling.get("top_p") or 1.0)
-        if sampling.get("top_k"):
+        if sampling.get("top_k") and (extensions is None or "top_k" in extensions):
             fields["top_k"] = int(sampling["top_k"])
     for name in ("frequency_penalty", "presence_penalty"):
         if sampling.get(name):
             fields[name] = float(sampling[name])
     if sampling.get("seed") is not None:
         fields["seed"] = int(sampling["seed"])
-    if sampling.get("min_new_tokens"):
+    if sampling.get("min_new_tokens") and (extensions is None or "min_tokens" in extensions):
         fields["min_tokens"] = int(sampling["min_new_tokens"])
+    if extensions is not None:
+        if "stop_token_ids" not in extensions:
+            stop_token_ids = ()
+        if "return_token_ids" not in extensions:
+            return_token_ids = False
     try:
         return completion_body(model=model, prompt=prompt, chat=chat, max_tokens=max_tokens, stream=stream,
-                               fields=fields, stop_token_ids=stop_token_ids, return_token_ids=return_token_ids)
+                               fields=fields, stop_token_ids=stop_token_ids, return_token_ids=return_token_ids,
+                               stream_usage=stream_usage)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -332,12 +403,27 @@ class TrtllmEndpointCore(AsyncLoopCore):
         api = self.endpoint.api
         self._path = f"{api}/chat/completions" if s.use_chat else f"{api}/completions"
         self._texts = self.inputs.prompt_texts
-        #: prompts go as token ids (not texts): the health check probes once that the server takes them
-        self._ids_checked = self._texts is not None or not s.probe_token_ids
+        #: the dialect requests are built for: fixed by --trtllm_api_dialect, or (auto) the richest until
+        #: the health check's probe settles it; never changed after that (not during the timed run)
+        self.dialect: Dialect = self._initial_dialect()
+        self._probed = s.api_dialect != AUTO
+        #: prompts go as text: a text column was named, chat, or a dialect that takes no token ids
+        self._send_texts = bool(s.prompt_text_column or s.use_chat or not self.dialect.token_id_prompts)
         if s.use_chat and self._texts is None:
             raise ConfigError(f"core {self.name}: --trtllm_use_chat needs prompt texts, and this dataset gives "
                               "token ids only (the harness never detokenizes); use /v1/completions")
+        if self._send_texts and self._texts is None:
+            raise ConfigError(f"core {self.name}: --trtllm_api_dialect={s.api_dialect} sends prompt texts, and "
+                              "there are none: name a text column with --trtllm_prompt_text_column, or a "
+                              "tokenizer to detokenize the prompts with --tokenizer_path")
+        #: prompts go as token ids (not texts): the health check probes once that the server takes them
+        self._ids_checked = self._send_texts or not s.probe_token_ids or not self._probed
+        self._extensions = self.dialect.fields
+        #: what the health check found worth a warning (an empty model list with a model name given...)
+        self.warnings: list[str] = []
+        self._owned_by: set[str] = set()
         self._sampling_of: tuple[Any, dict[str, Any]] = (None, {})  # (params, its sampling dict)
+        self._streamed = False  # a streamed request was sent (for the lost-controls report)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
         if s.api_key:
             self._headers["Authorization"] = f"Bearer {s.api_key}"
@@ -356,7 +442,26 @@ class TrtllmEndpointCore(AsyncLoopCore):
     # --- the contract -------------------------------------------------------------------------------
     @classmethod
     def resolve_settings(cls, config: ResolvedConfig, benchmark) -> EndpointSettings:
-        return endpoint_settings(config)
+        """The fields, plus the benchmark's tokenizer (to detokenize prompts for a server that takes text
+        only, when the dataset has no text column)."""
+        settings = endpoint_settings(config)
+        if settings.api_dialect == AUTO or not DIALECTS[settings.api_dialect].token_id_prompts:
+            from llmlib.harness import tokenizer_path_for
+
+            try:
+                path = tokenizer_path_for(config, benchmark) if benchmark is not None else None
+            except (AttributeError, TypeError):
+                path = None
+            if path is not None and path != "char":
+                settings = dataclasses.replace(settings, tokenizer_path=str(path))
+        return settings
+
+    def _initial_dialect(self) -> Dialect:
+        s = self.settings
+        d = DIALECTS["vllm"] if s.api_dialect == AUTO else get_dialect(s.api_dialect)
+        if not s.return_token_ids:
+            d = d.without({"return_token_ids"})
+        return d if s.api_dialect != AUTO else dataclasses.replace(d, name=AUTO, title="auto (not probed yet)")
 
     @classmethod
     def worker_settings(cls, settings: EndpointSettings, index: int, workers: int) -> EndpointSettings:
@@ -405,7 +510,20 @@ class TrtllmEndpointCore(AsyncLoopCore):
         return common[0][0] if common else None
 
     def report(self) -> dict[str, Any]:
-        return {"token_sources": dict(self.token_sources)}
+        """Where output counts came from, the dialect that ran, and the controls it lost that matter to
+        MLPerf (judged on the run's own generation parameters, once a request was sent)."""
+        out: dict[str, Any] = {"token_sources": dict(self.token_sources), "api_dialect": self.dialect.name,
+                               "api_dialect_detail": self.dialect.describe()}
+        params = self._sampling_of[0]
+        if params is not None:
+            lost = dialects_mod.lost_controls(
+                self.dialect, min_new_tokens=int(params.min_new_tokens or 0),
+                stop_token_ids=tuple(params.stop_token_ids or ()), eos_token_id=params.eos_token_id,
+                text_prompts=self._send_texts, streaming=self._streamed, sources=dict(self.token_sources))
+            out["lost_controls"] = [lc.to_json() for lc in lost]
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     @property
     def num_connections(self) -> int:
@@ -428,15 +546,36 @@ class TrtllmEndpointCore(AsyncLoopCore):
             raise self._error("core stopped during the health check") from None
         self.served_models = served
         models = f"GET {self.endpoint.api}/models"
-        if not served:  # a router whose workers have not registered yet: retried
-            raise self._error(f"{models} lists no model (yet)")
-        if self.settings.model:
+        if not served:
+            if self.settings.model:  # a server that loads models on demand (transformers serve) lists none
+                self._warn(f"{models} lists no model; sending --trtllm_endpoint_model={self.settings.model!r} "
+                           "as given (a server that loads models on demand lists none)")
+            elif self.settings.api_dialect == AUTO or self.dialect.empty_model_list:
+                pass  # the probe below tells whether the server takes requests without a model
+            else:  # a router whose workers have not registered yet: retried
+                raise self._error(f"{models} lists no model (yet); --trtllm_api_dialect=auto tries requests "
+                                  "without one")
+        elif self.settings.model:
             if self.settings.model not in served:
                 raise self._error(f"model {self.settings.model!r} is not served here; it serves: "
                                   f"{', '.join(served)} (--trtllm_endpoint_model)", final=True)
         else:
             self.model = served[0]
-        if not self._ids_checked:
+        if not self._probed:
+            # a server's first generation can be slow (a model loaded on demand, kernels warmed up): each probe
+            # request gets the request timeout (at most PROBE_TIMEOUT_S), not the health check's
+            probe_s = min(self.settings.request_timeout_s or PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+            fut = asyncio.run_coroutine_threadsafe(self._probe_dialect(probe_s), self._loop)
+            try:
+                fut.result(12 * probe_s + 1.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                fut.cancel()
+                raise self._error(f"the dialect probe (--trtllm_api_dialect=auto) got no answer within "
+                                  f"{12 * probe_s:g}s") from None
+            if not served and not self.model:
+                self._warn(f"{models} lists no model; requests go without a model field (the server "
+                           "answered the probe without one)")
+        elif not self._ids_checked:
             fut = asyncio.run_coroutine_threadsafe(self._probe_token_ids(timeout_s), self._loop)
             try:
                 fut.result(2 * timeout_s + 1.0)
@@ -490,8 +629,10 @@ class TrtllmEndpointCore(AsyncLoopCore):
                                   f"path prefix in --trtllm_server_urls ({server_message(r.body)})", final=True)
             raise self._status_error(f"GET {models}", r)
         try:
-            return [str(m["id"]) for m in r.json()["data"]]
-        except (ValueError, KeyError, TypeError):
+            data = r.json()["data"]
+            self._owned_by = {str(m.get("owned_by") or "") for m in data if isinstance(m, dict)}
+            return [str(m["id"]) for m in data]
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise self._error(f"GET {models}: expected {{'data': [{{'id': ...}}]}}, got {snippet(r.body)}",
                               final=True) from None
 
@@ -516,6 +657,133 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if refuses_token_ids(r.status, r.body):
             raise self._error(token_ids_refused_cause(r.status, r.body), final=True)
         self._ids_checked = True
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            log.warning("%s: %s", self.url, redact(text))
+
+    def _probe_body(self, d: Dialect, texts: bool, stream: bool) -> dict[str, Any]:
+        """A small greedy request in dialect `d` (2 tokens), with every extension field `d` sends."""
+        body: dict[str, Any] = {"model": self.model} if self.model else {}
+        if self.settings.use_chat:
+            body["messages"] = [{"role": "user", "content": self._texts[0]}]
+        else:
+            body["prompt"] = self._texts[0] if texts else [1]
+        body.update(max_tokens=2, temperature=0.0)
+        values = {"return_token_ids": True, "min_tokens": 1, "stop_token_ids": [0], "top_k": 1, "ignore_eos": False}
+        body.update((k, v) for k, v in values.items() if k in d.fields)
+        if stream:
+            body["stream"] = True
+            if d.stream_options:
+                body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def _probe_post(self, body: dict[str, Any], timeout_s: float) -> Response:
+        try:
+            return await self._http.post(self._path, json.dumps(body).encode(), timeout_s=timeout_s)
+        except RequestTimeout as err:
+            raise self._error(f"the dialect probe timed out after {timeout_s:g}s ({type(err).__name__})") from err
+        except HTTPError as err:
+            raise self._error(f"the dialect probe: {type(err).__name__}: {err}") from err
+
+    async def _probe_dialect(self, timeout_s: float) -> None:
+        """On the loop (auto): small requests, richest dialect first, stepping down on each refusal a reply
+        names (a field: left out; token-id prompts: texts), then one streamed request to see how streams
+        end and where counts come from. Sets `self.dialect` once; refusals it cannot step past are final."""
+        d = self.dialect
+        texts = self._send_texts
+        steps: list[str] = []
+        reply: Response | None = None
+        for _ in range(8):
+            body = self._probe_body(d, texts, stream=False)
+            r = await self._probe_post(body, timeout_s)
+            if r.status < 400:
+                reply = r
+                break
+            refusal = read_refusal(r.status, r.body, body)
+            if refusal is not None and refusal.token_ids:
+                if self._texts is None:
+                    raise self._error(token_ids_refused_cause(r.status, r.body) + " or --tokenizer_path",
+                                      final=True)
+                texts = True
+                steps.append("token-id prompts refused: prompt texts")
+                continue
+            if refusal is not None and refusal.fields:
+                d = d.without(refusal.fields)
+                steps.append(f"refused {', '.join(sorted(refusal.fields))}")
+                continue
+            if r.status >= 500 and not (d.fields or not texts):
+                raise self._error(f"not ready: the dialect probe answered HTTP {r.status}: {server_message(r.body)}")
+            if d.fields:  # refused for a reason it does not name: strict OpenAI fields only
+                d = d.without(d.fields)
+                steps.append(f"HTTP {r.status} without a named field: standard fields only")
+                continue
+            if not texts and self._texts is not None:
+                texts = True
+                steps.append(f"HTTP {r.status} with token ids: prompt texts")
+                continue
+            hint = " (GET /v1/models listed none: name the model with --trtllm_endpoint_model)" \
+                if not self.served_models and not self.model else ""
+            raise self._error(f"the server refused every dialect the probe tried ({'; '.join(steps) or 'none'}): "
+                              f"HTTP {r.status}: {server_message(r.body)}{hint}; pick one with "
+                              f"--trtllm_api_dialect ({', '.join(DIALECTS)})", final=r.status < 500)
+        if reply is None:
+            raise self._error(f"the dialect probe did not settle after {len(steps)} steps: {'; '.join(steps)}",
+                              final=True)
+        try:
+            _, _, source = parse_reply(reply.body)
+        except ReplyError as err:
+            raise self._error(f"the dialect probe's reply: {err}", final=True) from None
+        output_ids = source == "token_ids"
+        state = StreamState()
+        for _ in range(3):
+            body = self._probe_body(d, texts, stream=True)
+            r = await self._probe_post(body, timeout_s)
+            if r.status >= 400:
+                refusal = read_refusal(r.status, r.body, body)
+                if refusal is not None and refusal.fields:
+                    d = d.without(refusal.fields)
+                    steps.append(f"refused {', '.join(sorted(refusal.fields))} in a stream")
+                    continue
+                raise self._error(f"the dialect probe's stream answered HTTP {r.status}: {server_message(r.body)}",
+                                  final=r.status < 500)
+            try:
+                state.feed(r.body)
+            except ReplyError as err:
+                raise self._error(f"the dialect probe's stream: {err}", final=True) from None
+            break
+        if not state.complete():
+            raise self._error("the dialect probe's stream ended with neither 'data: [DONE]' nor a last chunk "
+                              "with finish_reason", final=True)
+        stream_usage = b'"completion_tokens"' in r.body
+        self.dialect = self._settle(d, texts=texts, output_ids=output_ids or state.ids_mode,
+                                    stream_usage=stream_usage, done_marker=state.done, steps=steps)
+        self._extensions = self.dialect.fields
+        self._send_texts = texts
+        self._probed = True
+        log.info("%s: API dialect %s (%s)", self.url, self.dialect.name, "; ".join(steps) or "nothing refused")
+
+    def _settle(self, d: Dialect, *, texts: bool, output_ids: bool, stream_usage: bool, done_marker: bool,
+                steps: list[str]) -> Dialect:
+        """The table's dialect that behaves as observed (prompt form, output ids, stream usage and end),
+        preferring the one /v1/models' `owned_by` names, else the one sending most of the fields the server
+        took; its fields are those it took of that dialect's. None: `custom`, with the fields taken."""
+        owners = {"vllm": "vllm", "sglang": "sglang", "tensorrt_llm": "trtllm", "me": "llamacpp"}
+        hinted = {owners[o] for o in self._owned_by if o in owners}
+        fits = [c for c in DIALECTS.values()
+                if c.token_id_prompts == (not texts) and c.output_ids == output_ids
+                and c.stream_usage == stream_usage and c.done_marker == done_marker]
+        fits.sort(key=lambda c: (c.name not in hinted, -len(c.fields & d.fields)))
+        base = fits[0] if fits else None
+        fields = d.fields & base.fields if base is not None else d.fields
+        return Dialect(name=base.name if base is not None else "custom",
+                       title=f"auto: {base.title if base is not None else 'custom'}"
+                             + (f" ({'; '.join(steps)})" if steps else ""),
+                       fields=fields, token_id_prompts=not texts, output_ids=output_ids, stream_usage=stream_usage,
+                       done_marker=done_marker, empty_model_list=not self.served_models,
+                       stream_options=d.stream_options, usage_counts_eos=base is not None and base.usage_counts_eos,
+                       source="probed by --trtllm_api_dialect=auto")
 
     # --- the loop thread ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -612,18 +880,21 @@ class TrtllmEndpointCore(AsyncLoopCore):
     def _result(self, call: _Call, r: Response) -> tuple[np.ndarray, int, str]:
         """(output ids, their count, source) of a finished response, or ReplyError."""
         if r.status >= 400:
-            if self._texts is None and not self.settings.use_chat and refuses_token_ids(r.status, r.body):
+            if not self._send_texts and refuses_token_ids(r.status, r.body) and self._texts is None:
                 raise ReplyError(token_ids_refused_cause(r.status, r.body))
+            refusal = read_refusal(r.status, r.body, self._payload(call.req))
+            if refusal is not None:
+                raise ReplyError(refusal.line(self.dialect))
             raise ReplyError(f"HTTP {r.status}: {server_message(r.body)}")
         if call.state is None:
             return parse_reply(r.body)
-        if not call.state.done:
-            raise ReplyError("stream ended before 'data: [DONE]'")
+        if not call.state.done and not call.state.complete():
+            raise ReplyError("stream ended before 'data: [DONE]' or a last chunk with finish_reason (cut short)")
         return call.state.result()
 
     def _payload(self, req: Request) -> dict[str, Any]:
         prompt: list[int] | str
-        if self._texts is not None:
+        if self._send_texts:
             prompt = self._texts[req.sample_index]
         else:
             prompt = req.input_tokens.tolist() if isinstance(req.input_tokens, np.ndarray) else list(req.input_tokens)
@@ -632,10 +903,13 @@ class TrtllmEndpointCore(AsyncLoopCore):
         if cached is not params:  # one dict per params object (the run shares one)
             sampling = params.sampling()
             self._sampling_of = (params, sampling)
+        if req.streaming:
+            self._streamed = True
         return request_payload(model=self.model, prompt=prompt, max_tokens=params.max_new_tokens,
                                stream=bool(req.streaming), sampling=sampling,
                                stop_token_ids=params.stop_token_ids,
-                               chat=self.settings.use_chat, return_token_ids=self.settings.return_token_ids)
+                               chat=self.settings.use_chat, return_token_ids=self.dialect.output_ids,
+                               extensions=self._extensions, stream_usage=self.dialect.stream_options)
 
 
 __all__ = ["EndpointSettings", "StreamState", "TrtllmEndpointCore", "base_url", "check_key_transport",

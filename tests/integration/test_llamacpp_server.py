@@ -132,9 +132,11 @@ def test_token_id_prompts_are_refused_in_one_line_naming_the_text_column(server,
 
 
 def test_a_run_without_the_text_column_stops_with_one_line(server, tmp_path):
-    """The whole harness: the health check's verdict is the run's one error line, naming the setting."""
+    """The whole harness with a token-id dialect named: the health check's verdict is the run's one error
+    line, naming the setting (auto, the default, steps down to texts instead: test_auto_...)."""
     args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Offline", "--show_progress=false",
-            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}", "--health_check_timeout_s=5"]
+            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}", "--health_check_timeout_s=5",
+            "--trtllm_api_dialect=vllm"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     out = proc.stdout + proc.stderr
@@ -142,6 +144,20 @@ def test_a_run_without_the_text_column_stops_with_one_line(server, tmp_path):
     lines = [line for line in out.splitlines() if "--trtllm_prompt_text_column" in line]
     assert lines and all(len(line) < 600 for line in lines), out[-3000:]
     assert "validation error" not in out and "list[str]" not in out, out[-3000:]
+
+
+def test_auto_steps_down_to_prompt_texts_and_the_llamacpp_dialect(server, make_core, recorder, tiny_dataset):
+    """No flag: the probe's token-id prompt is refused (HTTP 500), the dataset's text column is used; the
+    server ignores unknown fields (200), returns no ids and no usage chunk, and ends streams with [DONE]."""
+    core = make_core(recorder, server.url, dataset=tiny_dataset)
+    core.health_check()
+    d = core.dialect
+    assert d.name == "llamacpp" and not d.token_id_prompts and d.done_marker and not d.stream_usage
+    assert d.fields == {"min_tokens", "top_k"} and "token-id prompts refused" in d.title
+    core.enqueue(requests_for(tiny_dataset, [0, 1], streaming=True))
+    assert recorder.wait_final(2, 30) and not recorder.failed, recorder.failed
+    lost = {lc["control"]: lc for lc in core.report()["lost_controls"]}
+    assert lost["output token counts"]["noncompliant"] and not lost["token-id prompts"]["noncompliant"]
 
 
 def test_the_server_tokenizes_every_prompt_text_into_the_dataset_ids(server, tiny_dataset):
@@ -196,9 +212,11 @@ MIN_QUERIES = 460
 @pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
 @pytest.mark.parametrize("workers", ["0", "2"])  # the core in the harness process, or in two worker processes
 def test_loadgen_server_run_is_valid(server, tmp_path, workers):
+    """No dialect flag and no text column: auto finds the llamacpp dialect (in each worker); the summary
+    says the counted chunks make the result non-compliant (LoadGen's own verdict is still VALID)."""
     args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
             "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
-            f"--trtllm_prompt_text_column={TEXT_COLUMN}", f"--server_target_qps={TARGET_QPS}",
+            f"--server_target_qps={TARGET_QPS}",
             f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
             f"--workers_per_core={workers}"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
@@ -211,3 +229,8 @@ def test_loadgen_server_run_is_valid(server, tmp_path, workers):
     assert set(s["core_stats"][0]["token_sources"]) == {"chunks"}  # no ids and no usage in its streams
     # streamed outputs are counted one chunk per token: about the references' 32.5 tokens per sample
     assert 0.8 < s["output_tokens"] / s["completed"] / 32.484375 < 1.2
+    d = s["api_dialect"]
+    assert d["api_dialect"] == ["llamacpp"] and d["compliant"] is False
+    assert {lc["control"]: lc["noncompliant"] for lc in d["lost_controls"]}["output token counts"] is True
+    text = (tmp_path / "local" / "tiny" / "Server" / "performance" / "summary.txt").read_text()
+    assert "api dialect         : llamacpp" in text and "compliance          : NOT COMPLIANT (output token counts" in text

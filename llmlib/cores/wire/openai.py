@@ -27,13 +27,14 @@ PROMPT_MUST_BE_TEXT_RE = re.compile(r"(Input should be a valid string)", re.IGNO
 def completion_body(*, model: str | None, prompt: list[int] | str | None = None, chat: bool = False,
                     max_tokens: int | None = None, stream: bool = False, fields: Mapping[str, Any] = (),
                     stop_strings: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
-                    return_token_ids: bool = False) -> dict[str, Any]:
+                    return_token_ids: bool = False, stream_usage: bool = True) -> dict[str, Any]:
     """The JSON body of one /v1/completions (or, with `chat`, /v1/chat/completions) request.
 
     `prompt` is the prompt (token ids or text) or, for chat, the one user message (text). `fields` are
     sent as given, in order (temperature, top_p, seed, ...; None values are left out). The extensions
     vLLM, SGLang and trtllm-serve accept (`top_k`, `min_tokens`, `stop_token_ids`, `return_token_ids`)
-    come only when the caller puts them in, so a strict OpenAI server gets standard fields."""
+    come only when the caller puts them in, so a strict OpenAI server gets standard fields; `stream_usage`
+    False leaves out `stream_options` (a server that refuses it)."""
     body: dict[str, Any] = {}
     if model:
         body["model"] = model
@@ -57,7 +58,8 @@ def completion_body(*, model: str | None, prompt: list[int] | str | None = None,
         body["return_token_ids"] = True
     if stream:
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        if stream_usage:
+            body["stream_options"] = {"include_usage": True}
     return body
 
 
@@ -161,9 +163,10 @@ class StreamState:
     """Parses one SSE stream of completion chunks (bytes in, as they arrive).
 
     `feed(data)` returns True when this data brought the first content chunk. After `done`
-    (`data: [DONE]`), `result()` gives (ids, count, source)."""
+    (`data: [DONE]`), or once the response ended and `complete()` says the stream was not cut,
+    `result()` gives (ids, count, source)."""
 
-    __slots__ = ("_buf", "first_seen", "done", "ids_mode", "ids", "chunks", "last", "usage_tokens")
+    __slots__ = ("_buf", "first_seen", "done", "ids_mode", "ids", "chunks", "last", "usage_tokens", "finished")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -174,6 +177,29 @@ class StreamState:
         self.chunks = 0  # events after the first content chunk, [DONE] excluded
         self.last = b""  # the last of those
         self.usage_tokens: int | None = None
+        self.finished = False  # a chunk up to the first content chunk carried finish_reason
+
+    def complete(self) -> bool:
+        """After the response ended: the stream is whole. `data: [DONE]` says so; without it (transformers
+        serve, and the OpenAI protocol allows it) a stream is whole when nothing is left half-sent and its
+        last chunk carries a `finish_reason` or the `usage` a server sends only at the end; a stream cut
+        mid-way has neither."""
+        if self.done:
+            return True
+        if self._buf.strip():
+            return False
+        if not self.last:
+            return self.finished or self.usage_tokens is not None
+        try:
+            obj = json.loads(self.last)
+        except ValueError:
+            return False
+        if not isinstance(obj, dict):
+            return False
+        if isinstance(obj.get("usage"), dict):
+            return True
+        choices = obj.get("choices") or ()
+        return bool(choices) and isinstance(choices[0], dict) and bool(choices[0].get("finish_reason"))
 
     def feed(self, data: bytes) -> bool:
         buf = self._buf + data if self._buf else data
@@ -247,6 +273,8 @@ class StreamState:
         obj = _decode(data, "SSE chunk")
         choices = obj.get("choices") or []
         if choices:
+            if choices[0].get("finish_reason"):
+                self.finished = True
             content, ids = choice_content(choices[0])
             if ids is not None:
                 self.ids_mode = True

@@ -65,6 +65,7 @@ def make_core(make_config, tiny_benchmark):
     def make(sink, url, probe=False, **settings):
         settings.setdefault("request_timeout_s", 10.0)
         settings.setdefault("health_timeout_s", 2.0)
+        settings.setdefault("api_dialect", "vllm")  # the mock speaks vLLM's; auto's probe: test_dialects.py
         cls = SendTimesCore if probe else TrtllmEndpointCore
         core = cls(EndpointSettings(urls=(url,), **settings), rank=0, sink=sink)
         made.append(core)

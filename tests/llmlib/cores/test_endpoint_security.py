@@ -275,13 +275,17 @@ def test_a_server_that_refuses_token_ids_is_named_in_one_line(serve, make_core, 
 
 def test_the_probe_passes_servers_that_take_token_ids_and_is_sent_once(serve, make_core, recorder):
     mock = serve()
-    core = make_core(recorder, mock.url)
+    core = make_core(recorder, mock.url, api_dialect="vllm")  # a fixed dialect: the one token-id probe
     core.health_check()
     core.health_check()
     assert mock.stats["generate_requests"] == 1
-    texts = make_core(recorder, mock.url, probe_token_ids=False)
+    texts = make_core(recorder, mock.url, probe_token_ids=False, api_dialect="vllm")
     texts.health_check()
     assert mock.stats["generate_requests"] == 1
+    auto = make_core(recorder, mock.url)  # auto: one reply and one stream, once
+    auto.health_check()
+    auto.health_check()
+    assert mock.stats["generate_requests"] == 3 and auto.dialect.name == "vllm"
 
 
 # --- reasoning streams ------------------------------------------------------------------------------------
