@@ -152,12 +152,15 @@ def test_server_down_at_start_is_a_clear_health_error(make_core, recorder):
 
 class _StreamOrder:
     """Forces one order of tritonclient's two steps when a stream fails (it marks the stream dead,
-    then calls back with why) against a send, on a real gRPC stream to a closed port."""
+    then calls back with why) against a send, on a real gRPC stream to a closed port. Each wait is
+    bounded and a step that does not come in time is named in `late` (the test then fails saying
+    so, rather than passing on an order it did not force)."""
 
     def __init__(self, monkeypatch, send_first: bool):
         import tritonclient.grpc as grpcclient
 
         self.reported, self.send_raised = threading.Event(), threading.Event()
+        self.late: list[str] = []  # a step that did not come in time (a loaded machine), for the assertion
         cls = grpcclient.InferenceServerClient
         start, send = cls.start_stream, cls.async_stream_infer
         order = self
@@ -165,18 +168,23 @@ class _StreamOrder:
         def start_stream(client, callback, **kw):
             def on_response(result=None, error=None):
                 if error is not None and send_first:
-                    order.send_raised.wait(5)  # hold the callback until a send has hit the dead stream
-                callback(result=result, error=error)
+                    if not order.send_raised.wait(30):  # hold the callback until a send has hit the dead stream
+                        order.late.append("no send met the dead stream within 30 s")
                 if error is not None:
+                    # the report has begun: the core's callback may wait for its lock, which the
+                    # core holds while it starts the stream
                     order.reported.set()
+                callback(result=result, error=error)
 
             start(client, on_response, **kw)
             if send_first:  # wait until the stream is dead, its callback held
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 30
                 while client._stream._active and time.monotonic() < deadline:
                     time.sleep(0.001)
-            else:  # the failure is reported before start_stream returns
-                order.reported.wait(5)
+                if client._stream._active:
+                    order.late.append("the stream was still active 30 s after it started")
+            elif not order.reported.wait(30):  # the failure is being reported before start_stream returns
+                order.late.append("the stream's failure was not reported within 30 s of its start")
 
         def async_stream_infer(client, *args, **kw):
             try:
@@ -201,7 +209,8 @@ def test_a_stream_that_fails_as_it_opens_fails_each_request_with_the_cause(make_
     for rid in range(4):
         order.reset()
         core.enqueue([req(rid, True)])
-        assert recorder.wait_final(rid + 1, 20) and rid in recorder.failed
+        assert recorder.wait_final(rid + 1, 70) and rid in recorder.failed
+        assert not order.late, order.late
         assert order.send_raised.is_set()  # the send did meet a dead stream
     causes = [str(err) for err, *_ in recorder.failed.values()]
     assert all("gRPC stream failed: StatusCode.UNAVAILABLE" in c for c in causes), causes
