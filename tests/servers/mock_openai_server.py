@@ -16,7 +16,10 @@ due at once in one write (the head with the first token; the last token with the
 [DONE]): a client sees the tokens one by one. With no delay at all, the whole stream (every event in its
 own HTTP chunk, the usage chunk, [DONE]) goes out in one write, so that the mock is not what limits a
 client: the client then sees every event of a stream in one read (or a few, for long outputs), and its
-time to first token is the time to the whole reply. `--processes N` runs N server processes on one
+time to first token is the time to the whole reply. With `events_per_write` K > 0 (and no delay), a
+stream is rendered once per output ids and replayed, only its id put in, K events (HTTP chunks) per write:
+the mock then spends far less per event than a client that parses them (the worker scaling benchmark).
+`--processes N` runs N server processes on one
 listening socket (the kernel spreads connections over them; fault rates apply per process).
 
 Reasoning (`reasoning_tokens` R > 0, chat only): like vLLM / SGLang with a reasoning parser, the first R
@@ -88,6 +91,10 @@ class MockOptions:
     refuse_token_ids: bool = False
     #: no /v1/models route (a server that is not OpenAI-compatible)
     no_models: bool = False
+    #: > 0 (with no delays and no faults drawn): a stream's SSE events, one per token, are rendered once per
+    #: (output ids, options) and replayed, this many events per write, only the response id put in; so a
+    #: client that streams from it pays far more per event than the mock does (scripts/bench_worker_scaling.py)
+    events_per_write: int = 0
 
 
 def output_ids(prompt_ids: list[int], n: int, vocab_size: int) -> list[int]:
@@ -110,6 +117,8 @@ class _Handler:
         #: (token, chat, with ids, token text, reasoning) -> the choice of a stream chunk for that token (not
         #: the last one)
         self._choices: dict[tuple[int, bool, bool, str, bool], bytes] = {}
+        #: events_per_write: (chat, ids, options) -> (the whole response with a placeholder id, where each write ends)
+        self._rendered: dict[tuple, tuple[bytes, bytes, list[int]]] = {}
 
     # --- connections ------------------------------------------------------------------------------
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -237,6 +246,8 @@ class _Handler:
         with_ids = opts.token_ids and bool(req.get("return_token_ids"))
         self._next_id += 1
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._next_id}"
+        if opts.events_per_write > 0:  # every id the same width, so a rendered stream takes any of them
+            rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._next_id:016d}"
         usage = {"prompt_tokens": prompt_len, "completion_tokens": n, "total_tokens": prompt_len + n}
         if req.get("stream"):
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
@@ -271,6 +282,9 @@ class _Handler:
     async def _stream(self, writer: asyncio.StreamWriter, chat: bool, rid: str, ids: list[int], with_ids: bool,
                       usage: dict | None, malformed: bool, drop: bool) -> bool:
         opts = self.options
+        if opts.events_per_write > 0 and not (malformed or drop or opts.first_token_delay_ms
+                                              or opts.per_token_delay_ms):
+            return await self._replay(writer, chat, rid, ids, with_ids, usage)
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                 b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n")
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -318,6 +332,60 @@ class _Handler:
             pending.append(_chunk(event))
         pending.append(_chunk(tail) + b"0\r\n\r\n")
         writer.write(b"".join(pending))
+        await writer.drain()
+        self.stats["completed"] += 1
+        return True
+
+    async def _replay(self, writer: asyncio.StreamWriter, chat: bool, rid: str, ids: list[int], with_ids: bool,
+                      usage: dict | None) -> bool:
+        """events_per_write: the stream rendered once (the first time these ids are asked for), then only the
+        response id put in and the events written `events_per_write` at a time (the head with the first)."""
+        opts = self.options
+        key = (chat, with_ids, ids[0] if ids else -1, len(ids), usage and usage["prompt_tokens"], usage is None,
+               opts.token_text, opts.reasoning_tokens, opts.reasoning_field, opts.model, opts.vocab_size,
+               opts.events_per_write)
+        hit = self._rendered.get(key)
+        if hit is None:
+            placeholder = rid[:rid.index("-") + 1] + "#" * (len(rid) - rid.index("-") - 1)
+            out, ends = [], []
+
+            class _Capture:  # _stream's writes, kept instead of sent
+                def write(self, data: bytes) -> None:
+                    out.append(data)
+
+                async def drain(self) -> None:
+                    pass
+
+            saved, opts.events_per_write = opts.events_per_write, 0
+            try:
+                await self._stream(_Capture(), chat, placeholder, ids, with_ids, usage, False, False)  # type: ignore[arg-type]
+            finally:
+                opts.events_per_write = saved
+            self.stats["completed"] -= 1
+            whole = b"".join(out)
+            # cut after the head plus every `events_per_write` HTTP chunks (one SSE event each)
+            body_at = whole.index(b"\r\n\r\n") + 4
+            pos, count = body_at, 0
+            while True:
+                crlf = whole.index(b"\r\n", pos)
+                size = int(whole[pos:crlf], 16)
+                pos = crlf + 2 + size + 2
+                if size == 0:
+                    break
+                count += 1
+                if count % saved == 0:
+                    ends.append(pos)
+            if not ends or ends[-1] != len(whole):
+                ends.append(len(whole))
+            hit = self._rendered[key] = (whole, placeholder.encode(), ends)
+            if len(self._rendered) > 4096:
+                self._rendered.clear()
+        whole, placeholder, ends = hit
+        view = memoryview(whole.replace(placeholder, rid.encode()))
+        start = 0
+        for end in ends:
+            writer.write(view[start:end])
+            start = end
         await writer.drain()
         self.stats["completed"] += 1
         return True
@@ -499,12 +567,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
     p.add_argument("--tls_key", default="", help="the certificate's private key (PEM)")
     p.add_argument("--refuse_token_ids", action="store_true",
                    help="answer token-id prompts HTTP 500 with a validation error, like llama-cpp-python")
+    p.add_argument("--events_per_write", type=int, default=0,
+                   help="> 0: streams are rendered once and replayed, this many SSE events per write (a mock that "
+                        "costs a client far more per event than itself)")
     p.add_argument("--processes", type=int, default=1,
                    help="server processes sharing the listening socket (for clients faster than one process)")
     a = p.parse_args(argv)
     for name in ("fail_rate", "malformed_rate", "drop_rate"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             p.error(f"--{name}={getattr(a, name)}: expected a fraction in [0, 1]")
+    if a.events_per_write < 0:
+        p.error(f"--events_per_write={a.events_per_write}: expected an integer >= 0")
     if a.processes < 1:
         p.error(f"--processes={a.processes}: expected at least 1")
     opts = MockOptions(model=a.model, output_tokens=a.output_tokens, first_token_delay_ms=a.first_token_delay_ms,
@@ -513,7 +586,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
                        fail_rate=a.fail_rate, malformed_rate=a.malformed_rate, drop_rate=a.drop_rate,
                        startup_delay_s=a.startup_delay_s, seed=a.seed, reasoning_tokens=a.reasoning_tokens,
                        reasoning_field=a.reasoning_field, path_prefix=a.path_prefix, echo_key=a.echo_key,
-                       refuse_token_ids=a.refuse_token_ids)
+                       refuse_token_ids=a.refuse_token_ids, events_per_write=a.events_per_write)
     ctx = None
     if a.tls_cert or a.tls_key:
         if not (a.tls_cert and a.tls_key):
