@@ -155,6 +155,78 @@ def test_chunk_splits_extensions_trailers_and_interim_responses():
     run(main())
 
 
+def _chunked_wire(rng, n: int) -> tuple[bytes, bytes]:
+    """(a chunked 200 response of n SSE-sized chunks, some holding CRLFs, extensions or upper-case sizes,
+    its body)."""
+    body, wire = [], [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    for i in range(n):
+        data = b"data: {\"i\":%d,\"t\":\"%s\"}\n\n" % (i, b"x" * rng.randrange(0, 60))
+        kind = rng.random()
+        if kind < 0.03:
+            data = data.replace(b"\n\n", b"\r\n\r\n")  # CRLFs inside a chunk's data
+        elif kind < 0.05:
+            data = data.replace(b"\n\n", b"\r\n\n")
+        size = b"%x" % len(data)
+        if 0.05 <= kind < 0.1:
+            size += b";ext=1"
+        elif 0.1 <= kind < 0.2:
+            size = size.upper()
+        body.append(data)
+        wire.append(size + b"\r\n" + data + b"\r\n")
+    wire.append(b"0\r\nX-Trailer: y\r\n\r\n" if rng.random() < 0.5 else b"0\r\n\r\n")
+    return b"".join(wire), b"".join(body)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_many_chunks_per_read_any_split(seed):
+    """Reads that bring many chunks at once (de-chunked without a Python step per chunk where they line up)
+    give the same body as one byte at a time, whatever the splits."""
+    import random
+    rng = random.Random(seed)
+    wires = [_chunked_wire(rng, rng.randrange(1, 300)) for _ in range(4)]
+
+    async def handle(reader, writer, _):
+        for wire, _ in wires:
+            await read_request(reader)
+            pos = 0
+            while pos < len(wire):
+                step = rng.choice([1, 7, 300, 2000, 9000, len(wire)])
+                writer.write(wire[pos:pos + step])
+                pos += step
+                await writer.drain()
+                await asyncio.sleep(0)
+        await reader.read()
+
+    async def main():
+        async with raw_server(handle) as (url, _), HTTPClient(url) as client:
+            for _, body in wires:
+                got = []
+                r = await client.post("/x", b"{}", on_body=got.append)
+                assert r.status == 200 and b"".join(got) == body
+            assert client.num_connections == 1
+    run(main())
+
+
+@pytest.mark.parametrize("bad, match", [(b"5\r\nabcdefg\r\n", "not followed by CRLF"),
+                                        (b"zz\r\nab\r\n", "bad chunk size"),
+                                        (b"0\r\n\r\n", "bytes after the response body")])
+def test_many_chunks_in_one_read_with_a_bad_one_in_the_middle(bad, match):
+    good = b"".join(b"%x\r\n%s\r\n" % (len(d), d) for d in [b"data: {\"a\":1}\n\n"] * 40)
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + good + bad + good + b"0\r\n\r\n"
+
+    async def handle(reader, writer, _):
+        await read_request(reader)
+        writer.write(wire)
+        await writer.drain()
+        await reader.read()
+
+    async def main():
+        async with raw_server(handle) as (url, _), HTTPClient(url) as client:
+            with pytest.raises(ProtocolError, match=match):
+                await client.post("/x", b"{}", on_body=lambda data: None)
+    run(main())
+
+
 def test_body_to_the_end_of_the_connection():
     async def handle(reader, writer, _):
         await read_request(reader)
