@@ -37,9 +37,22 @@ def cpu_s(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK
 
 
-def start_mock(processes: int, output_tokens: int, per_token_ms: float) -> tuple[subprocess.Popen, str]:
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a live process and its live children (the mock's forked server processes)."""
+    total = cpu_s(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        kids = []
+    return total + sum(cpu_s(k) for k in kids)
+
+
+def start_mock(processes: int, output_tokens: int, per_token_ms: float,
+               events_per_write: int = 0) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
                              "--output_tokens", str(output_tokens), "--per_token_delay_ms", str(per_token_ms),
+                             "--events_per_write", str(events_per_write),
                              "--processes", str(processes)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f"127.0.0.1:{port}"
@@ -63,7 +76,7 @@ def pids_of(core) -> list[int]:
     return list(getattr(core, "worker_pids", []))
 
 
-def scaling_run(url: str, workers: int, concurrency: int, requests: int, prompt_len: int) -> dict:
+def scaling_run(url: str, workers: int, concurrency: int, requests: int, prompt_len: int, mock_pid: int) -> dict:
     import numpy as np
 
     from llmlib.cores.base import Request
@@ -103,18 +116,24 @@ def scaling_run(url: str, workers: int, concurrency: int, requests: int, prompt_
 
     core = make_core(url, workers, concurrency, Sink())
     pids = pids_of(core)
-    c0 = time.process_time() + sum(cpu_s(p) for p in pids)
+    p0, w0, m0 = time.process_time(), sum(cpu_s(p) for p in pids), tree_cpu_s(mock_pid)
     t0 = time.perf_counter()
     for _ in range(min(concurrency, requests)):
         issue()
     finished.wait(600)
     wall = time.perf_counter() - t0
-    cpu = time.process_time() + sum(cpu_s(p) for p in pids) - c0
-    parent_cpu = None
+    parent = time.process_time() - p0
+    worker = sum(cpu_s(p) for p in pids) - w0
+    mock = tree_cpu_s(mock_pid) - m0
     core.stop()
+    chunks = max(state["tokens"], 1)
+    # the process that parses the streams: the workers when there are any, else this one
+    parser_cpu = worker if workers else parent
     return {"workers": workers, "tokens_per_s": state["tokens"] / wall, "requests": requests,
-            "errors": state["errors"], "client_cpu_us_per_chunk": cpu / max(state["tokens"], 1) * 1e6,
-            "wall_s": wall, "parent_cpu": parent_cpu}
+            "errors": state["errors"], "client_cpu_us_per_chunk": (parent + worker) / chunks * 1e6,
+            "parent_cpu_us_per_chunk": parent / chunks * 1e6, "worker_cpu_us_per_chunk": worker / chunks * 1e6,
+            "mock_cpu_us_per_chunk": mock / chunks * 1e6,
+            "chunks_per_parser_cpu_s": chunks / parser_cpu if parser_cpu > 0 else 0.0, "wall_s": wall}
 
 
 def ttft_run(url: str, workers: int, qps: float, seconds: float, concurrency: int, prompt_len: int) -> dict:
@@ -170,7 +189,10 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2", help="worker counts to compare (0: the core in this process)")
     p.add_argument("--mock_processes", type=int, default=1)
     p.add_argument("--output_tokens", type=int, default=128)
-    p.add_argument("--per_token_delay_ms", type=float, default=1.0, help="makes every token its own chunk")
+    p.add_argument("--per_token_delay_ms", type=float, default=0.0,
+                   help="> 0: the mock paces every token (each its own write: the mock costs as much as the client)")
+    p.add_argument("--events_per_write", type=int, default=8,
+                   help="the mock replays pre-rendered streams, this many SSE events (one per token) per write")
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--prompt_len", type=int, default=128)
@@ -178,6 +200,8 @@ def main() -> None:
     p.add_argument("--ttft_seconds", type=float, default=5.0)
     p.add_argument("--ttft_output_tokens", type=int, default=8)
     p.add_argument("--ttft_workers", default="0,2")
+    p.add_argument("--ttft_per_token_delay_ms", type=float, default=1.0,
+                   help="the TTFT phase's mock paces tokens, so the first token is not the whole reply")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--phases", default="scaling,ttft")
     p.add_argument("--out", default="", help="also write the results as JSON here")
@@ -187,19 +211,23 @@ def main() -> None:
     print(f"cpus={os.cpu_count()} mock_processes={args.mock_processes}", flush=True)
     results: dict[str, list] = {"scaling": [], "ttft": []}
     if "scaling" in phases:
-        mock, url = start_mock(args.mock_processes, args.output_tokens, args.per_token_delay_ms)
+        mock, url = start_mock(args.mock_processes, args.output_tokens, args.per_token_delay_ms,
+                               args.events_per_write)
         try:
             for _ in range(args.repeat):
                 for w in workers:
-                    r = scaling_run(url, w, args.concurrency, args.requests, args.prompt_len)
+                    r = scaling_run(url, w, args.concurrency, args.requests, args.prompt_len, mock.pid)
                     results["scaling"].append(r)
                     print(f"scaling workers={w}: {r['tokens_per_s']:>9,.0f} streamed tokens/s, client CPU "
-                          f"{r['client_cpu_us_per_chunk']:.1f} us/chunk, errors {r['errors']}", flush=True)
+                          f"{r['client_cpu_us_per_chunk']:.2f} us/chunk (parent {r['parent_cpu_us_per_chunk']:.2f}, "
+                          f"workers {r['worker_cpu_us_per_chunk']:.2f}), mock {r['mock_cpu_us_per_chunk']:.2f} us/chunk, "
+                          f"{r['chunks_per_parser_cpu_s']:,.0f} chunks per parsing CPU-second, errors {r['errors']}",
+                          flush=True)
         finally:
             mock.terminate()
             mock.wait(10)
     if "ttft" in phases:
-        mock, url = start_mock(args.mock_processes, args.ttft_output_tokens, args.per_token_delay_ms)
+        mock, url = start_mock(args.mock_processes, args.ttft_output_tokens, args.ttft_per_token_delay_ms)
         try:
             for _ in range(args.repeat):
                 for w in [int(x) for x in args.ttft_workers.split(",")]:
@@ -215,12 +243,20 @@ def main() -> None:
     for r in results["scaling"]:
         by_w.setdefault(r["workers"], []).append(r["tokens_per_s"])
     if by_w:
-        base = max(by_w.get(0, by_w[min(by_w)]))
-        print("\n| workers | streamed tokens/s (best) | x in-process | client CPU us/chunk (best) |")
-        print("| --- | --- | --- | --- |")
+        import statistics
+        print("\n| workers | streamed tokens/s (median) | x in-process | client CPU us/chunk | parent | workers "
+              "| mock | chunks per parsing CPU-s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        base = statistics.median(by_w.get(0, by_w[min(by_w)]))
         for w in sorted(by_w):
-            cpu = min(r["client_cpu_us_per_chunk"] for r in results["scaling"] if r["workers"] == w)
-            print(f"| {w} | {max(by_w[w]):,.0f} | {max(by_w[w]) / base:.2f} | {cpu:.1f} |")
+            rs = [r for r in results["scaling"] if r["workers"] == w]
+            med = {k: statistics.median(r[k] for r in rs) for k in (
+                "tokens_per_s", "client_cpu_us_per_chunk", "parent_cpu_us_per_chunk", "worker_cpu_us_per_chunk",
+                "mock_cpu_us_per_chunk", "chunks_per_parser_cpu_s")}
+            print(f"| {w} | {med['tokens_per_s']:,.0f} | {med['tokens_per_s'] / base:.2f} | "
+                  f"{med['client_cpu_us_per_chunk']:.2f} | {med['parent_cpu_us_per_chunk']:.2f} | "
+                  f"{med['worker_cpu_us_per_chunk']:.2f} | {med['mock_cpu_us_per_chunk']:.2f} | "
+                  f"{med['chunks_per_parser_cpu_s']:,.0f} |")
     if results["ttft"]:
         print("\n| workers | TTFT p50 ms (median of runs) | TTFT p99 ms (median of runs) |")
         print("| --- | --- | --- |")

@@ -48,6 +48,9 @@ def test_replayed_streams_are_the_ordinary_ones(chat, usage):
             got_rid = rids[0]
         assert got == [want] * 3
         assert got_rid.endswith("3") and len(want) == 9 + chat + usage + 1  # one event per token, then [DONE]
+        deadline = time.monotonic() + 5  # the mock counts a response once its write has drained
+        while replay.stats["completed"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert replay.stats["completed"] == 3
 
 

@@ -201,6 +201,10 @@ class StreamState:
         choices = obj.get("choices") or ()
         return bool(choices) and isinstance(choices[0], dict) and bool(choices[0].get("finish_reason"))
 
+    #: take the events after the first content chunk as a block where they have the usual shape (False: one
+    #: by one; the tests compare the two)
+    BLOCK = True
+
     def feed(self, data: bytes) -> bool:
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
@@ -212,21 +216,47 @@ class StreamState:
         self._buf = buf[cut + 2:]
         if self.done:
             return False
-        # every `data:` line of the complete events, in order (other SSE lines are ignored)
-        datas = [line[5:].strip() for line in buf[:cut].split(b"\n") if line[:5] == b"data:"]
+        block = buf[:cut]  # complete events
         first = False
-        if not self.first_seen:
-            for i, item in enumerate(datas):
-                if self._event(item):
-                    first = True
-                if self.first_seen or self.done:
-                    datas = datas[i + 1:]
-                    break
+        if not self.first_seen:  # the events up to the first content chunk, one `data:` line at a time
+            lines = block.split(b"\n")
+            for i, line in enumerate(lines):
+                if line[:5] == b"data:":
+                    if self._event(line[5:].strip()):
+                        first = True
+                    if self.first_seen or self.done:
+                        break
             else:
                 return False
-        if datas and not self.done:
-            self._later(datas)
+            if self.done:
+                return first
+            block = b"\n".join(lines[i + 1:]).lstrip(b"\n")
+        if block:
+            self._later_block(block)
         return first
+
+    def _later_block(self, block: bytes) -> None:
+        """Complete events after the first content chunk. The usual shape (every event one `data: {...}`
+        line, no `"error"`, perhaps `data: [DONE]` last) is checked and counted with a few whole-block
+        scans, no Python step per event; anything else goes line by line (`_later`)."""
+        k = block.count(b"\n\n") + 1  # events, if each is one line
+        if self.BLOCK:
+            if block.endswith(b"data: [DONE]") and (len(block) == 12 or block[-14:-12] == b"\n\n"):
+                block = block[:-14] if len(block) > 12 else b""
+                self.done = True
+                if not block:
+                    return
+                k -= 1
+            if (block.startswith(b"data: {") and block.endswith(b"}") and block.count(b"\n") == 2 * (k - 1)
+                    and block.count(b"}\n\ndata: {") == k - 1 and b'"error"' not in block):
+                self.chunks += k
+                self.last = block[block.rfind(b"\ndata: ") + 7:] if k > 1 else block[6:]
+                if self.ids_mode:
+                    self._take_ids(block)
+                return
+        datas = [line[5:].strip() for line in block.split(b"\n") if line[:5] == b"data:"]
+        if datas:
+            self._later(datas)
 
     def _take_ids(self, data: bytes) -> None:
         groups = _IDS_RE.findall(data)

@@ -72,3 +72,74 @@ def test_the_worker_counts_reasoning_deltas_and_keeps_them_apart_from_the_answer
     assert task.customized_result_fields["stream_chunks"] == 10
     assert task.customized_result_fields["reasoning_str"] == " w" * 4
     assert task.output_str == " w" * 6 and task.completion_tokens == 10
+
+
+class _LineByLine(wire.StreamState):
+    """The parse without the whole-block path: the oracle the block path must agree with."""
+
+    __slots__ = ()
+    BLOCK = False
+
+
+def _random_stream(rng) -> bytes:
+    """One SSE stream in the shapes servers send and some they should not: ids or not, usage, [DONE] or
+    not, CRLF lines, `data:` without its space, trailing blanks, comments, two data lines in one event,
+    an error chunk, a malformed chunk, events after [DONE]."""
+    ids = rng.random() < 0.5
+    events = [b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'] if rng.random() < 0.3 else []
+    for i in range(rng.randrange(1, 40)):
+        part = b',"token_ids":[%d]' % (i + 3) if ids else b""
+        events.append(b'{"choices":[{"index":0,"text":"t%d "%s,"finish_reason":null}]}' % (i, part))
+    if rng.random() < 0.7:
+        events.append(b'{"choices":[],"usage":{"completion_tokens":%d}}' % len(events))
+    oddity = rng.random()
+    if oddity < 0.08 and len(events) > 3:
+        events[rng.randrange(2, len(events))] = b'{"error":{"message":"boom"}}'
+    elif oddity < 0.14 and len(events) > 3:
+        events[rng.randrange(2, len(events))] = b'{"choices":[{"te'
+    out = []
+    for ev in events:
+        style = rng.random()
+        if style < 0.05:
+            out.append(b"data:" + ev + b"\n\n")
+        elif style < 0.1:
+            out.append(b"data: " + ev + b"  \n\n")
+        elif style < 0.13:
+            out.append(b": keep-alive\n\ndata: " + ev + b"\n\n")
+        elif style < 0.16:
+            out.append(b"event: chunk\ndata: " + ev + b"\n\n")
+        else:
+            out.append(b"data: " + ev + b"\n\n")
+    if rng.random() < 0.85:
+        out.append(b"data:[DONE]\n\n" if rng.random() < 0.1 else b"data: [DONE]\n\n")
+        if rng.random() < 0.1:
+            out.append(b'data: {"choices":[{"text":"late"}]}\n\n')
+    text = b"".join(out)
+    return text.replace(b"\n", b"\r\n") if rng.random() < 0.15 else text
+
+
+def _run(cls, text: bytes, cuts: list[int]):
+    state, seen = cls(), []
+    try:
+        prev = 0
+        for cut in cuts + [len(text)]:
+            seen.append((state.feed(text[prev:cut]), state.tokens_so_far(), state.done))
+            prev = cut
+        complete = state.complete()
+        return seen, complete, (state.result() if complete else None), state.chunks, state.last
+    except wire.ReplyError as err:
+        return seen, "error", str(err)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_block_parse_agrees_with_the_line_by_line_one(seed):
+    import random
+    rng = random.Random(seed)
+    for _ in range(400):
+        text = _random_stream(rng)
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.choice([0, 1, 3, 10]))))
+        fast, slow = _run(wire.StreamState, text, cuts), _run(_LineByLine, text, cuts)
+        if fast[1] != "error" and fast[2] is not None:
+            fast = fast[:2] + ((fast[2][0].tolist(),) + fast[2][1:],) + fast[3:]
+            slow = slow[:2] + ((slow[2][0].tolist(),) + slow[2][1:],) + slow[3:]
+        assert fast == slow, text
