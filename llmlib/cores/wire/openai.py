@@ -219,18 +219,28 @@ class StreamState:
         block = buf[:cut]  # complete events
         first = False
         if not self.first_seen:  # the events up to the first content chunk, one `data:` line at a time
-            lines = block.split(b"\n")
-            for i, line in enumerate(lines):
-                if line[:5] == b"data:":
-                    if self._event(line[5:].strip()):
-                        first = True
-                    if self.first_seen or self.done:
-                        break
-            else:
-                return False
+            pos = 0
+            while True:
+                end = block.find(b"\n\n", pos)
+                lines = (block[pos:] if end < 0 else block[pos:end]).split(b"\n")
+                for i, line in enumerate(lines):
+                    if line[:5] == b"data:":
+                        if self._event(line[5:].strip()):
+                            first = True
+                        if self.first_seen or self.done:
+                            break
+                else:
+                    if end < 0:
+                        return False
+                    pos = end + 2
+                    continue
+                break
             if self.done:
                 return first
-            block = b"\n".join(lines[i + 1:]).lstrip(b"\n")
+            rest = block[end + 2:] if end >= 0 else b""
+            if i + 1 < len(lines):  # more lines in the event that held the first content chunk
+                rest = b"\n".join(lines[i + 1:]) + b"\n\n" + rest
+            block = rest.lstrip(b"\n")
         if block:
             self._later_block(block)
         return first
@@ -239,16 +249,15 @@ class StreamState:
         """Complete events after the first content chunk. The usual shape (every event one `data: {...}`
         line, no `"error"`, perhaps `data: [DONE]` last) is checked and counted with a few whole-block
         scans, no Python step per event; anything else goes line by line (`_later`)."""
-        k = block.count(b"\n\n") + 1  # events, if each is one line
         if self.BLOCK:
             if block.endswith(b"data: [DONE]") and (len(block) == 12 or block[-14:-12] == b"\n\n"):
                 block = block[:-14] if len(block) > 12 else b""
                 self.done = True
                 if not block:
                     return
-                k -= 1
+            k = block.count(b"}\n\ndata: {") + 1  # events, when every newline is in one of these joints
             if (block.startswith(b"data: {") and block.endswith(b"}") and block.count(b"\n") == 2 * (k - 1)
-                    and block.count(b"}\n\ndata: {") == k - 1 and b'"error"' not in block):
+                    and b'"error"' not in block):
                 self.chunks += k
                 self.last = block[block.rfind(b"\ndata: ") + 7:] if k > 1 else block[6:]
                 if self.ids_mode:
