@@ -270,8 +270,13 @@ class StreamState:
     def _take_ids(self, data: bytes) -> None:
         groups = _IDS_RE.findall(data)
         if groups:
+            items = b",".join(groups).split(b",")
             try:
-                self.ids.extend(map(int, filter(bytes.strip, b",".join(groups).split(b","))))
+                try:
+                    ids = list(map(int, items))  # int() takes the blanks around a number itself
+                except ValueError:  # an empty list or a trailing comma: the blank items left out
+                    ids = list(map(int, filter(bytes.strip, items)))
+                self.ids.extend(ids)
             except ValueError:
                 raise ReplyError(f"malformed token_ids in SSE chunk: {snippet(data)}") from None
 
