@@ -58,15 +58,47 @@ def start_mock(processes: int, output_tokens: int, per_token_ms: float,
     return proc, f"127.0.0.1:{port}"
 
 
-def make_core(url: str, workers: int, concurrency: int, sink):
-    from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
+from llmlib.cores.trtllm_endpoint_core import TrtllmEndpointCore  # noqa: E402
+
+
+class TracedEndpointCore(TrtllmEndpointCore):
+    """The endpoint core noting, per request, when its loop took it, when `_begin` returned (the request
+    written when a connection was idle) and when its first token was parsed; written as JSON to
+    $BENCH_TRACE_DIR/<pid>.json at stop (a worker process's clock is the parent's: CLOCK_MONOTONIC)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._trace: dict[int, list[int]] = {}
+
+    def _begin(self, req):
+        t = time.perf_counter_ns()
+        task = super()._begin(req)
+        self._trace[req.request_id] = [t, time.perf_counter_ns(), 0]
+        return task
+
+    def _first_token(self, request_id, token_ids):
+        entry = self._trace.get(request_id)
+        if entry is not None:
+            entry[2] = time.perf_counter_ns()
+        super()._first_token(request_id, token_ids)
+
+    def stop(self) -> None:
+        super().stop()
+        out = os.environ.get("BENCH_TRACE_DIR")
+        if out:
+            Path(out, f"{os.getpid()}-{id(self)}.json").write_text(json.dumps(self._trace))
+
+
+def make_core(url: str, workers: int, concurrency: int, sink, traced: bool = False):
+    from llmlib.cores.trtllm_endpoint_core import EndpointSettings
     from llmlib.serving.core_workers import WorkerPoolCore
 
+    cls = TracedEndpointCore if traced else TrtllmEndpointCore
     settings = EndpointSettings(urls=(url,), max_concurrency=concurrency, request_timeout_s=120.0)
     if workers == 0:
-        core = TrtllmEndpointCore(settings, rank=0, sink=sink)
+        core = cls(settings, rank=0, sink=sink)
     else:
-        core = WorkerPoolCore(TrtllmEndpointCore, settings, rank=0, sink=sink, workers=workers)
+        core = WorkerPoolCore(cls, settings, rank=0, sink=sink, workers=workers)
     core.health_check()
     core.warm_up()
     return core
@@ -166,7 +198,10 @@ def ttft_run(url: str, workers: int, qps: float, seconds: float, concurrency: in
             if count[0] >= n:
                 done.set()
 
-    core = make_core(url, workers, concurrency, Sink())
+    import tempfile
+    trace_dir = tempfile.mkdtemp(prefix="bench-trace-")
+    os.environ["BENCH_TRACE_DIR"] = trace_dir
+    core = make_core(url, workers, concurrency, Sink(), traced=True)
     period = 1e9 / qps
     t0 = perf()
     for i in range(n):  # open loop: each request at its scheduled time
@@ -178,10 +213,31 @@ def ttft_run(url: str, workers: int, qps: float, seconds: float, concurrency: in
         core.enqueue([Request(i, prompts[i % 64], 1 << 20, True, i)])
     done.wait(120)
     core.stop()
+    import shutil
+    trace: dict[int, list[int]] = {}
+    for f in Path(trace_dir).glob("*.json"):
+        trace.update({int(k): v for k, v in json.loads(f.read_text()).items()})
+    shutil.rmtree(trace_dir, ignore_errors=True)
     ttfts = np.array([(f - s) / 1e6 for f, s in zip(first, issued) if f], dtype=np.float64)
-    return {"workers": workers, "qps": qps, "requests": n, "errors": len(errors),
-            "ttft_p50_ms": float(np.percentile(ttfts, 50)), "ttft_p99_ms": float(np.percentile(ttfts, 99)),
-            "ttft_mean_ms": float(ttfts.mean())}
+    # where the time goes: issue -> the core's loop takes it (the hop to a worker), -> written,
+    # -> first token parsed (the server and the read), -> the sink in this process (the hop back)
+    stages = {"to_loop": [], "write": [], "server_and_read": [], "back": []}
+    for i in range(n):
+        t = trace.get(i)
+        if not t or not first[i] or not t[2]:
+            continue
+        stages["to_loop"].append((t[0] - issued[i]) / 1e6)
+        stages["write"].append((t[1] - t[0]) / 1e6)
+        stages["server_and_read"].append((t[2] - t[1]) / 1e6)
+        stages["back"].append((first[i] - t[2]) / 1e6)
+    result = {"workers": workers, "qps": qps, "requests": n, "errors": len(errors),
+              "ttft_p50_ms": float(np.percentile(ttfts, 50)), "ttft_p99_ms": float(np.percentile(ttfts, 99)),
+              "ttft_mean_ms": float(ttfts.mean())}
+    for name, values in stages.items():
+        if values:
+            result[f"{name}_p50_ms"] = float(np.percentile(values, 50))
+            result[f"{name}_p99_ms"] = float(np.percentile(values, 99))
+    return result
 
 
 def main() -> None:
@@ -234,8 +290,9 @@ def main() -> None:
                     r = ttft_run(url, w, args.qps, args.ttft_seconds, args.concurrency, args.prompt_len)
                     results["ttft"].append(r)
                     print(f"ttft workers={w} at {args.qps:g} QPS: p50 {r['ttft_p50_ms']:.3f} ms, p99 "
-                          f"{r['ttft_p99_ms']:.3f} ms, mean {r['ttft_mean_ms']:.3f} ms, errors {r['errors']}",
-                          flush=True)
+                          f"{r['ttft_p99_ms']:.3f} ms, mean {r['ttft_mean_ms']:.3f} ms, errors {r['errors']}; "
+                          + ", ".join(f"{k} p50/p99 {r.get(k + '_p50_ms', 0):.3f}/{r.get(k + '_p99_ms', 0):.3f}"
+                                      for k in ("to_loop", "write", "server_and_read", "back")), flush=True)
         finally:
             mock.terminate()
             mock.wait(10)

@@ -99,6 +99,22 @@ try:  # optional: about a fifth less client CPU per streamed token (one socket r
 except ImportError:  # pragma: no cover - depends on the environment
     _uvloop = None
 
+try:  # optional: a request body (a 128-id prompt) in ~4 us instead of ~40 (json.dumps), on the TTFT path
+    from msgspec.json import Encoder as _JSONEncoder
+
+    _encode = _JSONEncoder().encode
+except ImportError:  # pragma: no cover - depends on the environment
+    _encode = None
+
+
+def _body_bytes(obj: Any) -> bytes:
+    if _encode is not None:
+        try:
+            return _encode(obj)
+        except (TypeError, ValueError):  # a value msgspec does not take (numpy scalars): json's rules
+            pass
+    return json.dumps(obj).encode()
+
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -831,7 +847,7 @@ class TrtllmEndpointCore(AsyncLoopCore):
                     if state.feed(data):  # (no reference to `call` here: a cycle would leave garbage for the GC)
                         self._first_token(rid, state.first_tokens())
 
-        body = json.dumps(self._payload(req)).encode()
+        body = _body_bytes(self._payload(req))
         call.ex = self._http.start("POST", self._path, body, on_body=on_body,
                                    timeout_s=self.settings.request_timeout_s)
 

@@ -516,3 +516,15 @@ def test_mock_processes_share_the_port_and_end_together():
         proc.wait(10)
     # the first process waits for the others before it exits
     assert not [c for c in children if os.path.exists(f"/proc/{c}")], "a server process outlived the first one"
+
+
+def test_request_bodies_are_the_json_of_the_payload_numpy_scalars_included():
+    from llmlib.cores.trtllm_endpoint_core import _body_bytes
+    import json as _json
+
+    payload = request_payload(model="m", prompt=list(range(300)), max_tokens=7, stream=True,
+                              sampling={"temperature": 0.7, "top_p": 1.0}, stop_token_ids=(2,), chat=False,
+                              return_token_ids=True, extensions=frozenset(), stream_usage=True)
+    assert _json.loads(_body_bytes(payload)) == payload
+    odd = {"prompt": [1, 2], "temperature": np.float64(0.25)}  # json takes it (a float subclass), msgspec not
+    assert _json.loads(_body_bytes(odd)) == {"prompt": [1, 2], "temperature": 0.25}
