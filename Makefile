@@ -6,7 +6,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine report compare clean
+.PHONY: help install test_servers run_harness print_config evaluate generate_engines run_llm_server generate_disagg_config run_audit_harness stage_submission check_submission test test_quick bench_spine bench_workers report compare clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ test_quick: install  ## the quick tier (no LoadGen end-to-end runs, no model pro
 
 bench_spine: install  ## harness overhead vs a bare LoadGen SUT (Server, zero-latency dummy core)
 	$(PY) scripts/bench_spine_overhead.py $(RUN_ARGS)
+
+bench_workers: install  ## streamed tokens/s, client CPU per chunk and added TTFT with --workers_per_core (RUN_ARGS="--workers=0,1,2,4,8,12 --mock_processes=4" on 16 cores)
+	$(PY) scripts/bench_worker_scaling.py $(RUN_ARGS)
 
 RESULTS ?= results
 report: install  ## rebuild plots, report.html per run and index.html: make report RESULTS=results/...
