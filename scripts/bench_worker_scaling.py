@@ -1,16 +1,25 @@
 """Streamed tokens/s one harness sustains with the endpoint core in 0 (in-process), 1, 2, ... worker processes
-(--workers_per_core), one chunk per token, against N mock server processes; and the TTFT the workers add.
+(--workers_per_core), one SSE event per token, against N mock server processes; and the TTFT the workers add.
 
-Two phases, on the same mock (its processes started once, `--mock_processes`, each token its own chunk):
+Two phases, each on its own mock (its processes started once, `--mock_processes`):
 
-  scaling  closed loop, `--concurrency` requests in flight, for each worker count: streamed tokens/s and
-           client CPU per chunk (the harness process plus its worker processes, from /proc)
-  ttft     open loop at `--qps` for `--ttft_seconds`, with and without workers: TTFT from enqueue to the
-           first token in the harness process (what LoadGen sees), p50 / p99, and the difference
+  scaling  closed loop, `--concurrency` requests in flight, for each worker count: streamed tokens/s, client
+           CPU per chunk (this process and its workers, from /proc), the mock's CPU per chunk, and chunks per
+           CPU-second of the process that parses the streams (the workers', else this one's): the per-worker
+           figure to set against mlcommons/endpoints' ~0.83M SSE events/s per worker (docs/ENDPOINT_CLIENT.md
+           there: 79.7M SSE-pkts/s at 96 workers, x86, 1-character events from pre-built responses). The mock
+           replays pre-rendered streams, `--events_per_write` events per write (`--per_token_delay_ms` > 0
+           instead paces every token, and the mock then costs about what the client does)
+  ttft     open loop at `--qps` for `--ttft_seconds`, with and without workers, the mock pacing tokens
+           (`--ttft_per_token_delay_ms`): TTFT from enqueue to the first token in the harness process (what
+           LoadGen sees), p50 / p99, split into: to_loop (enqueue -> the core's loop takes it: the hop to a
+           worker), write (building and writing the request), server_and_read (-> first token parsed: the
+           mock, the network and the read), back (-> the sink in this process: the hop back)
 
     .venv/bin/python scripts/bench_worker_scaling.py [--workers 0,1,2] [--mock_processes 1] [--qps 1000]
+    (16 cores: --workers=0,1,2,4,8,12 --mock_processes=4)
 
-Runs alternate (`--repeat`), so the configurations see the same machine load.
+Runs alternate (`--repeat`), so the configurations see the same machine load; tables give medians.
 """
 
 from __future__ import annotations
