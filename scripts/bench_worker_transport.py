@@ -2,6 +2,9 @@
 multiprocessing.Pipe + pickle against pyzmq (PUSH/PULL over ipc) + msgspec msgpack, shaped like samples.
 
 One message out per sample (id, 128 token ids, flags), two back (first token, final 128 ids).
+`--latency`: one sample at a time at `--rate` per second, the round trip to its first token, p50 / p99: a
+Pipe is a socketpair written and read by the Python threads themselves; zmq's ipc goes through libzmq's
+I/O thread on each side (the hops `--workers_per_core` adds to TTFT).
 """
 
 from __future__ import annotations
@@ -96,13 +99,79 @@ def bench_zmq(n: int, window: int, ids: np.ndarray) -> dict:
     return {"transport": "pyzmq+msgspec", "samples_per_s": n / dt, "parent_cpu_us_per_sample": cpu / n * 1e6}
 
 
+def latency_pipe(n: int, rate: float, ids: np.ndarray) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_pipe_echo, args=(child,), daemon=True)
+    p.start()
+    parent.send_bytes(pickle.dumps((0, ids, True)))  # the child is up
+    parent.recv_bytes(), parent.recv_bytes()
+    rtts = []
+    for i in range(n):
+        t = time.perf_counter_ns()
+        parent.send_bytes(pickle.dumps((i, ids, True)))
+        pickle.loads(parent.recv_bytes())
+        rtts.append(time.perf_counter_ns() - t)
+        parent.recv_bytes()
+        time.sleep(1 / rate)
+    parent.send_bytes(b"stop")
+    p.join(5)
+    return _rtt("Pipe+pickle", rtts)
+
+
+def latency_zmq(n: int, rate: float, ids: np.ndarray) -> dict:
+    import msgspec
+    import zmq
+
+    tmp = tempfile.mkdtemp()
+    a_in, a_out = f"ipc://{tmp}/in", f"ipc://{tmp}/out"
+    zctx = zmq.Context()
+    push, pull = zctx.socket(zmq.PUSH), zctx.socket(zmq.PULL)
+    push.bind(a_in)
+    pull.bind(a_out)
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_zmq_echo, args=(a_in, a_out), daemon=True)
+    p.start()
+    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    raw = ids.tobytes()
+    push.send(enc.encode((0, raw, True)))
+    pull.recv(), pull.recv()
+    rtts = []
+    for i in range(n):
+        t = time.perf_counter_ns()
+        push.send(enc.encode((i, raw, True)))
+        dec.decode(pull.recv())
+        rtts.append(time.perf_counter_ns() - t)
+        pull.recv()
+        time.sleep(1 / rate)
+    push.send(b"stop")
+    p.join(5)
+    zctx.destroy(linger=0)
+    return _rtt("pyzmq+msgspec", rtts)
+
+
+def _rtt(name: str, rtts: list[int]) -> dict:
+    a = np.array(rtts) / 1e3
+    return {"transport": name, "rtt_p50_us": float(np.percentile(a, 50)), "rtt_p99_us": float(np.percentile(a, 99))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--samples", type=int, default=50_000)
     p.add_argument("--window", type=int, default=256, help="samples in flight")
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--latency", action="store_true", help="round trips one at a time instead of throughput")
+    p.add_argument("--rate", type=float, default=1000.0, help="--latency: samples per second")
     args = p.parse_args()
     ids = np.arange(128, dtype=np.uint32)
+    if args.latency:
+        print(f"cpus={os.cpu_count()} samples={args.samples} one at a time at {args.rate:g}/s")
+        for _ in range(args.repeat):
+            for fn in (latency_pipe, latency_zmq):
+                r = fn(args.samples, args.rate, ids)
+                print(f"{r['transport']:>14}: round trip to the first token p50 {r['rtt_p50_us']:.0f} us, "
+                      f"p99 {r['rtt_p99_us']:.0f} us", flush=True)
+        return
     print(f"cpus={os.cpu_count()} samples={args.samples} window={args.window}")
     for _ in range(args.repeat):
         for fn in (bench_pipe, bench_zmq):
