@@ -95,6 +95,9 @@ class MockOptions:
     #: (output ids, options) and replayed, this many events per write, only the response id put in; so a
     #: client that streams from it pays far more per event than the mock does (scripts/bench_worker_scaling.py)
     events_per_write: int = 0
+    #: > 0: the process dies (os._exit, no goodbye to any connection) once this many generate requests
+    #: have completed: a server that crashes mid-run, whatever the time its client took to start
+    crash_after: int = 0
 
 
 def output_ids(prompt_ids: list[int], n: int, vocab_size: int) -> list[int]:
@@ -222,6 +225,8 @@ class _Handler:
             return await self._generate_one(chat, body, writer)
         finally:
             stats["in_flight"] -= 1
+            if self.options.crash_after and stats["completed"] >= self.options.crash_after:
+                os._exit(1)
 
     async def _generate_one(self, chat: bool, body: bytes, writer: asyncio.StreamWriter) -> bool:
         opts = self.options
@@ -570,6 +575,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
     p.add_argument("--events_per_write", type=int, default=0,
                    help="> 0: streams are rendered once and replayed, this many SSE events per write (a mock that "
                         "costs a client far more per event than itself)")
+    p.add_argument("--crash_after", type=int, default=0,
+                   help="> 0: die at once (os._exit) when this many generate requests have completed")
     p.add_argument("--processes", type=int, default=1,
                    help="server processes sharing the listening socket (for clients faster than one process)")
     a = p.parse_args(argv)
@@ -586,7 +593,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, MockOptions, in
                        fail_rate=a.fail_rate, malformed_rate=a.malformed_rate, drop_rate=a.drop_rate,
                        startup_delay_s=a.startup_delay_s, seed=a.seed, reasoning_tokens=a.reasoning_tokens,
                        reasoning_field=a.reasoning_field, path_prefix=a.path_prefix, echo_key=a.echo_key,
-                       refuse_token_ids=a.refuse_token_ids, events_per_write=a.events_per_write)
+                       refuse_token_ids=a.refuse_token_ids, events_per_write=a.events_per_write,
+                       crash_after=a.crash_after)
     ctx = None
     if a.tls_cert or a.tls_key:
         if not (a.tls_cert and a.tls_key):
