@@ -131,7 +131,7 @@ class LoadgenSUT:
             log.error("issue_queries failed: %r", err)
             for rid in ids:
                 if not self.server.is_known(rid):
-                    self.reporter.fail(rid, err, False)
+                    self.reporter.fail_sample(rid, err)
 
     def flush_queries(self) -> None:
         """Nothing is held back: every request was handed to its core at issue."""
@@ -382,7 +382,7 @@ class _Run:
             o.scaffolding_lines = self.expander.stats.lines()
         if server.itl_ns:
             o.token_stats = token_stats(server.itl_ns, server.max_gap_ns)
-        o.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
+        o.duplicates_dropped = server.counts.duplicates_dropped
         o.timed_out = server.counts.timed_out
         o.stalls_reported = server.stalls_reported
         o.errors = dict((collections.Counter(server.counts.errors) - self.errors_before).most_common()) \

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.outcomes import wait_idle
 from llmlib.cores.base import Request
 from llmlib.cores.dummy import DummyCore
 from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
@@ -61,8 +62,8 @@ def test_outcomes_through_workers_equal_the_core_in_process(pools, make_config, 
     assert pool.address == "dummy[0] (2 workers)" and len(set(pool.worker_pids)) == 2
     local.enqueue(reqs(small_dataset, 300))
     pool.enqueue(reqs(small_dataset, 300))
-    local.flush(20)
-    pool.flush(20)
+    wait_idle(local, 20)
+    wait_idle(pool, 20)
     local.stop()
     assert not there.failed and dict(there.final) == {rid: 1 for rid in range(300)}  # exactly once
     for rid in range(300):
@@ -87,7 +88,7 @@ def test_a_killed_worker_fails_only_its_own_requests(pools, make_config, tiny_be
         assert isinstance(err, BackendError) and f"worker process {pool.worker_pids[0]} exited" in err.cause
         assert "-9" in err.cause  # the exit code names the signal
     pool.enqueue(reqs(small_dataset, 10, start=100))  # new work goes to the surviving worker
-    pool.flush(20)
+    wait_idle(pool, 20)
     assert set(recorder.completed) == (set(range(40)) - victims) | set(range(100, 110))
     assert pool.dead_cause is None
     os.kill(pool.worker_pids[1], signal.SIGKILL)
@@ -107,7 +108,7 @@ def test_workers_ignore_sigint_the_parent_stops_them(pools, make_config, tiny_be
     time.sleep(0.3)
     assert all(p.is_alive() for p in pool._procs)
     pool.enqueue(reqs(small_dataset, 20))
-    pool.flush(10)
+    wait_idle(pool, 10)
     assert len(recorder.completed) == 20
     pool.stop()
     assert not any(p.is_alive() for p in pool._procs) and not os.path.exists(pool._dir)
@@ -134,7 +135,7 @@ def test_the_endpoint_core_through_workers_against_the_mock(pools, recorder):
         pool.warm_up()
         requests = [Request(i, np.arange(i, i + 5, dtype=np.int32), 64, i % 3 != 0, i) for i in range(120)]
         pool.enqueue(requests)
-        pool.flush(30)
+        wait_idle(pool, 30)
         assert not recorder.failed
         for r in requests:
             assert recorder.completed[r.request_id][0].tolist() == output_ids(list(range(r.request_id,
