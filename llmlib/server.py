@@ -508,7 +508,11 @@ class LLMServer:
 
     def stop(self) -> None:
         """Stop the watchdog and the cores (each fails what its backend had in flight); anything still
-        pending here then fails, so every submitted request has had its one outcome."""
+        pending here then fails, so every submitted request has had its one outcome; later ones are
+        refused (they fail at once)."""
+        with self._lock:
+            if self._refusal is None:
+                self._refusal = "the server was stopped"
         self._stop.set()
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)

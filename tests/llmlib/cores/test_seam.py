@@ -12,13 +12,13 @@ import threading
 import numpy as np
 import pytest
 
-from tests.outcomes import wait_idle
 from llmlib.cores import CORES
 from llmlib.cores.base import CoreInputs, CoreSettings, LLMCore, Request
 from llmlib.cores.dummy import DummyCore, DummySettings
 from llmlib.errors import ConfigError
 from llmlib.factory import build_server
 from llmlib.generation import GenerationParams, generation_params, limit
+from tests.outcomes import wait_idle
 
 DISAGG_YAML = """hostname: 127.0.0.1
 port: 9000

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.outcomes import wait_idle
 from llmlib.config import resolve
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_executor_core import TrtllmExecutorCore, _max_tokens_keyword
@@ -23,6 +22,7 @@ from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, Flush
 from llmlib.factory import build_core
 from llmlib.benchmarks import load_benchmark
 from llmlib.generation import generation_params
+from tests.outcomes import wait_idle
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.outcomes import wait_idle
 from llmlib.config import resolve
 from llmlib.cores.base import Request
 from llmlib.cores.trtllm_hlapi_core import TrtllmHlapiCore
@@ -24,6 +23,7 @@ from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, Flush
 from llmlib.factory import build_core
 from llmlib.benchmarks import load_benchmark
 from llmlib.generation import generation_params
+from tests.outcomes import wait_idle
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -12,14 +12,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.outcomes import wait_idle
 from llmlib.cores.base import Request
 from llmlib.cores.dummy import DummyCore
 from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCore
 from llmlib.errors import BackendError, ConfigError
 from llmlib.factory import build_server
 from llmlib.generation import GenerationParams
+from llmlib.server import LLMServer
 from llmlib.serving.core_workers import WorkerPoolCore, parse_workers_per_core
+from tests.outcomes import wait_idle
 from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,3 +187,27 @@ def test_the_factory_builds_worker_pools(make_config, tiny_benchmark, recorder):
     finally:
         bundle.stop()
     assert not any(p.is_alive() for c in cores for p in c._procs)
+
+
+def test_exactly_once_across_the_boundary_is_kept_by_the_server(pools, make_config, tiny_benchmark, small_dataset,
+                                                                 recorder):
+    """Cancelled and end-of-run-failed requests each end once; what the workers' cores then send back
+    for them crosses the boundary and is dropped and counted at the server as late, not duplicated."""
+    settings = dummy_settings(make_config, tiny_benchmark, dummy_ttft_ms=60_000)
+    server = LLMServer(policy="round_robin")
+    pool = pools(DummyCore, settings, server, workers=2, inputs=DummyCore.core_inputs(settings, small_dataset))
+    server.attach([pool])
+    server.submit(reqs(small_dataset, 20), recorder)
+    for rid in range(5):
+        assert server.cancel(rid, "cancelled by the test")
+    assert server.fail_pending("still pending at the end of the run") == 15
+    assert server.fail_pending("again") == 0 and not server.cancel(0)
+    deadline = time.monotonic() + 20
+    while server.counts.late_after_cancel < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.counts.late_after_cancel == 20  # each worker's own error for what it was told to stop
+    assert dict(recorder.final) == {rid: 1 for rid in range(20)} and not recorder.completed
+    assert all(recorder.failed[rid][1] for rid in range(0, 20, 2))  # streaming: a first token before the error
+    assert "cancelled by the test" in str(recorder.failed[3][0]) and "end of the run" in str(recorder.failed[7][0])
+    c = server.counts
+    assert c.duplicates_dropped == 0 and c.accounted and c.failed == 20 and server.num_pending == 0
