@@ -179,13 +179,13 @@ class ExpanderSUT:
             if correct is not None:
                 st.scored += 1
                 st.correct += int(correct)
-        self.reporter.complete(rid, tokens, len(tokens), False)
+        self.reporter.complete_sample(rid, tokens)
 
     def _finish_failed(self, rid: int, err: BaseException) -> None:
         with self._lock:
             self.stats.failed += 1
         log.warning("sample %s failed: %r", rid, err)
-        self.reporter.fail(rid, err if isinstance(err, Exception) else HarnessError(repr(err)), False)
+        self.reporter.fail_sample(rid, err if isinstance(err, Exception) else HarnessError(repr(err)))
 
     def _decode(self, tokens: np.ndarray) -> str:
         return self.tokenizer.decode(tokens.tolist()) if self.tokenizer is not None else ""

@@ -131,7 +131,7 @@ class LoadgenSUT:
             log.error("issue_queries failed: %r", err)
             for rid in ids:
                 if not self.server.is_known(rid):
-                    self.reporter.fail(rid, err, False)
+                    self.reporter.fail_sample(rid, err)
 
     def flush_queries(self) -> None:
         """Nothing is held back: every request was handed to its core at issue."""
@@ -150,6 +150,7 @@ class RunOutcome:
     failed: int = 0
     short_outputs: int = 0
     duplicates_dropped: int = 0
+    late_after_cancel: int = 0  # outcomes that came for requests already cancelled (expected, dropped)
     timed_out: int = 0
     output_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # error shape (ids, numbers masked) -> count
@@ -382,7 +383,8 @@ class _Run:
             o.scaffolding_lines = self.expander.stats.lines()
         if server.itl_ns:
             o.token_stats = token_stats(server.itl_ns, server.max_gap_ns)
-        o.duplicates_dropped = server.counts.duplicates_dropped + sum(c.dropped_duplicates for c in server.cores)
+        o.duplicates_dropped = server.counts.duplicates_dropped
+        o.late_after_cancel = server.counts.late_after_cancel
         o.timed_out = server.counts.timed_out
         o.stalls_reported = server.stalls_reported
         o.errors = dict((collections.Counter(server.counts.errors) - self.errors_before).most_common()) \
@@ -746,8 +748,9 @@ def format_summary(o: RunOutcome) -> str:
     if o.short_outputs:
         lines.append(f"short outputs       : {o.short_outputs} with < 2 tokens (reported with their true count: LoadGen "
                      "logs an error for each and a TPOT of about 0)")
-    if o.timed_out or o.duplicates_dropped:
-        lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}")
+    if o.timed_out or o.duplicates_dropped or o.late_after_cancel:
+        lines.append(f"timed out           : {o.timed_out}   duplicate responses dropped: {o.duplicates_dropped}"
+                     + (f"   late after a cancel: {o.late_after_cancel}" if o.late_after_cancel else ""))
     if o.stalls_reported:
         lines.append(f"stall warnings      : {o.stalls_reported} (requests with no first token for --stall_warning_s)")
     groups = sorted(o.errors.items(), key=lambda kv: -kv[1])

@@ -74,11 +74,15 @@ class _FirstTokenBuffers:
 
 
 class LoadgenReporter:
-    """Turns request outcomes into LoadGen responses. Request ids are LoadGen sample ids.
+    """Turns request outcomes into LoadGen responses: a ResponseSink (llmlib/cores/base.py) given
+    to the LLMServer as the target of LoadGen's requests. Request ids are LoadGen sample ids.
 
-    `streaming` (Server/Interactive with token latencies): FirstTokenComplete is sent for every
-    sample, at the latest just before its final response, so LoadGen never sees a sample
-    without a first token.
+    `on_first_token` sends FirstTokenComplete. The server calls it exactly once before the final
+    outcome of every streaming request (making it from the output, or empty before a failure,
+    when the core sent none), so LoadGen never sees a streaming sample without a first token and
+    the hot path keeps no per-sample state here. Callers outside the server (the scaffolding
+    expander, a refused issue) report with `complete_sample` / `fail_sample`, which send the first
+    token themselves when `streaming` (Server/Interactive with token latencies).
     """
 
     def __init__(self, lg, *, streaming: bool):
@@ -104,7 +108,7 @@ class LoadgenReporter:
         with self._lock:
             self.after_close += 1
 
-    def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+    def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         if self.closed:
             return self._late()
         if not len(token_ids):
@@ -114,11 +118,9 @@ class LoadgenReporter:
         buf[0] = token_ids[0]
         self._ftc([self._qsr(request_id, address, 4, 1)])
 
-    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
+    def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         if self.closed:
             return self._late()
-        if self.streaming and not first_sent:
-            self.first_token(request_id, token_ids)
         if len(token_ids):
             # The count LoadGen gets is the count of what it logs, whatever the core claimed.
             n_tokens = len(token_ids)
@@ -139,13 +141,24 @@ class LoadgenReporter:
             address = buffer_address(token_ids)
         self._qsc([self._qsr(request_id, address, token_ids.nbytes, n_tokens)])
 
-    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
+    def on_error(self, request_id: int, error: BaseException) -> None:
         """A failed request still completes in LoadGen (or it would wait forever), with no
         output; the harness counts it and marks the run failed."""
         if self.closed:
             return self._late()
-        if self.streaming and not first_sent:
-            self.first_token(request_id, EMPTY_TOKENS)
         self._qsc([self._qsr(request_id, _EMPTY_ADDRESS, 0, 0)])
         with self._lock:
             self.failed += 1
+
+    # --- for callers outside the LLMServer, which sends no first token for them ----------------------
+    def complete_sample(self, request_id: int, token_ids: np.ndarray) -> None:
+        """Report a sample's whole output (its first token first, when streaming)."""
+        if self.streaming:
+            self.on_first_token(request_id, token_ids)
+        self.on_complete(request_id, token_ids, len(token_ids))
+
+    def fail_sample(self, request_id: int, error: BaseException) -> None:
+        """Report a sample as failed (an empty first token first, when streaming)."""
+        if self.streaming:
+            self.on_first_token(request_id, EMPTY_TOKENS)
+        self.on_error(request_id, error)

@@ -1,6 +1,7 @@
 """LLMServer: turns samples into requests, spreads them over cores by a named policy, routes outcomes.
 
-It owns the exactly-once guard, per-core statistics, the request watchdog and the progress display.
+It is the one owner of the pending requests (exactly once, flush, fail what is pending), and keeps the
+per-core statistics, the request watchdog and the progress display.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from llmlib.cores.base import LLMCore, Request
+from llmlib.cores.base import EMPTY_TOKENS, LLMCore, Request, ResponseSink
 from llmlib.errors import BackendError, ConfigError, FlushTimeoutError
 
 _log = logging.getLogger(__name__)
@@ -25,16 +26,6 @@ _log = logging.getLogger(__name__)
 #: How many recent TTFT/TPOT samples the running display keeps (the reported percentiles come from
 #: LoadGen's own log; these bound the harness's memory over long runs).
 LATENCY_WINDOW = 4096
-
-
-class Target(Protocol):
-    """Where the outcome of a request goes: LoadGen's reporter, the warmup collector, scaffolding."""
-
-    def first_token(self, request_id: int, token_ids: np.ndarray) -> None: ...
-
-    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None: ...
-
-    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None: ...
 
 
 # --- scheduling policies ---------------------------------------------------------------------------
@@ -103,6 +94,7 @@ class ServerCounts:
     completed: int = 0
     failed: int = 0
     duplicates_dropped: int = 0
+    late_after_cancel: int = 0  # outcomes for requests already cancelled (expected, not a core fault)
     timed_out: int = 0
     output_tokens: int = 0
     errors: collections.Counter = field(default_factory=collections.Counter)
@@ -113,7 +105,14 @@ class ServerCounts:
 
 
 class LLMServer:
-    """Load-balances requests over cores and routes every outcome to its target exactly once."""
+    """Load-balances requests over cores and routes every outcome to its target exactly once.
+
+    The one owner of "which requests are pending": a core delivers its outcomes unfiltered (it keeps
+    only what its backend has in flight); here each request gets exactly one final outcome, a
+    streaming request exactly one first token before it (see ResponseSink), and whatever comes
+    after is dropped and counted (`counts.duplicates_dropped`, `counts.late_after_cancel`).
+    `flush`, `cancel`, `fail_pending` and the watchdog's time-outs act on this one table.
+    """
 
     def __init__(self, cores: Sequence[LLMCore] = (), *, policy: str = "load_balancing",
                  request_timeout_s: float = 0.0, max_consecutive_failures: int = 0,
@@ -126,8 +125,10 @@ class LLMServer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._flushing = False
-        # request_id -> [target, core index, issue ns, cost, first-token ns (0 = none yet), sample index]
+        # request_id -> [target, core index, issue ns, cost, first-token ns (0 = none yet), sample index,
+        #                streaming]
         self._pending: dict[int, list] = {}
+        self._cancelled: set[int] = set()  # cancelled here: what their cores still deliver is late, not a duplicate
         n = len(self.cores)
         self.core_pending = [0] * n
         self.core_pending_tokens = [0] * n
@@ -184,14 +185,14 @@ class LLMServer:
         self.core_consecutive_failures = [0] * n
 
     # --- submit ------------------------------------------------------------------------------------
-    def submit_one(self, req: Request, target: Target) -> None:
+    def submit_one(self, req: Request, target: ResponseSink) -> None:
         """`submit` for a single request (LoadGen's Server scenario issues one sample at a time)."""
         cost = len(req.input_tokens) + req.max_new_tokens
         with self._lock:
             refused = self._refusal is not None and self._count_refused(1)
             if not refused:
                 ci = self._policy.pick(self.core_pending, self.core_pending_tokens, cost) if self._multi else 0
-                self._pending[req.request_id] = [target, ci, self._clock(), cost, 0, req.sample_index]
+                self._pending[req.request_id] = [target, ci, self._clock(), cost, 0, req.sample_index, req.streaming]
                 self.core_pending[ci] += 1
                 self.core_pending_tokens[ci] += cost
                 self.counts.issued += 1
@@ -200,7 +201,7 @@ class LLMServer:
             return
         self.cores[ci].enqueue((req,))
 
-    def submit(self, requests: Sequence[Request], target: Target, *, core_index: int | None = None) -> None:
+    def submit(self, requests: Sequence[Request], target: ResponseSink, *, core_index: int | None = None) -> None:
         """Schedule requests (on `core_index` if given, else by the policy); every one of them
         ends in exactly one call on `target`."""
         cores = self.cores
@@ -214,7 +215,7 @@ class LLMServer:
                 refused = self._refusal is not None and self._count_refused(len(requests))
                 for req in () if refused else requests:
                     cost = len(req.input_tokens) + req.max_new_tokens
-                    pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index]
+                    pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index, req.streaming]
                     pend_req[ci] += 1
                     pend_tok[ci] += cost
                 if not refused:
@@ -230,7 +231,7 @@ class LLMServer:
             for req in () if refused else requests:
                 cost = len(req.input_tokens) + req.max_new_tokens
                 ci = pick(pend_req, pend_tok, cost)
-                pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index]
+                pending[req.request_id] = [target, ci, now, cost, 0, req.sample_index, req.streaming]
                 pend_req[ci] += 1
                 pend_tok[ci] += cost
                 batch = batches.get(ci)
@@ -254,12 +255,14 @@ class LLMServer:
         counts.errors[mask_variable_parts(f"BackendError: {self._refusal}")] += n
         return True
 
-    def _fail_refused(self, requests: Sequence[Request], target: Target) -> None:
+    def _fail_refused(self, requests: Sequence[Request], target: ResponseSink) -> None:
         error = BackendError("harness", self._refusal or "refused")
         for req in requests:
             if self.error_sink is not None:
                 self.error_sink(req.request_id, req.sample_index, error_text(error))
-            target.fail(req.request_id, error, False)
+            if req.streaming:
+                target.on_first_token(req.request_id, EMPTY_TOKENS)
+            target.on_error(req.request_id, error)
 
     def stop_intake(self, reason: str) -> None:
         """From now on every submitted request fails at once with `reason` (a stopped run);
@@ -275,12 +278,13 @@ class LLMServer:
     def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         entry = self._pending.get(request_id)
         if entry is None or entry[4]:
-            self.counts.duplicates_dropped += 1
+            if entry is not None or request_id not in self._cancelled:  # (after a cancel: its final counts)
+                self.counts.duplicates_dropped += 1
             return
         now = self._clock()
         entry[4] = now
         self.ttft_ns.append(now - entry[2])
-        entry[0].first_token(request_id, token_ids)
+        entry[0].on_first_token(request_id, token_ids)
 
     def on_chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         """The output so far of a request made with `chunks=True`: to its target's `chunk` (when it has
@@ -298,16 +302,9 @@ class LLMServer:
             if gap > state[2]:
                 state[2] = gap
             state[0], state[1] = now, n_tokens
-        chunk = getattr(entry[0], "chunk", None)
+        chunk = getattr(entry[0], "on_chunk", None)
         if chunk is not None:
             chunk(request_id, token_ids, n_tokens)
-
-    def cancel(self, request_id: int, reason: str = "cancelled") -> None:
-        """Stop a pending request: its core stops the backend's work on it, and it ends with one outcome
-        (an error naming `reason` unless it finished first). A request no longer pending is left alone."""
-        entry = self._pending.get(request_id)
-        if entry is not None:
-            self.cores[entry[1]].cancel(request_id, reason)
 
     def _end_chunks(self, request_id: int) -> None:
         state = self._chunk_state.pop(request_id, None)
@@ -319,8 +316,10 @@ class LLMServer:
         with self._lock:
             entry = self._pending.pop(request_id, None)
             if entry is None:
-                self.counts.duplicates_dropped += 1
+                self._not_pending(request_id)
                 return
+            if self._cancelled:  # finished before its cancel took effect: what follows is a duplicate
+                self._cancelled.discard(request_id)
             ci = entry[1]
             self.core_pending[ci] -= 1
             self.core_pending_tokens[ci] -= entry[3]
@@ -332,12 +331,15 @@ class LLMServer:
             counts.output_tokens += n_tokens
             if self._flushing and not self._pending:
                 self._idle.notify_all()
-        t_first = entry[4]
-        if t_first and n_tokens > 1:
-            self.tpot_ns.append((now - t_first) // (n_tokens - 1))
+        t_first, target = entry[4], entry[0]
+        if t_first:
+            if n_tokens > 1:
+                self.tpot_ns.append((now - t_first) // (n_tokens - 1))
+        elif entry[6]:  # a streaming request whose core sent no first token: made here, from the output
+            target.on_first_token(request_id, token_ids)
         if self._chunk_state:
             self._end_chunks(request_id)
-        entry[0].complete(request_id, token_ids, n_tokens, t_first != 0)
+        target.on_complete(request_id, token_ids, n_tokens)
         rec = self.recorder
         if rec is not None:
             rec((entry[2], t_first, now, n_tokens, entry[1], self._clock()))
@@ -347,7 +349,7 @@ class LLMServer:
         with self._lock:
             entry = self._pending.pop(request_id, None)
             if entry is None:
-                self.counts.duplicates_dropped += 1
+                self._not_pending(request_id)
                 return
             ci = entry[1]
             self.core_pending[ci] -= 1
@@ -369,12 +371,25 @@ class LLMServer:
             self.error_sink(request_id, entry[5], cause)
         if self._chunk_state:
             self._end_chunks(request_id)
-        entry[0].fail(request_id, error, entry[4] != 0)
+        target = entry[0]
+        if entry[6] and not entry[4]:  # a streaming request gets its (empty) first token first
+            target.on_first_token(request_id, EMPTY_TOKENS)
+        target.on_error(request_id, error)
         rec = self.recorder_fail
         if rec is not None:
             rec((entry[2], entry[4], now, -1, ci, self._clock()))
         if lost is not None and self.on_core_lost is not None:
             self.on_core_lost(lost)
+
+    def _not_pending(self, request_id: int) -> None:
+        """(With the lock held) a final outcome for a request that already has one: expected once after
+        a cancel (the backend finishing what it was told to stop), else a duplicate."""
+        try:
+            self._cancelled.remove(request_id)
+        except KeyError:
+            self.counts.duplicates_dropped += 1
+        else:
+            self.counts.late_after_cancel += 1
 
     def _check_core_lost(self, ci: int, cause: str) -> str | None:
         """Called with the lock held after a failure on core `ci`: the cause, the first time a core
@@ -430,9 +445,12 @@ class LLMServer:
         return len(stuck)
 
     def _expire(self, rid: int, ci: int, reason: str) -> bool:
-        """Fail a request that is still pending; False if it finished meanwhile."""
-        if rid not in self._pending:
-            return False
+        """Fail a request that is still pending (its core asked to stop it first); False if it
+        finished meanwhile. What its core delivers for it later is counted as late."""
+        with self._lock:
+            if rid not in self._pending:
+                return False
+            self._cancelled.add(rid)
         core = self.cores[ci]
         try:
             core.cancel(rid, reason)
@@ -489,11 +507,21 @@ class LLMServer:
         return True
 
     def stop(self) -> None:
+        """Stop the watchdog and the cores (each fails what its backend had in flight); anything still
+        pending here then fails, so every submitted request has had its one outcome; later ones are
+        refused (they fail at once)."""
+        with self._lock:
+            if self._refusal is None:
+                self._refusal = "the server was stopped"
         self._stop.set()
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
         for core in self.cores:
             core.stop()
+        with self._lock:
+            left = [(rid, entry[1]) for rid, entry in self._pending.items()]
+        for rid, ci in left:
+            self.on_error(rid, BackendError(self.cores[ci].address, "server stopped with the request pending"))
 
     # --- reporting ------------------------------------------------------------------------------------
     @property
@@ -504,7 +532,7 @@ class LLMServer:
         return [
             {"core": core.address, "completed": self.core_completed[i], "failed": self.core_failed[i],
              "pending": self.core_pending[i], "output_tokens": self.core_tokens[i],
-             "duplicates_dropped": core.dropped_duplicates, **core.report()}
+             **core.report()}
             for i, core in enumerate(self.cores)
         ]
 

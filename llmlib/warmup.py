@@ -29,7 +29,8 @@ class HealthCheckError(HarnessError):
 
 
 class WarmupCollector:
-    """A Target that counts warmup outcomes and signals when all have arrived."""
+    """The target (a ResponseSink) of warm-up's requests: counts their outcomes and signals when all
+    have arrived."""
 
     def __init__(self, expected: int):
         self.expected = expected
@@ -45,15 +46,15 @@ class WarmupCollector:
         if self.completed + self.failed >= self.expected:
             self._done.set()
 
-    def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+    def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         pass
 
-    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
+    def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         with self._lock:
             self.completed += 1
             self._count()
 
-    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
+    def on_error(self, request_id: int, error: BaseException) -> None:
         with self._lock:
             self.failed += 1
             if len(self.errors) < 5:

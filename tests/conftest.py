@@ -26,17 +26,18 @@ from llmlib.factory import build_core
 
 
 class Recorder:
-    """Records outcomes, usable both as an LLMServer Target and as a core's ResponseSink.
+    """Records outcomes: a ResponseSink, usable both as an LLMServer target and as a core's sink.
 
-    `events` holds (kind, request_id, payload, monotonic time, thread id) in arrival order.
+    `events` holds (kind, request_id, payload, monotonic time, thread id) in arrival order;
+    `completed` / `failed` note whether a first token had come for the request before its final.
     """
 
     def __init__(self):
         self.events: list[tuple] = []
         self.first = collections.Counter()  # request_id -> first-token calls
         self.final = collections.Counter()  # request_id -> complete-or-fail calls
-        self.completed: dict[int, tuple] = {}  # request_id -> (token_ids, n_tokens, first_sent)
-        self.failed: dict[int, tuple] = {}  # request_id -> (error, first_sent)
+        self.completed: dict[int, tuple] = {}  # request_id -> (token_ids, n_tokens, first token before)
+        self.failed: dict[int, tuple] = {}  # request_id -> (error, first token before)
         self._cond = threading.Condition()
 
     def _add(self, kind, rid, payload, terminal):
@@ -45,29 +46,20 @@ class Recorder:
             (self.final if terminal else self.first)[rid] += 1
             self._cond.notify_all()
 
-    # --- Target (LLMServer) ---
-    def first_token(self, request_id, token_ids):
+    def on_first_token(self, request_id, token_ids):
         self._add("first", request_id, np.array(token_ids), False)
 
-    def complete(self, request_id, token_ids, n_tokens, first_sent):
-        with self._cond:
-            self.completed.setdefault(request_id, (np.array(token_ids), n_tokens, first_sent))
-        self._add("complete", request_id, (n_tokens, first_sent), True)
-
-    def fail(self, request_id, error, first_sent):
-        with self._cond:
-            self.failed.setdefault(request_id, (error, first_sent))
-        self._add("fail", request_id, (error, first_sent), True)
-
-    # --- ResponseSink (a core) ---
-    def on_first_token(self, request_id, token_ids):
-        self.first_token(request_id, token_ids)
-
     def on_complete(self, request_id, token_ids, n_tokens):
-        self.complete(request_id, token_ids, n_tokens, False)
+        with self._cond:
+            first_before = self.first[request_id] > 0
+            self.completed.setdefault(request_id, (np.array(token_ids), n_tokens, first_before))
+        self._add("complete", request_id, (n_tokens, first_before), True)
 
     def on_error(self, request_id, error):
-        self.fail(request_id, error, False)
+        with self._cond:
+            first_before = self.first[request_id] > 0
+            self.failed.setdefault(request_id, (error, first_before))
+        self._add("fail", request_id, (error, first_before), True)
 
     # --- helpers ---
     @property
@@ -78,6 +70,15 @@ class Recorder:
         """Wait (on a condition) until at least `n` complete-or-fail calls arrived."""
         with self._cond:
             return self._cond.wait_for(lambda: self.num_final >= n, timeout_s)
+
+    def wait_idle(self, core, timeout_s: float = 5.0) -> None:
+        """Wait (on a condition: a core takes a request out of flight before it calls its sink) until
+        `core` has nothing in flight; raise FlushTimeoutError naming what it still has."""
+        from llmlib.errors import FlushTimeoutError
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: core.num_pending == 0, timeout_s):
+                raise FlushTimeoutError(core.address, core.pending_ids(), timeout_s)
 
     def times(self, kind: str) -> dict[int, float]:
         return {rid: t for k, rid, _, t, _ in self.events if k == kind}

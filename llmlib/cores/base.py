@@ -1,12 +1,12 @@
-"""The LLMCore contract: one backend instance, non-blocking enqueue, exactly one outcome per request.
+"""The LLMCore contract and the one outcome protocol: a backend instance with a non-blocking enqueue
+that delivers each request's outcomes to a ResponseSink as they happen.
 
-Responses go to a ResponseSink as they happen; `flush` waits on a condition, never polls.
+Which requests are pending, exactly once and flush belong to the LLMServer (llmlib/server.py); a
+core keeps only what its backend has in flight.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from llmlib.errors import BackendError, FlushTimeoutError
+from llmlib.errors import BackendError
 from llmlib.generation import GenerationParams, limit
 
 if TYPE_CHECKING:
@@ -87,10 +87,30 @@ NO_INPUTS = CoreInputs()
 
 
 class ResponseSink(Protocol):
-    """Where a core delivers outcomes. Called from any thread, as they happen.
+    """The one outcome protocol: where a request's outcomes go. A core delivers to a sink (usually
+    the LLMServer); the server delivers to each request's target (LoadGen's reporter, warm-up's
+    collector, scaffolding's per-request outcome), which is a sink too, so anything a core can be
+    given a target can be given, and the other way round. Called from any thread, as outcomes happen.
 
-    `on_first_token` may be given the output so far (or the whole output); only its first
-    token counts. `on_complete` gets the whole output as a numpy uint32 array."""
+    - `on_first_token(request_id, token_ids)`: the output so far, or the whole output; only its
+      first token counts. Empty when a streaming request failed before any token.
+    - `on_complete(request_id, token_ids, n_tokens)`: the whole output (numpy uint32) and its count.
+    - `on_error(request_id, error)`: the request failed; a failure is its one final outcome.
+    - optional `on_chunk(request_id, token_ids, n_tokens)`: the output so far (token ids where the
+      backend gives them, else empty) and its count, for requests made with `chunks=True`.
+
+    What a core guarantees: exactly one final outcome (`on_complete` or `on_error`) per enqueued
+    request, delivered in order with its first token and chunks. A core does not filter: a
+    duplicate or an outcome after a cancel reaches the sink as it is.
+
+    What the LLMServer guarantees its targets: exactly one final outcome per submitted request
+    (duplicates and outcomes after a cancel are dropped and counted, `duplicates_dropped` and
+    `late_after_cancel`), and for a request with `streaming=True` exactly one `on_first_token`
+    before it, whatever the core did: one the core sent late or twice is dropped, and one it never
+    sent is made at the end from the output (before `on_complete`) or empty (before `on_error`).
+    So LoadGen's reporter sends FirstTokenComplete for every streaming sample without keeping any
+    state of its own.
+    """
 
     def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None: ...
 
@@ -98,16 +118,16 @@ class ResponseSink(Protocol):
 
     def on_error(self, request_id: int, error: BaseException) -> None: ...
 
-    # optional: `on_chunk(request_id, token_ids, n_tokens)`, the output so far (token ids where the
-    # backend gives them, else empty) and how many tokens it has, for requests made with `chunks=True`
-
 
 class LLMCore(ABC):
     """One backend instance.
 
     Subclasses implement `_enqueue_impl` (must not block on the backend), `health_check`,
-    and deliver outcomes with `_first_token`, `_complete` and `_fail`, which keep the
-    exactly-once rule: an outcome for a request that is not pending is dropped and counted.
+    and deliver outcomes with `_first_token`, `_chunk`, `_complete` and `_fail`. `_pending` is
+    what the backend has in flight (request id -> Request): `_complete` and `_fail` take a request
+    out of it and pass the outcome on unfiltered; a core consults it to skip work on a request
+    that was cancelled meanwhile, and fails what is in it when its backend dies or it stops. The
+    exactly-once rule is kept by the LLMServer, the one owner of the pending requests.
     """
 
     #: the registry name
@@ -125,12 +145,7 @@ class LLMCore(ABC):
         self.inputs = inputs
         self.rank = rank
         self.sink = sink
-        self._pending: dict[int, Request] = {}
-        self._flush_cond = threading.Condition()
-        self._flushing = False
-        self.dropped_duplicates = 0
-        self.late_after_cancel = 0  # outcomes that arrived for requests already cancelled (expected)
-        self._cancelled: set[int] = set()
+        self._pending: dict[int, Request] = {}  # what the backend has in flight
 
     # --- the contract -----------------------------------------------------------------------
     @classmethod
@@ -180,29 +195,15 @@ class LLMCore(ABC):
     def warm_up(self) -> None:
         """Backend-specific warmup beyond the WarmupManager's queries (optional)."""
 
-    def flush(self, timeout_s: float) -> None:
-        """Wait until nothing is pending; raise FlushTimeoutError naming what still is."""
-        deadline = time.monotonic() + timeout_s
-        with self._flush_cond:
-            self._flushing = True
-            try:
-                while self._pending:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise FlushTimeoutError(self.address, list(self._pending), timeout_s)
-                    self._flush_cond.wait(remaining)
-            finally:
-                self._flushing = False
-
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
-        """Stop working on a request; it still ends with one outcome (an error naming `reason`
-        if nothing else). A request no longer pending is left alone."""
+        """Stop working on a request: it leaves the in-flight table with an error naming `reason`
+        (subclasses then stop the backend's work on it). A request not in flight is left alone; what
+        the backend still delivers for it is passed on, for the server to drop and count."""
         if request_id in self._pending:
-            self._cancelled.add(request_id)
             self._fail(request_id, BackendError(self.address, reason))
 
     def stop(self) -> None:
-        """Release the backend. Requests still pending fail."""
+        """Release the backend. Requests still in flight fail."""
         for rid in list(self._pending):
             self._fail(rid, BackendError(self.address, "core stopped with the request pending"))
 
@@ -227,44 +228,20 @@ class LLMCore(ABC):
     def pending_ids(self) -> list[int]:
         return list(self._pending)
 
-    # --- for subclasses: deliver outcomes -------------------------------------------------------
+    # --- for subclasses: deliver outcomes (unfiltered: the server keeps exactly once) -----------------
     def _first_token(self, request_id: int, token_ids: np.ndarray) -> None:
-        if request_id in self._pending:
-            self.sink.on_first_token(request_id, token_ids)
+        self.sink.on_first_token(request_id, token_ids)
 
     def _chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         """The output so far of a request made with `chunks=True` (only streaming cores call this)."""
-        if request_id in self._pending:
-            on_chunk = getattr(self.sink, "on_chunk", None)
-            if on_chunk is not None:
-                on_chunk(request_id, token_ids, n_tokens)
+        on_chunk = getattr(self.sink, "on_chunk", None)
+        if on_chunk is not None:
+            on_chunk(request_id, token_ids, n_tokens)
 
     def _complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
-        if self._pending.pop(request_id, None) is None:
-            self._not_pending(request_id)
-            return
+        self._pending.pop(request_id, None)
         self.sink.on_complete(request_id, token_ids, n_tokens)
-        if self._flushing and not self._pending:
-            self._notify_flush()
 
     def _fail(self, request_id: int, error: BaseException) -> None:
-        if self._pending.pop(request_id, None) is None:
-            self._not_pending(request_id)
-            return
+        self._pending.pop(request_id, None)
         self.sink.on_error(request_id, error)
-        if self._flushing and not self._pending:
-            self._notify_flush()
-
-    def _not_pending(self, request_id: int) -> None:
-        """An outcome for a request that already has one: expected once after a cancel (the
-        backend finishing what it was told to stop), else a duplicate."""
-        try:
-            self._cancelled.remove(request_id)
-        except KeyError:
-            self.dropped_duplicates += 1
-        else:
-            self.late_after_cancel += 1
-
-    def _notify_flush(self) -> None:
-        with self._flush_cond:
-            self._flush_cond.notify_all()

@@ -26,9 +26,11 @@ DEFAULT_FIELDS = (*SAMPLING_FIELDS, "stop")
 
 
 class RequestOutcome:
-    """The LLMServer Target of one request: records first-token and final times (in the thread
-    that delivers them) and resolves futures on the worker's loop. `first` resolves to
-    `[first token]`, or to None when the request ended without a separate first token; `final`
+    """The LLMServer target of one request (a ResponseSink, llmlib/cores/base.py): records first-token
+    and final times (in the thread that delivers them) and resolves futures on the worker's loop.
+    `first` resolves to `[first token]`, or to None when the request failed before any token (or,
+    not streaming, ended without a separate first token; a streaming request always gets one from
+    the server, made from the output at the end when its core sent none); `final`
     to `(output token ids, n_tokens)` or the request's error. A request made with `chunks=True`
     also gets the output so far (`tokens`, `n_tokens`) as the core streams it; `wait_tokens(n)`
     returns once at least n tokens came, or the request ended."""
@@ -49,20 +51,20 @@ class RequestOutcome:
         self._waiter: asyncio.Future | None = None
         self._want = 0
 
-    # --- Target: called from the server's / cores' threads (or inline, from submit) ---
-    def first_token(self, request_id: int, token_ids: np.ndarray) -> None:
+    # --- ResponseSink: called from the server's / cores' threads (or inline, from submit) ---
+    def on_first_token(self, request_id: int, token_ids: np.ndarray) -> None:
         now = time.monotonic_ns()
         first = [int(token_ids[0])] if len(token_ids) else None
         self._post(self._resolve_first, first, now)
 
-    def chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
+    def on_chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         self._post(self._resolve_chunk, np.asarray(token_ids).tolist(), int(n_tokens))
 
-    def complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int, first_sent: bool) -> None:
+    def on_complete(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
         now = time.monotonic_ns()
         self._post(self._resolve_final, (np.asarray(token_ids).tolist(), int(n_tokens)), None, now)
 
-    def fail(self, request_id: int, error: BaseException, first_sent: bool) -> None:
+    def on_error(self, request_id: int, error: BaseException) -> None:
         self._post(self._resolve_final, None, error, time.monotonic_ns())
 
     def _post(self, fn, *args) -> None:

@@ -89,7 +89,7 @@ def test_streamed_and_whole_outputs_exactly_once_over_two_clients(triton, make_c
     assert recorder.wait_final(200, 60)
     time.sleep(0.05)
     assert not recorder.failed and set(recorder.final.values()) == {1}
-    assert core.num_pending == 0 and core.dropped_duplicates == 0
+    assert core.num_pending == 0
     for r in reqs:
         tokens, n, _ = recorder.completed[r.request_id]
         n_expected = min(OUT, r.max_new_tokens)

@@ -55,7 +55,7 @@ def lg():
 def test_streaming_complete_without_first_token_sends_ftc_then_qsc(lg):
     rep = LoadgenReporter(lg, streaming=True)
     tokens = np.array([11, 12, 13], dtype=np.uint32)
-    rep.complete(5, tokens, 3, first_sent=False)
+    rep.complete_sample(5, tokens)
     assert lg.kinds() == ["FTC", "QSC"]
     assert lg.last("FTC") == (5, u32_bytes([11]), 4, 1)
     assert lg.last("QSC") == (5, u32_bytes([11, 12, 13]), 12, 3)
@@ -64,28 +64,28 @@ def test_streaming_complete_without_first_token_sends_ftc_then_qsc(lg):
 def test_streaming_complete_after_first_token_sends_qsc_only(lg):
     rep = LoadgenReporter(lg, streaming=True)
     tokens = np.array([21, 22], dtype=np.uint32)
-    rep.first_token(6, tokens[:1])
-    rep.complete(6, tokens, 2, first_sent=True)
-    assert lg.kinds() == ["FTC", "QSC"]  # one FTC, from first_token, not a second one
+    rep.on_first_token(6, tokens[:1])
+    rep.on_complete(6, tokens, 2)
+    assert lg.kinds() == ["FTC", "QSC"]  # one FTC, from on_first_token: on_complete never sends one
     assert lg.last("FTC") == (6, u32_bytes([21]), 4, 1)
 
 
 def test_first_token_given_the_whole_output_reports_only_its_first_token(lg):
     rep = LoadgenReporter(lg, streaming=True)
-    rep.first_token(1, np.array([7, 8, 9], dtype=np.uint32))
-    rep.first_token(2, np.array([300, 1], dtype=np.int64))
+    rep.on_first_token(1, np.array([7, 8, 9], dtype=np.uint32))
+    rep.on_first_token(2, np.array([300, 1], dtype=np.int64))
     assert [r for _, rs in lg.calls for r in rs] == [(1, u32_bytes([7]), 4, 1), (2, u32_bytes([300]), 4, 1)]
 
 
 def test_non_streaming_complete_sends_no_first_token(lg):
     rep = LoadgenReporter(lg, streaming=False)
-    rep.complete(1, np.array([1, 2, 3], dtype=np.uint32), 3, first_sent=False)
+    rep.complete_sample(1, np.array([1, 2, 3], dtype=np.uint32))
     assert lg.kinds() == ["QSC"]
 
 
 def test_streaming_complete_of_an_empty_output_still_sends_ftc_first(lg):
     rep = LoadgenReporter(lg, streaming=True)
-    rep.complete(4, np.zeros(0, dtype=np.uint32), 0, first_sent=False)
+    rep.complete_sample(4, np.zeros(0, dtype=np.uint32))
     assert lg.kinds() == ["FTC", "QSC"]
     assert lg.last("QSC") == (4, b"", 0, 0)
 
@@ -94,7 +94,7 @@ def test_streaming_complete_of_an_empty_output_still_sends_ftc_first(lg):
 @pytest.mark.parametrize("n, short", [(0, 1), (1, 1), (2, 0), (5, 0)])
 def test_n_tokens_is_the_logged_token_count_also_below_two(lg, n, short):
     rep = LoadgenReporter(lg, streaming=False)
-    rep.complete(3, np.arange(n, dtype=np.uint32), n, first_sent=False)
+    rep.on_complete(3, np.arange(n, dtype=np.uint32), n)
     rid, data, size, n_tokens = lg.last("QSC")
     assert (rid, n_tokens, size, data) == (3, n, 4 * n, u32_bytes(range(n)))
     assert rep.short_outputs == short and rep.failed == 0
@@ -103,21 +103,21 @@ def test_n_tokens_is_the_logged_token_count_also_below_two(lg, n, short):
 @pytest.mark.parametrize("claimed", [0, 1, 3, 99])
 def test_n_tokens_follows_the_data_not_the_cores_claim(lg, claimed):
     rep = LoadgenReporter(lg, streaming=True)
-    rep.complete(3, np.array([5, 6], dtype=np.int64), claimed, first_sent=False)
+    rep.on_complete(3, np.array([5, 6], dtype=np.int64), claimed)
     assert lg.last("QSC")[2:] == (8, 2)
 
 
 def test_a_count_only_output_keeps_the_cores_count(lg):
     """An endpoint that returns no ids (only usage): LoadGen gets the count; nothing is logged."""
     rep = LoadgenReporter(lg, streaming=False)
-    rep.complete(3, np.zeros(0, dtype=np.uint32), 17, first_sent=False)
+    rep.on_complete(3, np.zeros(0, dtype=np.uint32), 17)
     assert lg.last("QSC") == (3, b"", 0, 17) and rep.short_outputs == 0
 
 
 # --- failures ---------------------------------------------------------------------------------------------
 def test_streaming_fail_sends_an_empty_response_with_ftc_first(lg):
     rep = LoadgenReporter(lg, streaming=True)
-    rep.fail(9, BackendError("x:1", "down"), first_sent=False)
+    rep.fail_sample(9, BackendError("x:1", "down"))
     assert lg.kinds() == ["FTC", "QSC"]
     assert lg.last("FTC")[0] == 9 and lg.last("FTC")[2] == 0
     assert lg.last("QSC") == (9, b"", 0, 0)
@@ -126,14 +126,16 @@ def test_streaming_fail_sends_an_empty_response_with_ftc_first(lg):
 
 def test_streaming_fail_after_first_token_sends_no_second_ftc(lg):
     rep = LoadgenReporter(lg, streaming=True)
-    rep.fail(9, BackendError("x:1", "down"), first_sent=True)
-    assert lg.kinds() == ["QSC"] and rep.failed == 1
+    rep.on_first_token(9, np.array([4], dtype=np.uint32))
+    rep.on_error(9, BackendError("x:1", "down"))
+    assert lg.kinds() == ["FTC", "QSC"] and rep.failed == 1
 
 
 def test_non_streaming_fail_sends_only_the_empty_response(lg):
     rep = LoadgenReporter(lg, streaming=False)
-    rep.fail(2, RuntimeError("boom"), first_sent=False)
-    assert lg.calls == [("QSC", [(2, b"", 0, 0)])] and rep.failed == 1
+    rep.fail_sample(2, RuntimeError("boom"))
+    rep.on_error(3, RuntimeError("boom"))
+    assert lg.calls == [("QSC", [(2, b"", 0, 0)]), ("QSC", [(3, b"", 0, 0)])] and rep.failed == 2
 
 
 def test_counts_are_exact_across_threads(lg):
@@ -142,9 +144,9 @@ def test_counts_are_exact_across_threads(lg):
     def work(base):
         for i in range(base, base + 300):
             if i % 3 == 0:
-                rep.fail(i, RuntimeError("x"), first_sent=False)
+                rep.fail_sample(i, RuntimeError("x"))
             else:
-                rep.complete(i, np.array([i % 7], dtype=np.uint32), 1, first_sent=False)
+                rep.complete_sample(i, np.array([i % 7], dtype=np.uint32))
 
     threads = [threading.Thread(target=work, args=(k * 300,)) for k in range(4)]
     for t in threads:
@@ -170,7 +172,7 @@ def test_counts_are_exact_across_threads(lg):
 def test_any_integer_array_is_reported_as_contiguous_uint32(lg, make, streaming):
     values = [3, 1000, 70000, 5]
     rep = LoadgenReporter(lg, streaming=streaming)
-    rep.complete(1, make(values), 4, first_sent=False)
+    rep.complete_sample(1, make(values))
     assert lg.last("QSC") == (1, u32_bytes(values), 16, 4)
     if streaming:
         assert lg.last("FTC") == (1, u32_bytes(values[:1]), 4, 1)
@@ -179,7 +181,7 @@ def test_any_integer_array_is_reported_as_contiguous_uint32(lg, make, streaming)
 def test_read_only_uint32_output_is_reported_unchanged(lg):
     arr = np.array([4, 5, 6], dtype=np.uint32)
     arr.flags.writeable = False
-    LoadgenReporter(lg, streaming=False).complete(1, arr, 3, first_sent=False)
+    LoadgenReporter(lg, streaming=False).on_complete(1, arr, 3)
     assert lg.last("QSC") == (1, u32_bytes([4, 5, 6]), 12, 3)
 
 

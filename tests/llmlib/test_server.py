@@ -194,12 +194,14 @@ def cores_of(server: LLMServer, rids) -> list[int]:
     return [where[rid] for rid in rids]
 
 
-def assert_exactly_once(target, rids) -> None:
-    """Every request got one complete-or-fail; at most one first token, and before the final."""
+def assert_exactly_once(target, rids, streaming=()) -> None:
+    """Every request got one complete-or-fail; at most one first token, and before the final; the
+    `streaming` ones exactly one first token (the server's guarantee, whatever the core did)."""
     rids = list(rids)
     assert {rid: target.final[rid] for rid in rids} == {rid: 1 for rid in rids}
     assert set(target.final) == set(rids), "outcomes for requests never submitted"
     assert all(target.first[rid] <= 1 for rid in rids)
+    assert all(target.first[rid] == 1 for rid in streaming), "a streaming request without its first token"
     order = {}
     for i, (kind, rid, *_rest) in enumerate(target.events):
         order.setdefault((kind == "first", rid), i)
@@ -309,7 +311,9 @@ def test_per_core_stats_after_a_mixed_run(make_server, recorder):
     # core 0 fails half; core 1 completes all (its duplicates dropped); core 2 fails all at enqueue
     assert [(s["completed"], s["failed"], s["pending"], s["output_tokens"]) for s in stats] == [
         (5, 5, 0, 25), (10, 0, 0, 50), (0, 10, 0, 0), (6, 0, 4, 12)]
-    assert stats[1]["duplicates_dropped"] == 20  # the second complete and the late fail, per request
+    assert "duplicates_dropped" not in stats[1]  # the server counts them, not per core
+    # core 1: per request the second complete, the late fail and the stray first token
+    assert server.counts.duplicates_dropped == 30
     assert server.counts.issued == 40
     assert (server.counts.completed, server.counts.failed, server.counts.output_tokens) == (21, 15, 87)
     assert not server.counts.accounted and server.num_pending == 4
@@ -326,7 +330,7 @@ def test_every_request_gets_exactly_one_outcome(make_server, recorder, core_cls,
     for start in range(0, len(rids), 7):
         server.submit([req(i, streaming=streaming) for i in rids[start:start + 7]], recorder)
     server.flush(5.0)
-    assert_exactly_once(recorder, rids)
+    assert_exactly_once(recorder, rids, rids if streaming else ())
     c = server.counts
     assert c.issued == 60 == c.completed + c.failed and c.accounted
     assert len(recorder.completed) == c.completed and len(recorder.failed) == c.failed
@@ -343,11 +347,12 @@ def test_failing_core_errors_are_data_with_the_cause(make_server, recorder):
     assert server.first_error is not None and "every second request" in server.first_error
 
 
-def test_duplicates_are_dropped_and_counted(make_server, recorder):
-    guarded = make_server([DuplicatingCore])
-    guarded.submit([req(i, streaming=True) for i in range(5)], recorder)
-    assert guarded.cores[0].dropped_duplicates == 10  # the second complete and the late fail
-    assert guarded.counts.duplicates_dropped == 0  # the core's guard caught them first
+def test_duplicates_are_dropped_and_counted_at_the_server(make_server, recorder):
+    through = make_server([DuplicatingCore])  # through LLMCore's helpers, which pass everything on
+    through.submit([req(i, streaming=True) for i in range(5)], recorder)
+    assert through.counts.duplicates_dropped == 15  # per request: second complete, late fail, late first token
+    assert_exactly_once(recorder, range(5), range(5))
+    assert through.counts.completed == 5 and through.counts.failed == 0 and through.counts.late_after_cancel == 0
 
     raw_target = type(recorder)()
     raw = make_server([RawDuplicatingCore])
@@ -358,12 +363,70 @@ def test_duplicates_are_dropped_and_counted(make_server, recorder):
     assert raw.counts.completed == 5 and raw.counts.failed == 0
 
 
-def test_streaming_complete_without_first_token_says_so(make_server, recorder):
+def test_streaming_complete_without_first_token_gets_one_made_from_the_output(make_server, recorder):
     server = make_server([NoFirstTokenCore])
-    server.submit([req(1, streaming=True, max_new=4)], recorder)
-    assert recorder.first[1] == 0
-    tokens, n, first_sent = recorder.completed[1]
-    assert (n, first_sent) == (4, False) and list(tokens) == [1, 2, 3, 4]
+    server.submit([req(1, streaming=True, max_new=4), req(2, streaming=False, max_new=4)], recorder)
+    assert [(k, rid) for k, rid, *_ in recorder.events] == [("first", 1), ("complete", 1), ("complete", 2)]
+    assert recorder.events[0][2].tolist()[:1] == [1]  # the output's first token
+    tokens, n, first_before = recorder.completed[1]
+    assert (n, first_before) == (4, True) and list(tokens) == [1, 2, 3, 4]
+    assert recorder.first[2] == 0  # not streaming: none made
+    assert len(server.ttft_ns) == 0 and len(server.tpot_ns) == 0  # a made first token is no TTFT sample
+
+
+class FirstTokenTwiceCore(EchoCore):
+    """Sends the first token twice, then completes."""
+
+    name = "first_twice"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            out = _tokens(req)
+            self._first_token(req.request_id, out[:1])
+            self._first_token(req.request_id, out[:2])
+            self._complete(req.request_id, out, len(out))
+
+
+class FirstTokenAfterCore(EchoCore):
+    """Completes, then sends the first token (out of order)."""
+
+    name = "first_after"
+
+    def _enqueue_impl(self, requests):
+        for req in requests:
+            out = _tokens(req)
+            self._complete(req.request_id, out, len(out))
+            self._first_token(req.request_id, out[:1])
+
+
+@pytest.mark.parametrize("core_cls", [NoFirstTokenCore, FirstTokenTwiceCore, FirstTokenAfterCore, FailingCore,
+                                      RaisingEnqueueCore, DuplicatingCore])
+def test_a_streaming_request_gets_exactly_one_first_token_before_its_final_whatever_the_core_did(
+        make_server, recorder, core_cls):
+    server = make_server([core_cls])
+    server.submit([req(i, streaming=True, max_new=4) for i in range(6)], recorder)
+    server.flush(5.0)
+    assert_exactly_once(recorder, range(6), range(6))
+    for rid, (err, first_before) in recorder.failed.items():
+        assert first_before  # an empty first token before the error
+        assert next(p for k, r, p, *_ in recorder.events if k == "first" and r == rid).size == 0
+    dups = {FirstTokenTwiceCore: 6, FirstTokenAfterCore: 6, DuplicatingCore: 18}.get(core_cls, 0)
+    assert server.counts.duplicates_dropped == dups
+
+
+def test_the_reporter_sends_ftc_before_qsc_for_every_streaming_sample_through_the_server(make_server):
+    from llmlib.reporter import LoadgenReporter
+    from tests.llmlib.test_reporter import FakeLG
+
+    lg = FakeLG()
+    server = make_server([NoFirstTokenCore, FailingCore, EchoCore], policy="round_robin")
+    server.submit([req(i, streaming=True, max_new=3) for i in range(9)], LoadgenReporter(lg, streaming=True))
+    server.flush(5.0)
+    seen: dict[int, list[str]] = {}
+    for kind, responses in lg.calls:
+        for r in responses:
+            seen.setdefault(r[0], []).append(kind)
+    assert seen == {i: ["FTC", "QSC"] for i in range(9)}
 
 
 def test_streaming_complete_after_first_token_says_so(make_server, recorder):
@@ -390,7 +453,7 @@ def test_mixed_faults_across_cores_keep_exactly_once(make_server, recorder):
     for start in range(0, 600, 25):
         server.submit([req(i, streaming=bool(i % 3)) for i in rids[start:start + 25]], recorder)
     server.flush(5.0)
-    assert_exactly_once(recorder, rids)
+    assert_exactly_once(recorder, rids, [i for i in rids if i % 3])
     assert server.counts.accounted and server.counts.issued == 600
     assert sum(s["completed"] + s["failed"] for s in server.core_stats()) == 600
 
@@ -437,8 +500,8 @@ def test_watchdog_fails_a_request_that_never_completes(make_server, recorder):
     assert recorder.wait_final(2, timeout_s=3.0), "the watchdog never failed the stuck request"
     elapsed = recorder.times("fail")[1] - t0
     assert 0.19 <= elapsed < 1.5
-    err, first_sent = recorder.failed[1]
-    assert first_sent is False
+    err, first_before = recorder.failed[1]
+    assert first_before is False  # not streaming: no first token made
     assert "timed out" in str(err) and "request_timeout_s" in str(err), str(err)
     assert server.counts.timed_out == 1 and server.counts.failed == 1 and server.counts.accounted
     assert sorted(recorder.completed) == [2]
@@ -663,6 +726,6 @@ def test_a_late_outcome_after_a_cancel_is_not_a_duplicate(make_server, recorder)
     assert server.cancel(1, "interrupted")
     server.cores[0].finish(1)  # the backend finishes what it was told to stop
     core = server.cores[0]
-    assert core.late_after_cancel == 1 and core.dropped_duplicates == 0
+    assert server.counts.late_after_cancel == 1 and server.counts.duplicates_dropped == 0
     core.finish(1)  # a second one is a duplicate
-    assert core.dropped_duplicates == 1
+    assert server.counts.duplicates_dropped == 1 and recorder.final[1] == 1

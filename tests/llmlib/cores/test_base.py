@@ -1,5 +1,5 @@
-"""Tests of llmlib.cores.base.LLMCore: the exactly-once delivery helpers, enqueue failures,
-flush waiting on its condition, cancel and stop."""
+"""Tests of llmlib.cores.base.LLMCore: the delivery helpers keep the in-flight table and pass every
+outcome on unfiltered (the LLMServer keeps exactly once), enqueue failures, cancel and stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from llmlib.cores.base import CoreSettings, LLMCore, Request
-from llmlib.errors import BackendError, FlushTimeoutError
+from llmlib.errors import BackendError
+from llmlib.server import LLMServer
 
 
 class ManualCore(LLMCore):
@@ -69,26 +70,39 @@ def req(rid: int, streaming: bool = False) -> Request:
     return Request(rid, np.array([1, 2, 3], dtype=np.int32), 4, streaming)
 
 
-def test_enqueue_tracks_pending_and_complete_delivers_once(make_core, recorder):
+def test_the_in_flight_table_and_unfiltered_delivery(make_core, recorder):
     core = make_core()
     core.enqueue([req(1, streaming=True), req(2)])
     assert core.num_pending == 2 and sorted(core.pending_ids()) == [1, 2]
     core._first_token(1, np.array([9], dtype=np.uint32))
     core._complete(1, np.array([9, 8], dtype=np.uint32), 2)
+    assert core.pending_ids() == [2]  # out of flight once its final outcome went
+    core._complete(1, np.array([9, 8], dtype=np.uint32), 2)  # a duplicate: passed on, for the server to drop
+    core._complete(77, np.array([1], dtype=np.uint32), 1)  # unknown: passed on too
+    assert [(k, rid) for k, rid, *_ in recorder.events] == [("first", 1), ("complete", 1), ("complete", 1),
+                                                            ("complete", 77)]
+    assert core.pending_ids() == [2]
+    assert not hasattr(core, "flush") and not hasattr(core, "dropped_duplicates")  # the server's job
+
+
+def test_through_the_server_duplicates_are_dropped_and_counted_once(make_config, recorder):
+    server = LLMServer(policy="round_robin")
+    core = ManualCore(settings=CoreSettings(), rank=0, sink=server)
+    server.attach([core])
+    server.submit([req(1, streaming=True), req(2)], recorder)
+    core._first_token(1, np.array([9], dtype=np.uint32))
+    core._complete(1, np.array([9, 8], dtype=np.uint32), 2)
     core._complete(1, np.array([9, 8], dtype=np.uint32), 2)  # duplicate
     core._fail(1, BackendError(core.address, "late"))  # duplicate
     core._first_token(1, np.array([9], dtype=np.uint32))  # stray, after the final response
+    core._complete(77, np.array([1], dtype=np.uint32), 1)  # never submitted
     assert recorder.first[1] == 1 and recorder.final[1] == 1
     assert [k for k, rid, *_ in recorder.events if rid == 1] == ["first", "complete"]
-    assert core.dropped_duplicates == 2
-    assert core.pending_ids() == [2]
-
-
-def test_outcome_for_an_unknown_request_is_dropped(make_core, recorder):
-    core = make_core()
-    core._complete(77, np.array([1], dtype=np.uint32), 1)
-    core._first_token(77, np.array([1], dtype=np.uint32))
-    assert recorder.events == [] and core.dropped_duplicates == 1
+    assert server.counts.duplicates_dropped == 4 and server.counts.late_after_cancel == 0
+    assert 77 not in recorder.final and server.num_pending == 1
+    server.stop()  # fails what is still pending, once
+    assert recorder.final[2] == 1 and "stopped" in str(recorder.failed[2][0])
+    assert server.counts.accounted
 
 
 def test_enqueue_that_raises_fails_every_request_with_the_cause(make_core, recorder):
@@ -100,49 +114,14 @@ def test_enqueue_that_raises_fails_every_request_with_the_cause(make_core, recor
     assert "enqueue failed" in str(err) and "malformed payload" in str(err)
 
 
-def test_flush_is_woken_by_a_completion_from_another_thread(make_core, recorder):
-    core = make_core()
-    core.enqueue([req(1)])
-    core.complete_later(1, 0.05)
-    t0 = time.monotonic()
-    core.flush(5.0)
-    elapsed = time.monotonic() - t0
-    assert 0.04 <= elapsed < 1.0, elapsed  # woken by the completion, long before the 5 s deadline
-    assert core.num_pending == 0 and recorder.final[1] == 1
-
-
-def test_flush_with_nothing_pending_returns_at_once(make_core):
-    core = make_core()
-    t0 = time.monotonic()
-    core.flush(5.0)
-    assert time.monotonic() - t0 < 0.1
-
-
-def test_flush_timeout_names_the_core_and_the_pending_ids(make_core):
-    core = make_core(rank=2)
-    core.enqueue([req(11), req(12)])
-    t0 = time.monotonic()
-    with pytest.raises(FlushTimeoutError) as info:
-        core.flush(0.1)
-    assert 0.09 <= time.monotonic() - t0 < 1.0
-    assert sorted(info.value.pending_ids) == [11, 12]
-    assert "manual[2]" in str(info.value) and "11" in str(info.value) and "12" in str(info.value)
-    # the flag is reset: a later completion after a failed flush still works, and flush succeeds
-    core._complete(11, np.zeros(1, np.uint32), 1)
-    core._complete(12, np.zeros(1, np.uint32), 1)
-    core.flush(0.1)
-
-
-def test_cancel_fails_the_request_exactly_once(make_core, recorder):
+def test_cancel_takes_the_request_out_of_flight_with_the_reason(make_core, recorder):
     core = make_core()
     core.enqueue([req(1), req(2)])
     core.cancel(1)
-    core.cancel(1)
+    core.cancel(1)  # no longer in flight: left alone
     assert recorder.final[1] == 1 and recorder.final[2] == 0
     err = recorder.failed[1][0]
     assert isinstance(err, BackendError) and "cancelled" in str(err) and err.address == "manual[0]"
-    core._complete(1, np.zeros(2, np.uint32), 2)  # the backend answering after the cancel
-    assert recorder.final[1] == 1
     assert core.pending_ids() == [2]
 
 

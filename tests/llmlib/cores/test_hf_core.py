@@ -45,15 +45,16 @@ class Target:
     def __init__(self):
         self.first, self.done, self.failed = {}, {}, {}
 
-    def first_token(self, rid, tokens):
-        self.first[rid] = int(tokens[0])
+    def on_first_token(self, rid, tokens):
+        if len(tokens):  # (empty: a streaming request that failed first)
+            self.first[rid] = int(tokens[0])
 
-    def complete(self, rid, tokens, n, first_sent):
+    def on_complete(self, rid, tokens, n):
         assert rid not in self.done and rid not in self.failed
         assert tokens.dtype == np.uint32 and len(tokens) == n
         self.done[rid] = tokens.tolist()
 
-    def fail(self, rid, error, first_sent):
+    def on_error(self, rid, error):
         assert rid not in self.done and rid not in self.failed
         self.failed[rid] = str(error)
 

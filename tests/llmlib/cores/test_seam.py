@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from llmlib.cores.dummy import DummyCore, DummySettings
 from llmlib.errors import ConfigError
 from llmlib.factory import build_server
 from llmlib.generation import GenerationParams, generation_params, limit
+from tests.outcomes import wait_idle
 
 DISAGG_YAML = """hostname: 127.0.0.1
 port: 9000
@@ -120,6 +122,7 @@ def _run_in_child(payload: bytes, out) -> None:
     """In a spawned process: build the core from the pickled (settings, inputs, requests) alone."""
     settings, inputs, requests = pickle.loads(payload)
     got = []
+    finals = threading.Semaphore(0)
 
     class Sink:
         def on_first_token(self, rid, tokens):
@@ -127,13 +130,16 @@ def _run_in_child(payload: bytes, out) -> None:
 
         def on_complete(self, rid, tokens, n):
             got.append(("done", rid, tokens.tolist(), n))
+            finals.release()
 
         def on_error(self, rid, err):
             got.append(("error", rid, str(err)))
+            finals.release()
 
     core = DummyCore(settings, rank=1, sink=Sink(), inputs=inputs)
     core.enqueue(requests)
-    core.flush(10)
+    for _ in requests:
+        finals.acquire(timeout=10)
     core.stop()
     out.put(got)
 
@@ -155,7 +161,7 @@ def test_a_core_is_built_in_another_process_from_what_pickles(make_config, tiny_
     assert sorted(done) == [0, 1, 2, 3]
     here = DummyCore(settings, rank=1, sink=recorder, inputs=inputs)  # the same core in this process
     here.enqueue(requests)
-    here.flush(10)
+    wait_idle(here, 10)
     here.stop()
     for i, tokens in done.items():
         assert len(tokens) == min(6, int(small_dataset.output_lens[i]))  # the dataset's lengths reached it

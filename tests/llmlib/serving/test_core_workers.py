@@ -18,7 +18,9 @@ from llmlib.cores.trtllm_endpoint_core import EndpointSettings, TrtllmEndpointCo
 from llmlib.errors import BackendError, ConfigError
 from llmlib.factory import build_server
 from llmlib.generation import GenerationParams
+from llmlib.server import LLMServer
 from llmlib.serving.core_workers import WorkerPoolCore, parse_workers_per_core
+from tests.outcomes import wait_idle
 from tests.servers.mock_openai_server import MockOpenAIServer, MockOptions, output_ids
 
 pytestmark = pytest.mark.timeout(90)
@@ -61,8 +63,8 @@ def test_outcomes_through_workers_equal_the_core_in_process(pools, make_config, 
     assert pool.address == "dummy[0] (2 workers)" and len(set(pool.worker_pids)) == 2
     local.enqueue(reqs(small_dataset, 300))
     pool.enqueue(reqs(small_dataset, 300))
-    local.flush(20)
-    pool.flush(20)
+    wait_idle(local, 20)
+    wait_idle(pool, 20)
     local.stop()
     assert not there.failed and dict(there.final) == {rid: 1 for rid in range(300)}  # exactly once
     for rid in range(300):
@@ -87,7 +89,7 @@ def test_a_killed_worker_fails_only_its_own_requests(pools, make_config, tiny_be
         assert isinstance(err, BackendError) and f"worker process {pool.worker_pids[0]} exited" in err.cause
         assert "-9" in err.cause  # the exit code names the signal
     pool.enqueue(reqs(small_dataset, 10, start=100))  # new work goes to the surviving worker
-    pool.flush(20)
+    wait_idle(pool, 20)
     assert set(recorder.completed) == (set(range(40)) - victims) | set(range(100, 110))
     assert pool.dead_cause is None
     os.kill(pool.worker_pids[1], signal.SIGKILL)
@@ -107,7 +109,7 @@ def test_workers_ignore_sigint_the_parent_stops_them(pools, make_config, tiny_be
     time.sleep(0.3)
     assert all(p.is_alive() for p in pool._procs)
     pool.enqueue(reqs(small_dataset, 20))
-    pool.flush(10)
+    wait_idle(pool, 10)
     assert len(recorder.completed) == 20
     pool.stop()
     assert not any(p.is_alive() for p in pool._procs) and not os.path.exists(pool._dir)
@@ -134,7 +136,7 @@ def test_the_endpoint_core_through_workers_against_the_mock(pools, recorder):
         pool.warm_up()
         requests = [Request(i, np.arange(i, i + 5, dtype=np.int32), 64, i % 3 != 0, i) for i in range(120)]
         pool.enqueue(requests)
-        pool.flush(30)
+        wait_idle(pool, 30)
         assert not recorder.failed
         for r in requests:
             assert recorder.completed[r.request_id][0].tolist() == output_ids(list(range(r.request_id,
@@ -185,3 +187,27 @@ def test_the_factory_builds_worker_pools(make_config, tiny_benchmark, recorder):
     finally:
         bundle.stop()
     assert not any(p.is_alive() for c in cores for p in c._procs)
+
+
+def test_exactly_once_across_the_boundary_is_kept_by_the_server(pools, make_config, tiny_benchmark, small_dataset,
+                                                                 recorder):
+    """Cancelled and end-of-run-failed requests each end once; what the workers' cores then send back
+    for them crosses the boundary and is dropped and counted at the server as late, not duplicated."""
+    settings = dummy_settings(make_config, tiny_benchmark, dummy_ttft_ms=60_000)
+    server = LLMServer(policy="round_robin")
+    pool = pools(DummyCore, settings, server, workers=2, inputs=DummyCore.core_inputs(settings, small_dataset))
+    server.attach([pool])
+    server.submit(reqs(small_dataset, 20), recorder)
+    for rid in range(5):
+        assert server.cancel(rid, "cancelled by the test")
+    assert server.fail_pending("still pending at the end of the run") == 15
+    assert server.fail_pending("again") == 0 and not server.cancel(0)
+    deadline = time.monotonic() + 20
+    while server.counts.late_after_cancel < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.counts.late_after_cancel == 20  # each worker's own error for what it was told to stop
+    assert dict(recorder.final) == {rid: 1 for rid in range(20)} and not recorder.completed
+    assert all(recorder.failed[rid][1] for rid in range(0, 20, 2))  # streaming: a first token before the error
+    assert "cancelled by the test" in str(recorder.failed[3][0]) and "end of the run" in str(recorder.failed[7][0])
+    c = server.counts
+    assert c.duplicates_dropped == 0 and c.accounted and c.failed == 20 and server.num_pending == 0
