@@ -314,33 +314,45 @@ def auto_target_qps(sustained: float, fraction: float) -> float:
     return sustained * fraction
 
 
+def auto_choice(*, given: bool, performance: bool, user_conf_qps: str | None,
+                performance_run_qps: str | None) -> tuple[str, float | None]:
+    """Where an auto target comes from: ("user.conf", None) when the auto is a benchmark's default and
+    the user.conf sets a target for it (a measured target wins over a default auto; LoadGen reads the
+    line); ("performance run", qps) for a compliance or accuracy run whose performance run chose one
+    (it keeps that run's settings); else ("measure", None)."""
+    if not given and user_conf_qps is not None:
+        return "user.conf", None
+    if not performance and performance_run_qps is not None:
+        try:
+            qps = float(performance_run_qps)
+        except ValueError:
+            qps = 0.0
+        if qps > 0:
+            return "performance run", qps
+    return "measure", None
+
+
 def _auto_target(config, benchmark, scenario, argv, outdir: Path, performance: bool):
-    """--server_target_qps=auto (or a benchmark's default auto): a user.conf target for this benchmark wins
-    over a default auto; a compliance / accuracy run takes the value its performance run chose; else short
-    probes (the peak search's, bounded by --auto_qps_budget_s and coarse) measure the highest sustained QPS
-    and the target is --auto_qps_fraction of it."""
+    """--server_target_qps=auto (given, or a benchmark's default): see `auto_choice`; measured by short
+    probes (the peak search's, bounded by --auto_qps_budget_s and coarse), the target is
+    --auto_qps_fraction of the QPS the backend sustained."""
     from llmlib.harness import results_dir_for, user_conf_path
 
     model = scenario.loadgen_model
     conf = user_conf_path(config)
+    perf_conf = results_dir_for(config.with_values(test_mode="PerformanceOnly", audit_test=""),
+                                benchmark.name, scenario.name) / "user.conf"
+    user_value = conf_value(conf, model, "Server", "target_qps")
+    where, qps = auto_choice(given=auto_given(config), performance=performance, user_conf_qps=user_value,
+                             performance_run_qps=None if performance else conf_value(perf_conf, model, "Server",
+                                                                                      "target_qps"))
     source = config.source("server_target_qps")
-    if not auto_given(config) and conf_sets(conf, model, "Server", "target_qps"):
-        value = conf_value(conf, model, "Server", "target_qps")
+    if where == "user.conf":
         return (config.with_values(source=f"{source} (auto), yields to {conf.name}", server_target_qps=None),
-                [f"target QPS {value} from {conf} (the benchmark's default auto yields to a measured target)"])
-    if not performance:
-        perf_dir = results_dir_for(config.with_values(test_mode="PerformanceOnly", audit_test=""),
-                                   benchmark.name, scenario.name)
-        chosen = conf_value(perf_dir / "user.conf", model, "Server", "target_qps")
-        if chosen is not None:
-            try:
-                qps = float(chosen)
-            except ValueError:
-                qps = None
-            if qps:
-                return (config.with_values(source=f"auto: as the performance run chose ({perf_dir})",
-                                           server_target_qps=qps),
-                        [f"target QPS {qps:.4g}: auto, the value the performance run chose ({perf_dir / 'user.conf'})"])
+                [f"target QPS {user_value} from {conf} (the benchmark's default auto yields to a measured target)"])
+    if where == "performance run":
+        return (config.with_values(source=f"auto: as the performance run chose ({perf_conf})", server_target_qps=qps),
+                [f"target QPS {qps:.4g}: auto, the value the performance run chose ({perf_conf})"])
     return _measure_auto(config, benchmark, scenario, argv, outdir)
 
 
