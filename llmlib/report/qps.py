@@ -54,6 +54,7 @@ class Probe:
     tpot_p99_ms: float | None
     backlog_growth: float | None  # backlog slope / target QPS
     folder: str
+    failed: int = 0  # requests that failed (a timeout, a server error): its achieved rate is no capacity
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -142,13 +143,14 @@ def judge_probe(summary: dict[str, Any], target_qps: float) -> Probe:
     return Probe(target_qps=target_qps, passed=not why, why="; ".join(why) or "kept up within the limits",
                  achieved_qps=(summary.get("stats") or {}).get("achieved_samples_per_s"),
                  ttft_p99_ms=ttft / 1e6 if ttft else None, tpot_p99_ms=tpot / 1e6 if tpot else None,
-                 backlog_growth=growth, folder=summary.get("outdir", ""))
+                 backlog_growth=growth, folder=summary.get("outdir", ""), failed=int(summary.get("failed") or 0))
 
 
 def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance: float,
                 max_probes: int = MAX_PROBES, out_of_time: Callable[[], bool] | None = None,
-                ) -> tuple[float | None, list[Probe]]:
-    """Bracket (x4 up from a pass, /4 down from a fail), then bisect (geometric) until hi / lo <= 1 + tolerance.
+                growth: float = 4.0) -> tuple[float | None, list[Probe]]:
+    """Bracket (x `growth` up from a pass, /4 down from a fail), then bisect (geometric) until
+    hi / lo <= 1 + tolerance.
     A failed probe's achieved rate (its capacity while backlogged) is tried first, just below and just above;
     from a pass far below the lowest failure the next probes gallop up (steps of 2, 4, 8... x tolerance).
     No probe starts once `out_of_time()` says so (the first always runs).
@@ -178,7 +180,7 @@ def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance:
         if lo is not None and hi is not None and hi / lo <= 1 + tolerance:
             break
         if hi is None:
-            q = q * 4
+            q = q * growth
             continue
         if lo is None:
             guesses = [g for g in guesses if g < hi]
@@ -279,9 +281,10 @@ def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
 
 
 # --- --server_target_qps=auto --------------------------------------------------------------------------
-#: The first probe's rate: above the tiny model's capacity on a CPU server, so its achieved rate (the
-#: backend's capacity while backlogged) places the next probe; a faster backend is galloped up to (x4).
+#: The first probe's rate, and the step up from a pass: x2, not the peak search's x4 (a probe far above
+#: capacity drains for long, and a server swamped that far may time requests out).
 AUTO_START_QPS = 4.0
+AUTO_GROWTH = 2.0
 #: The bracket an auto search stops at: coarse, the target is a fraction of it anyway.
 AUTO_TOLERANCE = 0.25
 AUTO_MIN_QUERIES = 16  # per probe: the backlog slope and the p99s need a few arrivals
@@ -301,9 +304,10 @@ def auto_probe_ms(budget_s: float) -> int:
 def sustained_qps(peak_qps: float, probes: Sequence[Probe]) -> float:
     """The QPS the backend sustains: the highest probe that kept up, or less where a probe that fell behind
     completed fewer samples per second than that (its capacity while saturated: on a shared machine the
-    capacity moves, and the lowest seen is the one a long run meets)."""
+    capacity moves, and the lowest seen is the one a long run meets). A probe whose requests failed (timed
+    out far above capacity) measured no capacity."""
     saturated = [p.achieved_qps for p in probes
-                 if not p.passed and p.achieved_qps and p.achieved_qps < p.target_qps]
+                 if not p.passed and not p.failed and p.achieved_qps and p.achieved_qps < p.target_qps]
     return min([peak_qps, *saturated])
 
 
@@ -388,7 +392,7 @@ def _measure_auto(config, benchmark, scenario, argv, outdir: Path):
                              f"see {results}") from err
         return judge_probe(summary, q)
 
-    peak, probes = search_peak(probe, AUTO_START_QPS, tolerance=AUTO_TOLERANCE,
+    peak, probes = search_peak(probe, AUTO_START_QPS, tolerance=AUTO_TOLERANCE, growth=AUTO_GROWTH,
                                out_of_time=lambda: time.monotonic() - t0 >= budget_s)
     elapsed = time.monotonic() - t0
     outdir.mkdir(parents=True, exist_ok=True)

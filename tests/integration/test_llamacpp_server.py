@@ -26,6 +26,7 @@ from llmlib.dataset import load_dataset
 from llmlib.errors import BackendError
 from llmlib.tiny_gguf import ensure_tiny_gguf
 from llmlib.tiny_model import tiny_dataset_path
+from tests.integration.done_when import check_auto_target, run_done_when
 from tests.servers.llamacpp import MODEL_ALIAS, LlamaCppServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -209,20 +210,7 @@ TARGET_QPS = 3
 MIN_QUERIES = 460
 
 
-@pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
-@pytest.mark.parametrize("workers", ["0", "2"])  # the core in the harness process, or in two worker processes
-def test_loadgen_server_run_is_valid(server, tmp_path, workers):
-    """No dialect flag and no text column: auto finds the llamacpp dialect (in each worker); the summary
-    says the counted chunks make the result non-compliant (LoadGen's own verdict is still VALID)."""
-    args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
-            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
-            f"--server_target_qps={TARGET_QPS}",
-            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
-            f"--workers_per_core={workers}"]
-    proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=420)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
-    s = json.loads((tmp_path / "local" / "tiny" / "Server" / "performance" / "summary.json").read_text())
+def _check_llamacpp_run(s: dict, out: Path) -> None:
     assert s["core_type"] == "trtllm_endpoint" and s["validity"] == "VALID", s["loadgen"]
     assert s["failed"] == 0 and s["lost"] == 0 and s["issued"] == s["completed"] >= MIN_QUERIES, s["errors"]
     assert s["loadgen"]["ttft_p99_ns"] < s["loadgen"]["ttft_limit_ns"]
@@ -232,5 +220,34 @@ def test_loadgen_server_run_is_valid(server, tmp_path, workers):
     d = s["api_dialect"]
     assert d["api_dialect"] == ["llamacpp"] and d["compliant"] is False
     assert {lc["control"]: lc["noncompliant"] for lc in d["lost_controls"]}["output token counts"] is True
-    text = (tmp_path / "local" / "tiny" / "Server" / "performance" / "summary.txt").read_text()
+    text = (out / "summary.txt").read_text()
     assert "api dialect         : llamacpp" in text and "compliance          : NOT COMPLIANT (output token counts" in text
+
+
+@pytest.mark.loadgen
+@pytest.mark.timeout(660)  # about 40 s of probes, then 500 queries at the target (about 3/s), start-up and warmup
+def test_the_issues_command_line_is_valid_with_nothing_else(server, tmp_path):
+    """`make run_harness RUN_ARGS="--benchmarks=tiny --scenarios=Server --core_type=trtllm_endpoint
+    --trtllm_server_urls=..."`: no dialect flag, no text column, no target QPS (tiny's default auto measures
+    one), no query count (configs/user.conf's 500). Auto finds the llamacpp dialect; the summary says the
+    counted chunks make the result non-compliant (LoadGen's own verdict is still VALID)."""
+    proc = run_done_when(server.url, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
+    s = check_auto_target(tmp_path)
+    _check_llamacpp_run(s, tmp_path / "results" / "local" / "tiny" / "Server" / "performance")
+
+
+@pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
+def test_loadgen_server_run_in_worker_processes_is_valid(server, tmp_path):
+    """The core in two worker processes: auto finds the llamacpp dialect in each (a target set here: the
+    auto target is the test above's)."""
+    args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
+            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
+            f"--server_target_qps={TARGET_QPS}",
+            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
+            "--workers_per_core=2"]
+    proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
+    out = tmp_path / "local" / "tiny" / "Server" / "performance"
+    _check_llamacpp_run(json.loads((out / "summary.json").read_text()), out)

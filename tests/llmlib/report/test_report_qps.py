@@ -69,6 +69,9 @@ def test_search_stops_starting_probes_once_out_of_time():
     peak, probes = search_peak(_fake_probe(3.3, calls), 4.0, tolerance=0.25, out_of_time=lambda: next(budget))
     assert calls == [4.0, 3.3 * 0.98 * (1 - 0.25 / 2)] and peak == calls[1] and len(probes) == 2
     calls.clear()
+    search_peak(_fake_probe(20, calls), 4.0, tolerance=0.25, growth=2.0, max_probes=4)
+    assert calls[:3] == [4.0, 8.0, 16.0]  # the auto search steps up by 2
+    calls.clear()
     peak, probes = search_peak(_fake_probe(3.3, calls), 4.0, tolerance=0.25, out_of_time=lambda: True)
     assert calls == [4.0] and peak is None  # nothing passed: the caller says so (no silent target)
 
@@ -84,8 +87,11 @@ def test_the_sustained_qps_is_the_lowest_capacity_seen():
     assert sustained_qps(10.37, [_probe(4, True, 4.06), _probe(16, False, 11.9), _probe(10.37, True, 9.9)]) == 10.37
     assert sustained_qps(10.37, [_probe(16, False, 11.9), _probe(10.37, True, 9.9),
                                  _probe(14.8, False, 8.2)]) == 8.2
-    # a failure by latency alone (it completed at its rate) says nothing about capacity
-    assert sustained_qps(5.0, [_probe(6, False, 6.0), _probe(7, False, None)]) == 5.0
+    # a failure by latency alone (it completed at its rate) says nothing about capacity, nor one whose
+    # requests timed out (transformers serve swamped at 64 QPS: 48 of 320 completed, 1.05/s)
+    timed_out = _probe(64, False, 1.05)
+    timed_out.failed = 272
+    assert sustained_qps(5.0, [_probe(6, False, 6.0), _probe(7, False, None), timed_out]) == 5.0
     assert auto_target_qps(8.2, 0.5) == pytest.approx(4.1)
     for bad in ((0.0, 0.5), (8.2, 0.0), (8.2, 1.5)):
         with pytest.raises(ValueError):
