@@ -193,6 +193,26 @@ def test_auto_applies_to_its_own_scenario_only(tmp_path):
     assert chosen.server_target_qps is None and notes == []
 
 
+def test_the_auto_probes_backlog_must_grow_beyond_arrival_noise():
+    """The transformers serve probe of 21 queries at 4 QPS (TTFT p99 97 ms): Poisson arrivals against
+    completions a few bins later read as 13.6% growth; its noise floor is 2 / sqrt(21) = 44%."""
+    issued = np.array([1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 2, 0, 0, 1, 1, 0, 0, 0, 1, 1, 2,
+                       1, 0, 0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] + [0] * 10)
+    done = np.array([0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                     1, 0, 1, 1, 2, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1])
+    summary = {"ok": True, "loadgen": {"perf_constraints_met": True, "ttft_p99_ns": 9.7e7}, "outdir": "x",
+               "stats": _stats(issued, done)}
+    assert backlog_growth(summary["stats"]) > BACKLOG_GROWTH_LIMIT
+    assert not judge_probe(summary, 4.0).passed  # the peak search's long probes keep the strict limit
+    assert judge_probe(summary, 4.0, noise_floor=True).passed
+    # a probe of 600 queries that falls behind by 20% still fails with the floor (2 / sqrt(600) = 8%)
+    rng = np.random.default_rng(7)
+    many = rng.poisson(10, size=60)
+    summary["stats"] = _stats(many, np.floor(many * 0.8))
+    p = judge_probe(summary, 100.0, noise_floor=True)
+    assert not p.passed and "backlog grew" in p.why
+
+
 def _stats(issued: np.ndarray, completed: np.ndarray, width: float = 0.1) -> dict:
     return {"time_bins": {"width_s": width, "issued": issued.tolist(), "completed": completed.tolist(),
                           "failed": [0] * issued.size}, "achieved_samples_per_s": float(completed.sum()) / 6}
