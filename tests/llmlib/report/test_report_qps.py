@@ -313,6 +313,14 @@ def test_offline_and_server_valid_on_the_dummy_core_with_no_hand_set_qps(tmp_pat
     assert float(chosen.split(" = ")[1]) == pytest.approx(s["loadgen"]["target_qps"], rel=1e-4)
     assert (tmp_path / "local" / "index.html").is_file()
     assert chosen in (tmp_path / "local" / "user.conf").read_text()  # the chosen values, in one file to keep
+    # Server: tiny's default auto (no target measured for the dummy core) chose the target from probes
+    server = tmp_path / "local" / "tiny" / "Server" / "performance"
+    s = json.loads((server / "summary.json").read_text())
+    auto = json.loads((server / "auto_qps.json").read_text())
+    assert auto["target_qps"] == pytest.approx(0.5 * auto["sustained_qps"]) and auto["probes"][0]["target_qps"] == 4.0
+    assert s["loadgen"]["target_qps"] == pytest.approx(auto["target_qps"], rel=1e-4)
+    assert any(n.startswith(f"target QPS {auto['target_qps']:.4g}: auto, 50% of") for n in s["notes"]), s["notes"]
+    assert s["issued"] >= 500  # user.conf's min_query_count still applies
 
 
 @pytest.mark.slow
