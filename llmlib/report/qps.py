@@ -1,5 +1,6 @@
-"""QPS calibration and peak search: Offline's expected QPS from a short probe, and the highest Server /
-Interactive target QPS the system sustains within its limits (bracketing, then bisection); each probe
+"""QPS calibration, auto target and peak search: Offline's expected QPS from a short probe, a Server /
+Interactive target chosen from the capacity short bounded probes measure (--server_target_qps=auto), and
+the highest target QPS the system sustains within its limits (bracketing, then bisection); each probe
 a LoadGen test in its own process (LoadGen keeps process-wide state), every probe kept and plotted.
 
 A probe passes when no request failed, LoadGen's latency constraints held (p99 TTFT/TPOT within the
@@ -281,12 +282,13 @@ def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
     if scenario.loadgen_scenario == "Server" and config.find_peak_qps:
         import_loadgen()  # fails early, in one line, without it
         start = config.server_target_qps
-        if start is None or start == "auto":
+        if start is None or start == "auto":  # the peak search replaces an auto target
             value = conf_value(user_conf_path(config), scenario.loadgen_model, "Server", "target_qps")
+            fallback = AUTO_START_QPS if start == "auto" else 1.0
             try:
-                start = float(value) if value is not None else 1.0
+                start = float(value) if value is not None else fallback
             except ValueError:
-                start = 1.0
+                start = fallback
         return _find_peak(config, benchmark, scenario, argv, outdir, max(start, 1e-3))
     return config, notes
 
