@@ -166,6 +166,15 @@ def test_prepare_lets_a_user_conf_target_win_over_the_default_auto(tmp_path):
     assert not (tmp_path / "results").exists()  # nothing measured
 
 
+@pytest.mark.parametrize("core", [{}, {"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9"}])
+def test_a_number_is_never_replaced_by_auto(tmp_path, core):
+    config, benchmark = resolve_for({**core, "server_target_qps": "3", "results_dir": str(tmp_path)}, "tiny",
+                                    "Server", env={})
+    chosen, notes = prepare(config, benchmark, "Server", [])
+    assert chosen.server_target_qps == 3.0 and chosen.source("server_target_qps") == "command line" and notes == []
+    assert not any(tmp_path.iterdir())  # no probe ran
+
+
 def test_an_accuracy_run_takes_the_target_its_performance_run_chose(tmp_path):
     cli = {"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9", "results_dir": str(tmp_path),
            "test_mode": "AccuracyOnly"}
