@@ -26,7 +26,7 @@ from llmlib.dataset import load_dataset
 from llmlib.errors import BackendError
 from llmlib.tiny_gguf import ensure_tiny_gguf
 from llmlib.tiny_model import tiny_dataset_path
-from tests.integration.done_when import check_auto_target, run_done_when
+from tests.integration.done_when import MIN_QUERIES, check_auto_target, done_when_args, run_done_when
 from tests.servers.llamacpp import MODEL_ALIAS, LlamaCppServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -202,12 +202,9 @@ def test_greedy_lengths_through_the_core(server, make_core, recorder, tiny_datas
 
 
 # --- (c) LoadGen Server -------------------------------------------------------------------------------
-#: A load this server meets with room to spare on a busy 2-core machine: it serves one request at a
-#: time, about 10 streamed requests/s when nothing else runs (5/s was already too many next to LoadGen
-#: and other work: TTFT p99 9 s), so LoadGen's Poisson arrivals at 3/s keep TTFT p99 near 0.5 s.
-TARGET_QPS = 3
-#: LoadGen's early stopping at the 99th percentile needs at least 459 queries with none over a limit.
-MIN_QUERIES = 460
+#: The server serves one request at a time: about 10 streamed requests/s when nothing else runs, 5/s
+#: next to LoadGen and other work on a busy 2-core machine. No test sets a target: tiny's default auto
+#: measures what the server sustains now, and the run takes half of it.
 
 
 def _check_llamacpp_run(s: dict, out: Path) -> None:
@@ -237,17 +234,16 @@ def test_the_issues_command_line_is_valid_with_nothing_else(server, tmp_path):
     _check_llamacpp_run(s, tmp_path / "results" / "local" / "tiny" / "Server" / "performance")
 
 
-@pytest.mark.timeout(480)  # about 160 s: MIN_QUERIES / TARGET_QPS, plus start-up and warmup
+@pytest.mark.timeout(660)
 def test_loadgen_server_run_in_worker_processes_is_valid(server, tmp_path):
-    """The core in two worker processes: auto finds the llamacpp dialect in each (a target set here: the
-    auto target is the test above's)."""
-    args = [f"--results_dir={tmp_path}", "--benchmarks=tiny", "--scenarios=Server", "--show_progress=false",
-            "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
-            f"--server_target_qps={TARGET_QPS}",
-            f"--min_query_count={MIN_QUERIES}", "--min_duration_ms=10000", "--warmup_queries=2",
+    """The core in two worker processes (the probes too): auto finds the llamacpp dialect in each."""
+    args = [*done_when_args(server.url), f"--results_dir={tmp_path / 'results'}", "--show_progress=false",
             "--workers_per_core=2"]
     proc = subprocess.run([sys.executable, "-m", "llmlib", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=420)
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
-    out = tmp_path / "local" / "tiny" / "Server" / "performance"
-    _check_llamacpp_run(json.loads((out / "summary.json").read_text()), out)
+    s = check_auto_target(tmp_path)
+    _check_llamacpp_run(s, tmp_path / "results" / "local" / "tiny" / "Server" / "performance")
+    config = {row["name"]: row for row in json.loads(
+        (tmp_path / "results" / "local" / "tiny" / "Server" / "performance" / "config.json").read_text())}
+    assert config["workers_per_core"]["value"] == 2
