@@ -246,4 +246,4 @@ def test_loadgen_server_run_in_worker_processes_is_valid(server, tmp_path):
     _check_llamacpp_run(s, tmp_path / "results" / "local" / "tiny" / "Server" / "performance")
     config = {row["name"]: row for row in json.loads(
         (tmp_path / "results" / "local" / "tiny" / "Server" / "performance" / "config.json").read_text())}
-    assert config["workers_per_core"]["value"] == 2
+    assert str(config["workers_per_core"]["value"]) == "2"
