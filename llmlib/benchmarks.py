@@ -404,6 +404,10 @@ def _build_spec(name: str, path: Path, raw: dict[str, Any], chain: tuple[str, ..
     stop_ids = _check_stop_ids(c, raw)
     generation = c.mapping(raw, "generation")
     harness = c.mapping(raw, "harness", required=False) or {}
+    if str(harness.get("server_target_qps")).lower() == "auto" and raw.get("rounds") != ALL_ROUNDS:
+        # a real benchmark's target is the submitter's, measured on the system (user.conf)
+        raise c.fail("harness.server_target_qps", f"a number: auto is for the project's own (rounds: {ALL_ROUNDS})",
+                     harness["server_target_qps"])
     description = c.string(raw, "description", required=False) or ""
     accuracy_count = c.integer(raw, "accuracy_sample_count", required=False, minimum=1)
     if accuracy_count is not None and accuracy_count > total:

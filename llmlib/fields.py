@@ -14,7 +14,7 @@ from typing import Any
 from llmlib.errors import ConfigError
 from llmlib.http1 import parse_endpoint_url
 
-KINDS = ("str", "int", "float", "bool", "list", "endpoints", "urls", "flags")
+KINDS = ("str", "int", "float", "float_or_auto", "bool", "list", "endpoints", "urls", "flags")
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?\d+[eE][+-]?\d+$")
@@ -46,7 +46,7 @@ class Field:
             raise ConfigError(f"{source}: --{self.name}: {err}") from err
         except (TypeError, ValueError) as err:
             raise ConfigError(
-                f"{source}: --{self.name}={value!r} is not a valid {self.kind} ({err})"
+                f"{source}: --{self.name}={value!r} is not a valid {_KIND_NAMES.get(self.kind, self.kind)} ({err})"
             ) from err
         if parsed is None:
             return None
@@ -104,6 +104,16 @@ def _parse_float(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("expected a number, got a boolean")
     return float(value)
+
+
+def _parse_float_or_auto(value: Any) -> float | str | None:
+    """A number, or `auto` (the harness chooses the value: llmlib/report/auto_qps.py)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _parse_float(value)
+    except ValueError:
+        raise ValueError(f"expected a number or auto, got {value!r}") from None
 
 
 def _parse_str(value: Any) -> str | None:
@@ -194,10 +204,13 @@ def parse_flag_string(value: Any) -> dict[str, Any]:
     return out
 
 
+_KIND_NAMES = {"float_or_auto": "number"}
+
 _PARSERS = {
     "str": _parse_str,
     "int": _parse_int,
     "float": _parse_float,
+    "float_or_auto": _parse_float_or_auto,
     "bool": lambda v: None if v is None else parse_bool(v),
     "list": _parse_list,
     "endpoints": parse_endpoints,
@@ -275,10 +288,13 @@ LOADGEN_MAX_DURATION_MS = (2**63 - 1) // 1_000_000
 LOADGEN_MAX_COUNT = 2**63 - 1
 LOADGEN_MAX_QPS = 1e9
 
-declare(name="server_target_qps", kind="float", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
-        group="loadgen", help="Server/Interactive target QPS (overrides user.conf).")
-declare(name="offline_expected_qps", kind="float", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
-        group="loadgen", help="Offline expected QPS (overrides user.conf).")
+declare(name="server_target_qps", kind="float_or_auto", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
+        group="loadgen", help="Server/Interactive target QPS (overrides user.conf), or auto: a stated fraction "
+                              "(--auto_qps_fraction) of the QPS the backend sustains within the limits, measured "
+                              "by short probes (--auto_qps_budget_s) before the run.")
+declare(name="offline_expected_qps", kind="float_or_auto", default=None, positive=True, maximum=LOADGEN_MAX_QPS,
+        group="loadgen", help="Offline expected QPS (overrides user.conf), or auto: calibrated by a short probe "
+                              "(as --calibrate_offline_qps=always).")
 declare(name="single_stream_expected_latency_ns", kind="int", default=None, minimum=1, maximum=LOADGEN_MAX_COUNT,
         group="loadgen",
         help="SingleStream expected latency in ns (overrides mlperf.conf/user.conf target_latency): LoadGen "
@@ -602,6 +618,11 @@ declare(name="peak_probe_ms", kind="int", default=5000, minimum=500, group="repo
         help="Length of each peak-search probe run in ms.")
 declare(name="peak_tolerance", kind="float", default=0.02, minimum=0.001, maximum=0.5, group="report",
         help="Peak search: stop bisecting when the bracket is this narrow (relative: highest pass / lowest fail).")
+declare(name="auto_qps_budget_s", kind="float", default=30.0, minimum=5, maximum=3600, group="report",
+        help="--server_target_qps=auto: the time the probes may take (no probe starts after it).")
+declare(name="auto_qps_fraction", kind="float", default=0.5, positive=True, maximum=1, group="report",
+        help="--server_target_qps=auto: the target is this fraction of the QPS the probes measured the backend "
+             "sustaining (short probes see a queue's p99 before it settles, and a shared machine's capacity moves).")
 declare(name="calibrate_offline_qps", kind="str", default="auto", group="report", choices=("auto", "always", "never"),
         help="Offline: set the expected QPS from a short probe run (auto: when neither --offline_expected_qps "
              "nor a user.conf line sets it for the benchmark).")

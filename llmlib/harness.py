@@ -89,6 +89,9 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
         "performance_sample_count_override": config.performance_sample_count,
     }
     for attr, value in overrides.items():
+        if value == "auto":  # llmlib.report.qps.prepare chooses it before the run
+            raise ConfigError(f"--{attr}=auto: the value is measured by the harness CLI before the run "
+                              "(python -m llmlib); give a number here")
         if value is not None:
             setattr(settings, attr, value)
     return settings

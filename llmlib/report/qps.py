@@ -1,5 +1,6 @@
-"""QPS calibration and peak search: Offline's expected QPS from a short probe, and the highest Server /
-Interactive target QPS the system sustains within its limits (bracketing, then bisection); each probe
+"""QPS calibration, auto target and peak search: Offline's expected QPS from a short probe, a Server /
+Interactive target chosen from the capacity short bounded probes measure (--server_target_qps=auto), and
+the highest target QPS the system sustains within its limits (bracketing, then bisection); each probe
 a LoadGen test in its own process (LoadGen keeps process-wide state), every probe kept and plotted.
 
 A probe passes when no request failed, LoadGen's latency constraints held (p99 TTFT/TPOT within the
@@ -54,6 +55,7 @@ class Probe:
     tpot_p99_ms: float | None
     backlog_growth: float | None  # backlog slope / target QPS
     folder: str
+    failed: int = 0  # requests that failed (a timeout, a server error): its achieved rate is no capacity
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -125,9 +127,20 @@ def backlog_growth(stats: dict[str, Any] | None) -> float | None:
     return slope / rate if rate else None
 
 
-def judge_probe(summary: dict[str, Any], target_qps: float) -> Probe:
+def growth_noise(stats: dict[str, Any] | None) -> float:
+    """The backlog growth (as `backlog_growth` gives it) that Poisson arrivals alone can show in a probe:
+    two standard deviations of its issued count, 2 sqrt(n) requests, over the n it issued (a probe of 21
+    queries can seem to fall behind by 40%, one of 2,000 by 4%)."""
+    n = float(sum((stats or {}).get("time_bins", {}).get("issued", [])))
+    return 2 / math.sqrt(n) if n > 0 else math.inf
+
+
+def judge_probe(summary: dict[str, Any], target_qps: float, *, noise_floor: bool = False) -> Probe:
+    """Pass or fail, and why. With `noise_floor` (the auto target's short, low-count probes) a backlog grows
+    only beyond what arrival noise explains (`growth_noise`)."""
     lg = summary.get("loadgen") or {}
     growth = backlog_growth(summary.get("stats"))
+    limit = max(BACKLOG_GROWTH_LIMIT, growth_noise(summary.get("stats"))) if noise_floor else BACKLOG_GROWTH_LIMIT
     why = []
     if not summary.get("ok"):
         why.append(f"{summary.get('failed')} failed" if summary.get("failed") else
@@ -136,20 +149,23 @@ def judge_probe(summary: dict[str, Any], target_qps: float) -> Probe:
         why.append("latency constraints not met")
     if growth is None:
         why.append("too short to tell whether it kept up")
-    elif growth > BACKLOG_GROWTH_LIMIT:
+    elif growth > limit:
         why.append(f"backlog grew by {growth:.1%} of the issue rate per second")
     ttft, tpot = lg.get("ttft_p99_ns"), lg.get("tpot_p99_ns")
     return Probe(target_qps=target_qps, passed=not why, why="; ".join(why) or "kept up within the limits",
                  achieved_qps=(summary.get("stats") or {}).get("achieved_samples_per_s"),
                  ttft_p99_ms=ttft / 1e6 if ttft else None, tpot_p99_ms=tpot / 1e6 if tpot else None,
-                 backlog_growth=growth, folder=summary.get("outdir", ""))
+                 backlog_growth=growth, folder=summary.get("outdir", ""), failed=int(summary.get("failed") or 0))
 
 
 def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance: float,
-                max_probes: int = MAX_PROBES) -> tuple[float | None, list[Probe]]:
-    """Bracket (x4 up from a pass, /4 down from a fail), then bisect (geometric) until hi / lo <= 1 + tolerance.
+                max_probes: int = MAX_PROBES, out_of_time: Callable[[], bool] | None = None,
+                growth: float = 4.0) -> tuple[float | None, list[Probe]]:
+    """Bracket (x `growth` up from a pass, /4 down from a fail), then bisect (geometric) until
+    hi / lo <= 1 + tolerance.
     A failed probe's achieved rate (its capacity while backlogged) is tried first, just below and just above;
     from a pass far below the lowest failure the next probes gallop up (steps of 2, 4, 8... x tolerance).
+    No probe starts once `out_of_time()` says so (the first always runs).
     Returns (the highest passing QPS or None, every probe)."""
     probes: list[Probe] = []
     lo: float | None = None
@@ -165,7 +181,7 @@ def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance:
 
     q = start_qps
     step = tolerance
-    while len(probes) < max_probes:
+    while len(probes) < max_probes and not (probes and out_of_time and out_of_time()):
         p = run(q)
         if p.passed:
             lo = q if lo is None else max(lo, q)
@@ -176,7 +192,7 @@ def search_peak(probe: Callable[[float], Probe], start_qps: float, *, tolerance:
         if lo is not None and hi is not None and hi / lo <= 1 + tolerance:
             break
         if hi is None:
-            q = q * 4
+            q = q * growth
             continue
         if lo is None:
             guesses = [g for g in guesses if g < hi]
@@ -231,16 +247,33 @@ def write_user_conf(path: Path, lines: dict[str, float], comment: str, base: Pat
 
 # --- what the CLI calls before a run ----------------------------------------------------------------------------
 def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
-    """Calibrate Offline's expected QPS or search Server/Interactive's peak QPS when asked; returns the
-    config the full-length run uses (with the chosen value) and lines for the summary."""
+    """Calibrate Offline's expected QPS, choose an auto Server/Interactive target or search the peak QPS
+    when asked; returns the config the full-length run uses (with the chosen value) and lines for the
+    summary."""
     from llmlib.harness import import_loadgen, results_dir_for, user_conf_path
 
     scenario = benchmark.scenario(scenario_name)
-    if config.test_mode != "PerformanceOnly" or getattr(config, "audit_test", ""):
-        return config, []  # a compliance run keeps the settings of the run it audits
     outdir = results_dir_for(config, benchmark.name, scenario.name)
+    notes: list[str] = []
+    if config.offline_expected_qps == "auto" and scenario.loadgen_scenario != "Offline":
+        config = config.with_values(source=f"{config.source('offline_expected_qps')} (auto: Offline only)",
+                                    offline_expected_qps=None)
+    if config.server_target_qps == "auto" and scenario.loadgen_scenario != "Server":
+        config = config.with_values(source=f"{config.source('server_target_qps')} (auto: Server only)",
+                                    server_target_qps=None)
+    performance = config.test_mode == "PerformanceOnly" and not getattr(config, "audit_test", "")
+    if config.server_target_qps == "auto" and not (performance and config.find_peak_qps):
+        config, notes = _auto_target(config, benchmark, scenario, argv, outdir, performance)
+    if not performance:
+        if config.offline_expected_qps == "auto":
+            raise ProbeError("--offline_expected_qps=auto calibrates a performance run only; give a number "
+                             "for a compliance or accuracy run")
+        return config, notes  # a compliance run keeps the settings of the run it audits
     if scenario.loadgen_scenario == "Offline":
         mode = config.calibrate_offline_qps
+        if config.offline_expected_qps == "auto":
+            mode = "always"
+            config = config.with_values(source=config.source("offline_expected_qps"), offline_expected_qps=None)
         user_set = config.offline_expected_qps is not None or conf_sets(
             user_conf_path(config), scenario.loadgen_model, "Offline", "target_qps")
         if mode == "never" or (mode == "auto" and user_set):
@@ -249,14 +282,157 @@ def prepare(config, benchmark, scenario_name: str, argv: Sequence[str]):
     if scenario.loadgen_scenario == "Server" and config.find_peak_qps:
         import_loadgen()  # fails early, in one line, without it
         start = config.server_target_qps
-        if start is None:
+        if start is None or start == "auto":  # the peak search replaces an auto target
             value = conf_value(user_conf_path(config), scenario.loadgen_model, "Server", "target_qps")
+            fallback = AUTO_START_QPS if start == "auto" else 1.0
             try:
-                start = float(value) if value is not None else 1.0
+                start = float(value) if value is not None else fallback
             except ValueError:
-                start = 1.0
+                start = fallback
         return _find_peak(config, benchmark, scenario, argv, outdir, max(start, 1e-3))
-    return config, []
+    return config, notes
+
+
+# --- --server_target_qps=auto --------------------------------------------------------------------------
+#: The first probe's rate, and the step up from a pass: x2, not the peak search's x4 (a probe far above
+#: capacity drains for long, and a server swamped that far may time requests out).
+AUTO_START_QPS = 4.0
+AUTO_GROWTH = 2.0
+#: The bracket an auto search stops at: coarse, the target is a fraction of it anyway.
+AUTO_TOLERANCE = 0.25
+AUTO_MIN_QUERIES = 16  # per probe: the backlog slope and the p99s need a few arrivals
+AUTO_PROBE_MS = (2000, 10000)  # probe length bounds; between them, a sixth of the budget
+
+
+def auto_given(config) -> bool:
+    """Whether the user asked for auto (flag, code, environment) rather than a benchmark's default."""
+    source = config.source("server_target_qps")
+    return source in ("command line", "explicit") or source.startswith("env")
+
+
+def auto_probe_ms(budget_s: float) -> int:
+    return int(min(max(budget_s * 1000 / 6, AUTO_PROBE_MS[0]), AUTO_PROBE_MS[1]))
+
+
+def sustained_qps(peak_qps: float, probes: Sequence[Probe]) -> float:
+    """The QPS the backend sustains: the highest probe that kept up, or less where a probe that fell behind
+    completed fewer samples per second than that (its capacity while saturated: on a shared machine the
+    capacity moves, and the lowest seen is the one a long run meets). A probe whose requests failed (timed
+    out far above capacity) measured no capacity."""
+    saturated = [p.achieved_qps for p in probes
+                 if not p.passed and not p.failed and p.achieved_qps and p.achieved_qps < p.target_qps]
+    return min([peak_qps, *saturated])
+
+
+def auto_target_qps(sustained: float, fraction: float) -> float:
+    """The target an auto run uses: `fraction` of the QPS the backend sustained within the limits."""
+    if not (sustained > 0 and 0 < fraction <= 1):
+        raise ValueError(f"sustained {sustained!r} and fraction {fraction!r}: expected > 0 and in (0, 1]")
+    return sustained * fraction
+
+
+def auto_choice(*, given: bool, performance: bool, user_conf_qps: str | None,
+                performance_run_qps: str | None) -> tuple[str, float | None]:
+    """Where an auto target comes from: ("user.conf", None) when the auto is a benchmark's default and
+    the user.conf sets a target for it (a measured target wins over a default auto; LoadGen reads the
+    line); ("performance run", qps) for a compliance or accuracy run whose performance run chose one
+    (it keeps that run's settings); else ("measure", None)."""
+    if not given and user_conf_qps is not None:
+        return "user.conf", None
+    if not performance and performance_run_qps is not None:
+        try:
+            qps = float(performance_run_qps)
+        except ValueError:
+            qps = 0.0
+        if qps > 0:
+            return "performance run", qps
+    return "measure", None
+
+
+def _auto_target(config, benchmark, scenario, argv, outdir: Path, performance: bool):
+    """--server_target_qps=auto (given, or a benchmark's default): see `auto_choice`; measured by short
+    probes (the peak search's, bounded by --auto_qps_budget_s and coarse), the target is
+    --auto_qps_fraction of the QPS the backend sustained."""
+    from llmlib.harness import results_dir_for, user_conf_path
+
+    model = scenario.loadgen_model
+    conf = user_conf_path(config)
+    perf_conf = results_dir_for(config.with_values(test_mode="PerformanceOnly", audit_test=""),
+                                benchmark.name, scenario.name) / "user.conf"
+    user_value = conf_value(conf, model, "Server", "target_qps")
+    where, qps = auto_choice(given=auto_given(config), performance=performance, user_conf_qps=user_value,
+                             performance_run_qps=None if performance else conf_value(perf_conf, model, "Server",
+                                                                                      "target_qps"))
+    source = config.source("server_target_qps")
+    if where == "user.conf":
+        return (config.with_values(source=f"{source} (auto), yields to {conf.name}", server_target_qps=None),
+                [f"target QPS {user_value} from {conf} (the benchmark's default auto yields to a measured target)"])
+    if where == "performance run":
+        return (config.with_values(source=f"auto: as the performance run chose ({perf_conf})", server_target_qps=qps),
+                [f"target QPS {qps:.4g}: auto, the value the performance run chose ({perf_conf})"])
+    return _measure_auto(config, benchmark, scenario, argv, outdir)
+
+
+def _measure_auto(config, benchmark, scenario, argv, outdir: Path):
+    import time
+
+    from llmlib.harness import import_loadgen, results_dir_for, user_conf_path
+
+    import_loadgen()  # fails early, in one line, without it
+    budget_s, fraction = config.auto_qps_budget_s, config.auto_qps_fraction
+    probe_ms = auto_probe_ms(budget_s)
+    probe_dir = outdir / "calibration"
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    counter = [0]
+    limits = ", ".join(f"{k} p99 <= {v:g} ms" for k, v in (("TTFT", scenario.ttft_ms), ("TPOT", scenario.tpot_ms))
+                       if v is not None) or "no latency limits"
+    log.warning("--server_target_qps=auto: measuring the QPS %s sustains for %s %s (%s) with probes of %g s, "
+                "for at most %g s", config.core_type, benchmark.name, scenario.name, limits, probe_ms / 1000,
+                budget_s)
+    t0 = time.monotonic()
+
+    def probe(q: float) -> Probe:
+        counter[0] += 1
+        results = probe_dir / f"probe_{counter[0]:02d}_{q:.4g}qps"
+        cmd = probe_argv(argv, benchmark.name, scenario.name, results, server_target_qps=f"{q:.6g}",
+                         min_duration_ms=probe_ms, min_query_count=max(AUTO_MIN_QUERIES, int(q * probe_ms / 1000)),
+                         **launched_flags(config))
+        out = results_dir_for(config.with_values(results_dir=str(results)), benchmark.name, scenario.name)
+        try:
+            summary = run_probe(cmd, out, timeout_s=max(4 * budget_s, 120.0))
+        except subprocess.TimeoutExpired as err:
+            raise ProbeError(f"--server_target_qps=auto: the probe at {q:.4g} QPS ran past {err.timeout:g} s; "
+                             f"see {results}") from err
+        return judge_probe(summary, q, noise_floor=True)
+
+    peak, probes = search_peak(probe, AUTO_START_QPS, tolerance=AUTO_TOLERANCE, growth=AUTO_GROWTH,
+                               out_of_time=lambda: time.monotonic() - t0 >= budget_s)
+    elapsed = time.monotonic() - t0
+    outdir.mkdir(parents=True, exist_ok=True)
+    record = {"target_qps": None, "peak_qps": peak, "fraction": fraction, "budget_s": budget_s,
+              "elapsed_s": round(elapsed, 1), "probe_ms": probe_ms, "tolerance": AUTO_TOLERANCE,
+              "probes": [p.to_json() for p in probes]}
+    if peak is None:
+        (outdir / "auto_qps.json").write_text(json.dumps(record, indent=1) + "\n")
+        raise ProbeError(f"--server_target_qps=auto: no probe kept up within the limits in {elapsed:.0f} s, down to "
+                         f"{min(p.target_qps for p in probes):.4g} QPS ({probes[-1].why}); give --server_target_qps "
+                         f"or a user.conf target; see {probe_dir}")
+    sustained = sustained_qps(peak, probes)
+    target = auto_target_qps(sustained, fraction)
+    record.update(target_qps=target, sustained_qps=sustained)
+    (outdir / "auto_qps.json").write_text(json.dumps(record, indent=1) + "\n")
+    measured = (f"the highest of {len(probes)} probes of {probe_ms / 1000:g} s that kept up, {limits}"
+                if sustained == peak else
+                f"{len(probes)} probes of {probe_ms / 1000:g} s: {peak:.4g} QPS kept up ({limits}), one that fell "
+                f"behind completed only {sustained:.4g}/s")
+    how = f"auto, {fraction:.0%} of {sustained:.4g} QPS measured in {elapsed:.0f} s ({measured})"
+    conf = write_user_conf(outdir / "user.conf", {f"{scenario.loadgen_model}.Server.target_qps": target},
+                           f"Written by the harness: target QPS {target:.4g}: {how}.\n"
+                           "Keep it by copying it into your user.conf.", base=user_conf_path(config))
+    line = f"target QPS {target:.4g}: {how}; kept in {conf}"
+    log.warning("%s", line)
+    return (config.with_values(source=f"auto: {fraction:.0%} of {sustained:.4g} QPS measured", server_target_qps=target),
+            [line])
 
 
 def _calibrate_offline(config, benchmark, scenario, argv, outdir: Path):

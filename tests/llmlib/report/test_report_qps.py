@@ -12,15 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmlib.benchmarks import list_benchmarks, load_benchmark
+from llmlib.cli import resolve_for
+from llmlib.errors import ConfigError
 from llmlib.report.qps import (
+    AUTO_PROBE_MS,
     BACKLOG_GROWTH_LIMIT,
     MAX_PROBES,
     Probe,
+    ProbeError,
+    auto_choice,
+    auto_probe_ms,
+    auto_target_qps,
     backlog_growth,
     conf_value,
     judge_probe,
+    prepare,
     probe_argv,
     search_peak,
+    sustained_qps,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,6 +60,166 @@ def test_search_with_nothing_passing_returns_none():
                                tolerance=0.02, max_probes=6)
     assert peak is None and len(probes) == 6
     assert [p.target_qps for p in probes] == [10.0, 2.5, 0.625, 0.15625, 0.0390625, 0.009765625]
+
+
+def test_search_stops_starting_probes_once_out_of_time():
+    """The auto target's search: the first probe always runs, none starts after the budget."""
+    calls: list[float] = []
+    budget = iter([False, True])
+    peak, probes = search_peak(_fake_probe(3.3, calls), 4.0, tolerance=0.25, out_of_time=lambda: next(budget))
+    assert calls == [4.0, 3.3 * 0.98 * (1 - 0.25 / 2)] and peak == calls[1] and len(probes) == 2
+    calls.clear()
+    search_peak(_fake_probe(20, calls), 4.0, tolerance=0.25, growth=2.0, max_probes=4)
+    assert calls[:3] == [4.0, 8.0, 16.0]  # the auto search steps up by 2
+    calls.clear()
+    peak, probes = search_peak(_fake_probe(3.3, calls), 4.0, tolerance=0.25, out_of_time=lambda: True)
+    assert calls == [4.0] and peak is None  # nothing passed: the caller says so (no silent target)
+
+
+def _probe(q: float, passed: bool, achieved: float | None) -> Probe:
+    return Probe(target_qps=q, passed=passed, why="", achieved_qps=achieved, ttft_p99_ms=None, tpot_p99_ms=None,
+                 backlog_growth=None, folder="")
+
+
+def test_the_sustained_qps_is_the_lowest_capacity_seen():
+    """The highest passing probe, unless a probe that fell behind completed fewer samples/s than that (the
+    capacity of a shared machine moves; a long run meets its lowest)."""
+    assert sustained_qps(10.37, [_probe(4, True, 4.06), _probe(16, False, 11.9), _probe(10.37, True, 9.9)]) == 10.37
+    assert sustained_qps(10.37, [_probe(16, False, 11.9), _probe(10.37, True, 9.9),
+                                 _probe(14.8, False, 8.2)]) == 8.2
+    # a failure by latency alone (it completed at its rate) says nothing about capacity, nor one whose
+    # requests timed out (transformers serve swamped at 64 QPS: 48 of 320 completed, 1.05/s)
+    timed_out = _probe(64, False, 1.05)
+    timed_out.failed = 272
+    assert sustained_qps(5.0, [_probe(6, False, 6.0), _probe(7, False, None), timed_out]) == 5.0
+    assert auto_target_qps(8.2, 0.5) == pytest.approx(4.1)
+    for bad in ((0.0, 0.5), (8.2, 0.0), (8.2, 1.5)):
+        with pytest.raises(ValueError):
+            auto_target_qps(*bad)
+
+
+def test_probe_length_is_a_sixth_of_the_budget_within_bounds():
+    assert auto_probe_ms(30) == 5000
+    assert auto_probe_ms(5) == AUTO_PROBE_MS[0] and auto_probe_ms(600) == AUTO_PROBE_MS[1]
+
+
+@pytest.mark.parametrize("given, performance, conf, perf, expected", [
+    (False, True, None, None, ("measure", None)),          # the benchmark's default, nothing measured
+    (False, True, "15", None, ("user.conf", None)),        # a user.conf target wins over a default auto
+    (True, True, "15", None, ("measure", None)),           # ... never over the user's own auto
+    (False, False, None, "2.5", ("performance run", 2.5)),  # accuracy / audit: the performance run's choice
+    (True, False, None, "2.5", ("performance run", 2.5)),
+    (True, False, None, "junk", ("measure", None)),
+    (False, True, None, "2.5", ("measure", None)),         # a performance run measures again
+])
+def test_where_an_auto_target_comes_from(given, performance, conf, perf, expected):
+    assert auto_choice(given=given, performance=performance, user_conf_qps=conf, performance_run_qps=perf) == expected
+
+
+def test_only_the_projects_own_benchmarks_default_to_auto(tmp_path):
+    """Real benchmarks' targets are the submitter's: none declares auto; tiny does."""
+    autos = {name for name in list_benchmarks()
+             if load_benchmark(name).harness.get("server_target_qps") == "auto"}
+    assert "tiny" in autos
+    assert all(load_benchmark(name).every_round for name in autos), autos
+    real = (REPO / "configs" / "benchmarks" / "llama3.1-8b.yaml").read_text()
+    bad = tmp_path / "llama3.1-8b.yaml"
+    bad.write_text(real.rstrip("\n") + "\nharness:\n  server_target_qps: auto\n" if "\nharness:" not in real
+                   else real.replace("\nharness:\n", "\nharness:\n  server_target_qps: auto\n"))
+    with pytest.raises(ConfigError, match="harness.server_target_qps.*auto is for the project's own"):
+        load_benchmark("llama3.1-8b", configs_dir=tmp_path)
+
+
+def test_tiny_is_auto_on_an_endpoint_and_the_hf_cores_measured_15_qps_on_hf():
+    """The hf core's default run keeps its target (configs/systems/local.yaml); any other core gets auto."""
+    for scenario in ("Server", "Interactive"):
+        hf, _ = resolve_for({}, "tiny", scenario, env={})
+        assert hf.core_type == "hf" and hf.server_target_qps == 15.0, hf.source("server_target_qps")
+        ep, _ = resolve_for({"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9"}, "tiny", scenario,
+                            env={})
+        assert ep.server_target_qps == "auto" and ep.source("server_target_qps") == "benchmark tiny"
+    given, _ = resolve_for({"server_target_qps": "AUTO"}, "tiny", "Server", env={})
+    assert given.server_target_qps == "auto" and given.source("server_target_qps") == "command line"
+
+
+def test_a_target_that_is_neither_a_number_nor_auto_is_a_one_line_error():
+    with pytest.raises(ConfigError) as err:
+        resolve_for({"server_target_qps": "fast"}, "tiny", "Server", env={})
+    assert str(err.value) == ("command line: --server_target_qps='fast' is not a valid number (expected a number "
+                              "or auto, got 'fast')")
+    proc = subprocess.run([sys.executable, "-m", "llmlib", "--benchmarks=tiny", "--scenarios=Server",
+                           "--server_target_qps=fast"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--server_target_qps='fast'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepare_lets_a_user_conf_target_win_over_the_default_auto(tmp_path):
+    conf = tmp_path / "user.conf"
+    conf.write_text("tiny.Server.target_qps = 3.5\ntiny.Server.min_query_count = 500\n")
+    cli = {"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9", "user_conf": str(conf),
+           "results_dir": str(tmp_path / "results")}
+    config, benchmark = resolve_for(cli, "tiny", "Server", env={})
+    assert config.server_target_qps == "auto"
+    chosen, notes = prepare(config, benchmark, "Server", [])
+    assert chosen.server_target_qps is None  # LoadGen reads the user.conf's 3.5
+    assert notes == [f"target QPS 3.5 from {conf} (the benchmark's default auto yields to a measured target)"]
+    assert not (tmp_path / "results").exists()  # nothing measured
+
+
+@pytest.mark.parametrize("core", [{}, {"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9"}])
+def test_a_number_is_never_replaced_by_auto(tmp_path, core):
+    config, benchmark = resolve_for({**core, "server_target_qps": "3", "results_dir": str(tmp_path)}, "tiny",
+                                    "Server", env={})
+    chosen, notes = prepare(config, benchmark, "Server", [])
+    assert chosen.server_target_qps == 3.0 and chosen.source("server_target_qps") == "command line" and notes == []
+    assert not any(tmp_path.iterdir())  # no probe ran
+
+
+def test_an_accuracy_run_takes_the_target_its_performance_run_chose(tmp_path):
+    cli = {"core_type": "trtllm_endpoint", "trtllm_server_urls": "127.0.0.1:9", "results_dir": str(tmp_path),
+           "test_mode": "AccuracyOnly"}
+    config, benchmark = resolve_for(cli, "tiny", "Server", env={})
+    perf = tmp_path / "local" / "tiny" / "Server" / "performance"
+    perf.mkdir(parents=True)
+    (perf / "user.conf").write_text("tiny.Server.min_query_count = 500\n# --- chosen by the harness ---\n"
+                                    "tiny.Server.target_qps = 2.75\n")
+    chosen, notes = prepare(config, benchmark, "Server", [])
+    assert chosen.server_target_qps == 2.75 and "performance run chose" in notes[0]
+
+
+def test_auto_offline_qps_on_a_compliance_run_is_a_clear_error(tmp_path):
+    config, benchmark = resolve_for({"offline_expected_qps": "auto", "test_mode": "AccuracyOnly",
+                                     "results_dir": str(tmp_path)}, "tiny", "Offline", env={})
+    with pytest.raises(ProbeError, match="--offline_expected_qps=auto calibrates a performance run only"):
+        prepare(config, benchmark, "Offline", [])
+
+
+def test_auto_applies_to_its_own_scenario_only(tmp_path):
+    """--server_target_qps=auto with Offline (and --offline_expected_qps=auto with Server) is set aside."""
+    config, benchmark = resolve_for({"server_target_qps": "auto", "calibrate_offline_qps": "never",
+                                     "results_dir": str(tmp_path)}, "tiny", "Offline", env={})
+    chosen, notes = prepare(config, benchmark, "Offline", [])
+    assert chosen.server_target_qps is None and notes == []
+
+
+def test_the_auto_probes_backlog_must_grow_beyond_arrival_noise():
+    """The transformers serve probe of 21 queries at 4 QPS (TTFT p99 97 ms): Poisson arrivals against
+    completions a few bins later read as 13.6% growth; its noise floor is 2 / sqrt(21) = 44%."""
+    issued = np.array([1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 2, 0, 0, 1, 1, 0, 0, 0, 1, 1, 2,
+                       1, 0, 0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] + [0] * 10)
+    done = np.array([0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                     1, 0, 1, 1, 2, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1])
+    summary = {"ok": True, "loadgen": {"perf_constraints_met": True, "ttft_p99_ns": 9.7e7}, "outdir": "x",
+               "stats": _stats(issued, done)}
+    assert backlog_growth(summary["stats"]) > BACKLOG_GROWTH_LIMIT
+    assert not judge_probe(summary, 4.0).passed  # the peak search's long probes keep the strict limit
+    assert judge_probe(summary, 4.0, noise_floor=True).passed
+    # a probe of 600 queries that falls behind by 20% still fails with the floor (2 / sqrt(600) = 8%)
+    rng = np.random.default_rng(7)
+    many = rng.poisson(10, size=60)
+    summary["stats"] = _stats(many, np.floor(many * 0.8))
+    p = judge_probe(summary, 100.0, noise_floor=True)
+    assert not p.passed and "backlog grew" in p.why
 
 
 def _stats(issued: np.ndarray, completed: np.ndarray, width: float = 0.1) -> dict:
@@ -152,6 +322,14 @@ def test_offline_and_server_valid_on_the_dummy_core_with_no_hand_set_qps(tmp_pat
     assert float(chosen.split(" = ")[1]) == pytest.approx(s["loadgen"]["target_qps"], rel=1e-4)
     assert (tmp_path / "local" / "index.html").is_file()
     assert chosen in (tmp_path / "local" / "user.conf").read_text()  # the chosen values, in one file to keep
+    # Server: tiny's default auto (no target measured for the dummy core) chose the target from probes
+    server = tmp_path / "local" / "tiny" / "Server" / "performance"
+    s = json.loads((server / "summary.json").read_text())
+    auto = json.loads((server / "auto_qps.json").read_text())
+    assert auto["target_qps"] == pytest.approx(0.5 * auto["sustained_qps"]) and auto["probes"][0]["target_qps"] == 4.0
+    assert s["loadgen"]["target_qps"] == pytest.approx(auto["target_qps"], rel=1e-4)
+    assert any(n.startswith(f"target QPS {auto['target_qps']:.4g}: auto, 50% of") for n in s["notes"]), s["notes"]
+    assert s["issued"] >= 500  # user.conf's min_query_count still applies
 
 
 @pytest.mark.slow
