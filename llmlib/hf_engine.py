@@ -1,7 +1,8 @@
 """In-flight batching engine over a transformers causal LM (PyTorch; CPU by default, CUDA if asked).
 
 Requests join the running batch between decode steps: joiners are prefilled together, their KV
-cache is merged into the batch's (left-padded), finished sequences leave at once.
+cache is merged into the batch's (left-padded), finished sequences leave at once. Outcomes go to a
+ResponseSink (the core contract's shape), chunks of the output so far to requests made with `chunks`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from llmlib.cores.base import ResponseSink
+from llmlib.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ class EngineRequest:
     min_new_tokens: int = 0
     stop_ids: frozenset[int] = frozenset()
     streaming: bool = False
+    chunks: bool = False  # someone listens to the output as it grows: on_chunk after every step
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -42,26 +47,24 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     pos: int = 0  # position id of the next token fed to the model
     generator: torch.Generator | None = None
-
-
-class EngineEvents:
-    """What the engine reports; the core turns these into LLMCore outcomes."""
-
-    def first_token(self, rid: int, token: int) -> None: ...
-
-    def complete(self, rid: int, tokens: list[int]) -> None: ...
-
-    def fail(self, rid: int, message: str) -> None: ...
+    buf: np.ndarray | None = None  # requests with `chunks`: the output so far, views of it go to on_chunk
 
 
 class HFEngine:
     """Continuous batching over one model. Not thread-safe: one thread calls `add`, `cancel`
-    and `step` (the worker loop); outcomes go to `events` synchronously from `step`."""
+    and `step` (the worker loop); outcomes go to `sink` synchronously from `add` and `step`, in the
+    core contract's ResponseSink shape: `on_first_token(rid, uint32 array)` for streaming requests,
+    `on_chunk(rid, output so far, n)` after every step for requests with `chunks` (views of one
+    buffer per request: the first n never change), then exactly one of `on_complete(rid, uint32
+    array, n)` or `on_error(rid, BackendError)` (address `address`)."""
 
-    def __init__(self, model, events: EngineEvents, *, max_batch_size: int = 16, max_num_tokens: int = 2048,
-                 device: str = "cpu", fault: Callable[[str, list[int]], None] | None = None):
+    def __init__(self, model, sink: ResponseSink, *, max_batch_size: int = 16, max_num_tokens: int = 2048,
+                 device: str = "cpu", fault: Callable[[str, list[int]], None] | None = None,
+                 address: str = "hf-engine"):
         self.model = model
-        self.events = events
+        self.sink = sink
+        self.address = address
+        self._on_chunk = getattr(sink, "on_chunk", None)
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.device = torch.device(device)
@@ -75,12 +78,15 @@ class HFEngine:
         self.generated_tokens = 0
 
     # --- intake ------------------------------------------------------------------------------------
+    def _fail(self, rid: int, message: str) -> None:
+        self.sink.on_error(rid, BackendError(self.address, message))
+
     def add(self, req: EngineRequest) -> None:
         if len(req.input_ids) == 0:
-            self.events.fail(req.rid, "empty input")
+            self._fail(req.rid, "empty input")
             return
         if len(req.input_ids) + 1 > self.max_num_tokens:
-            self.events.fail(req.rid, f"input of {len(req.input_ids)} tokens exceeds hf_max_num_tokens="
+            self._fail(req.rid, f"input of {len(req.input_ids)} tokens exceeds hf_max_num_tokens="
                                       f"{self.max_num_tokens}")
             return
         self.waiting.append(req)
@@ -103,7 +109,7 @@ class HFEngine:
             except Exception as err:  # a failed prefill fails its joiners, not the batch
                 log.warning("prefill of %d request(s) failed: %r", len(joiners), err)
                 for seq in joiners:
-                    self.events.fail(seq.req.rid, f"prefill failed: {err!r}")
+                    self._fail(seq.req.rid, f"prefill failed: {err!r}")
         self._finish_done()
         if self.active:
             try:
@@ -111,7 +117,7 @@ class HFEngine:
             except Exception as err:  # the batch's state is unknown now: fail it and start clean
                 log.warning("decode step failed for %d request(s): %r", len(self.active), err)
                 for seq in self.active:
-                    self.events.fail(seq.req.rid, f"decode failed: {err!r}")
+                    self._fail(seq.req.rid, f"decode failed: {err!r}")
                 self.active, self._cache, self._mask = [], None, None
                 return
             self._finish_done()
@@ -123,11 +129,11 @@ class HFEngine:
         keep = [r for r in self.waiting if r.rid not in self._cancelled]
         for r in self.waiting:
             if r.rid in self._cancelled:
-                self.events.fail(r.rid, "cancelled")
+                self._fail(r.rid, "cancelled")
         self.waiting = deque(keep)
         gone = [i for i, s in enumerate(self.active) if s.req.rid in self._cancelled]
         for i in gone:
-            self.events.fail(self.active[i].req.rid, "cancelled")
+            self._fail(self.active[i].req.rid, "cancelled")
         if gone:
             self._keep([i for i in range(len(self.active)) if i not in set(gone)])
         self._cancelled.clear()
@@ -144,7 +150,8 @@ class HFEngine:
             gen = None
             if req.temperature > 0 and not req.top_k == 1:
                 gen = torch.Generator(device="cpu").manual_seed((req.seed * 1_000_003 + req.rid) % (2**63))
-            joiners.append(_Seq(req=req, generator=gen))
+            buf = np.empty(max(req.max_new_tokens, 1), dtype=np.uint32) if req.chunks and self._on_chunk else None
+            joiners.append(_Seq(req=req, generator=gen, buf=buf))
         return joiners
 
     # --- model calls -----------------------------------------------------------------------------------
@@ -191,11 +198,18 @@ class HFEngine:
             self._accept(s, tok)
 
     def _accept(self, s: _Seq, tok: int) -> None:
-        first = not s.out
-        s.out.append(tok)
+        out = s.out
+        out.append(tok)
         self.generated_tokens += 1
-        if first and s.req.streaming and tok not in s.req.stop_ids:
-            self.events.first_token(s.req.rid, tok)
+        req = s.req
+        if tok in req.stop_ids:  # (the output ends here: on_complete follows in this step)
+            return
+        n = len(out)
+        if n == 1 and req.streaming:
+            self.sink.on_first_token(req.rid, np.array(out, dtype=np.uint32))
+        if s.buf is not None:
+            s.buf[n - 1] = tok
+            self._on_chunk(req.rid, s.buf[:n], n)
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
         # min_new_tokens: stop tokens are not allowed yet
@@ -258,9 +272,10 @@ class HFEngine:
         keep = []
         for i, s in enumerate(self.active):
             if s.out and s.out[-1] in s.req.stop_ids:  # (sampling holds stops back until min_new_tokens)
-                self.events.complete(s.req.rid, s.out[:-1])
+                tokens = np.array(s.out[:-1], dtype=np.uint32)
+                self.sink.on_complete(s.req.rid, tokens, len(tokens))
             elif len(s.out) >= s.req.max_new_tokens:
-                self.events.complete(s.req.rid, s.out)
+                self.sink.on_complete(s.req.rid, np.array(s.out, dtype=np.uint32), len(s.out))
             else:
                 keep.append(i)
         if len(keep) < len(self.active):
@@ -291,10 +306,11 @@ def _sample_one(logits: torch.Tensor, req: EngineRequest, generator: torch.Gener
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool) -> EngineRequest:
+def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool,
+                        chunks: bool = False) -> EngineRequest:
     """An EngineRequest from a Request's GenerationParams."""
     return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=params.max_new_tokens,
                          min_new_tokens=int(params.min_new_tokens), stop_ids=frozenset(params.stop_token_ids),
-                         streaming=streaming, temperature=float(params.temperature), top_p=float(params.top_p),
+                         streaming=streaming, chunks=chunks, temperature=float(params.temperature), top_p=float(params.top_p),
                          top_k=int(params.top_k), frequency_penalty=float(params.frequency_penalty),
                          presence_penalty=float(params.presence_penalty), seed=int(params.seed))
