@@ -119,6 +119,61 @@ def run_harness(model_path: str, n: int, batch: int, max_new: int, outdir: str) 
             "failed": outcome.failed, "validity": lg.get("validity")}
 
 
+def profile_engine(model_path: str, n: int, batch: int, max_new: int) -> None:
+    """Where an engine step spends its time: the engine alone (no LoadGen, no pipe) over the same
+    prompts under cProfile, CPU seconds per phase (process CPU time, robust to a shared machine)."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmlib.hf_engine import EngineRequest, HFEngine
+
+    torch.set_num_threads(_threads())
+    benchmark, prompts = _prompts(n)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+
+    class Sink:
+        tokens = 0
+
+        def on_first_token(self, rid, tokens): ...
+
+        def on_complete(self, rid, tokens, n_tokens):
+            self.tokens += n_tokens
+
+        def on_error(self, rid, error):
+            raise SystemExit(f"request {rid} failed: {error}")
+
+    def run() -> tuple[int, int]:
+        sink = Sink()
+        engine = HFEngine(model, sink, max_batch_size=batch)
+        for i, p in enumerate(prompts):
+            engine.add(EngineRequest(rid=i, input_ids=np.asarray(p, dtype=np.int32), max_new_tokens=max_new,
+                                     stop_ids=frozenset({benchmark.eos_token_id}), streaming=True))
+        with torch.inference_mode():
+            while not engine.idle:
+                engine.step()
+        return sink.tokens, engine.steps
+
+    run()  # warm up
+    prof = cProfile.Profile(timer=time.process_time)
+    prof.enable()
+    tokens, steps = run()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values())  # tottime over every function: the whole CPU time
+    print(f"engine alone: {tokens} tokens in {steps} steps, {total:.2f} CPU s, {tokens / total:,.1f} tok per CPU s")
+    phases = {"step": "step", "prefill (model + padding)": "_prefill", "decode (model)": "_decode",
+              "merge joiners' cache": "_merge", "drop finished rows": "_keep", "sampling": "_sample"}
+    for label, fn in phases.items():
+        cum = sum(v[3] for (path, _, name), v in stats.items() if name == fn and path.endswith("hf_engine.py"))
+        print(f"  {label:<28} {cum:7.2f} CPU s  {100 * cum / total:5.1f}%")
+    cat = sum(v[2] for (_, _, name), v in stats.items() if name == "<built-in method torch.cat>")
+    print(f"  {'torch.cat (cache growth...)':<28} {cat:7.2f} CPU s  {100 * cat / total:5.1f}%")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", choices=("raw", "harness", "transformers_cb"), help=argparse.SUPPRESS)
@@ -133,11 +188,16 @@ def main() -> int:
     p.add_argument("--omp_wait_policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE"),
                    help="OMP_WAIT_POLICY for both sides (the hf worker's own default is PASSIVE)")
     p.add_argument("--outdir", default=str(REPO / "results" / "bench_hf"))
+    p.add_argument("--profile", action="store_true", help="profile the engine alone (CPU s per phase) and exit")
     args = p.parse_args()
     if not args.model:
         from llmlib.tiny_model import ensure_tiny_model
 
         args.model = str(ensure_tiny_model())
+    if args.profile:
+        os.environ.setdefault("BENCH_HF_THREADS", str(args.threads or _threads()))
+        profile_engine(args.model, args.prompts, args.batch, args.max_new)
+        return 0
     if args.one:
         fn = {"raw": run_raw, "harness": run_harness, "transformers_cb": run_transformers_cb}[args.one]
         extra = (args.outdir,) if args.one == "harness" else ()
