@@ -198,15 +198,19 @@ class HFEngine:
             self._accept(s, tok)
 
     def _accept(self, s: _Seq, tok: int) -> None:
-        out = s.out
-        out.append(tok)
+        first = not s.out
+        s.out.append(tok)
         self.generated_tokens += 1
+        if first or s.buf is not None:  # (the hot path of requests without chunks ends here)
+            self._tell(s, tok, len(s.out))
+
+    def _tell(self, s: _Seq, tok: int, n: int) -> None:
+        """The first token of a streaming request, the output so far of a chunked one."""
         req = s.req
         if tok in req.stop_ids:  # (the output ends here: on_complete follows in this step)
             return
-        n = len(out)
         if n == 1 and req.streaming:
-            self.sink.on_first_token(req.rid, np.array(out, dtype=np.uint32))
+            self.sink.on_first_token(req.rid, np.array(s.out, dtype=np.uint32))
         if s.buf is not None:
             s.buf[n - 1] = tok
             self._on_chunk(req.rid, s.buf[:n], n)
