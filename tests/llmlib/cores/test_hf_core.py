@@ -255,3 +255,23 @@ def test_dynasor_runs_through_loadgen_on_the_hf_core(model_dir, tmp_path):
     assert o.token_stats and o.token_stats["requests"] >= o.issued // 2  # (a random model may stop at once)
     text = (tmp_path / "local" / "math-tiny" / "Server" / "performance" / "summary.txt").read_text()
     assert "dynasor" in text and "inter-token latency" in text
+
+
+@pytest.mark.loadgen
+def test_token_stats_on_the_hf_core(tmp_path):
+    """`--token_stats=true` on the project's tiny model: LoadGen's requests get their chunks through the
+    worker's pipe, so the summary has inter-token figures for hf too."""
+    from pathlib import Path
+
+    from llmlib.cli import resolve_for
+    from llmlib.harness import run_scenario
+
+    cli = {"core_type": "hf", "hf_threads_per_worker": "1", "token_stats": "true", "server_target_qps": "4",
+           "min_query_count": "24", "min_duration_ms": "500", "warmup_queries": "0", "show_progress": "false",
+           "results_dir": str(tmp_path)}
+    config, benchmark = resolve_for(cli, "tiny", "Server", env={})
+    o = run_scenario(config, benchmark, "Server")
+    assert o.issued >= 24 and o.issued == o.completed and o.failed == 0 and o.lost == 0, (o.errors, o.loadgen)
+    t = o.token_stats
+    assert t and t["requests"] >= o.issued // 2 and 0 < t["itl_p50_ms"] <= t["max_gap_p99_ms"]
+    assert "inter-token latency" in (Path(o.outdir) / "summary.txt").read_text()
