@@ -203,7 +203,7 @@ def test_chunks_cross_the_pipe_as_the_engine_steps(model_dir):
 
 def test_cancel_stops_the_engines_sequence(model_dir):
     """A cancelled chunked request leaves the engine's batch at its next step: the worker answers
-    "cancelled" for it long before the 400 tokens it was asked for, and never completes it."""
+    "cancelled" for it long before the 480 tokens it was asked for, and never completes it."""
     path, _ = model_dir
     server = make_server(path)
     core = server.cores[0]
@@ -213,7 +213,7 @@ def test_cancel_stops_the_engines_sequence(model_dir):
     core._complete = lambda rid, tokens, n: (late.append((rid, "complete")), complete(rid, tokens, n))[1]
     try:
         target = ChunkTarget()
-        params = GenerationParams(max_new_tokens=400, eos_token_id=EOS, stop_token_ids=())
+        params = GenerationParams(max_new_tokens=480, eos_token_id=EOS, stop_token_ids=())  # (prompt + 480 < 512)
         req = Request(1, prompts(1, seed=9)[0], params, True, 0, chunks=True)
         server.submit([req], target)
         deadline = time.monotonic() + 60
@@ -227,7 +227,7 @@ def test_cancel_stops_the_engines_sequence(model_dir):
         while (1, "cancelled") not in late and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (1, "cancelled") in late and (1, "complete") not in late  # the engine dropped it
-        assert len(target.chunks[1]) < 400 and core.late_after_cancel == 1
+        assert len(target.chunks[1]) < 480 and core.late_after_cancel == 1
     finally:
         server.stop()
 
