@@ -316,5 +316,5 @@ def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool
     return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=params.max_new_tokens,
                          min_new_tokens=int(params.min_new_tokens), stop_ids=frozenset(params.stop_token_ids),
                          streaming=streaming, chunks=chunks, temperature=float(params.temperature),
-                         top_p=float(params.top_p), top_k=int(params.top_k), frequency_penalty=float(params.frequency_penalty),
-                         presence_penalty=float(params.presence_penalty), seed=int(params.seed))
+                         top_p=float(params.top_p), top_k=int(params.top_k),
+                         frequency_penalty=float(params.frequency_penalty), presence_penalty=float(params.presence_penalty), seed=int(params.seed))
