@@ -173,6 +173,7 @@ class HFEngine:
             mask[i, width - n:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        cache.layer_class_to_replicate = _roomy_layer()
         out = self._forward("prefill", [s.req.rid for s in joiners], input_ids=ids.to(self.device),
                             attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
                             past_key_values=cache, logits_to_keep=1)
@@ -284,6 +285,45 @@ class HFEngine:
                 keep.append(i)
         if len(keep) < len(self.active):
             self._keep(keep)
+
+
+_ROOMY = None
+
+
+def _roomy_layer():
+    """A DynamicLayer whose keys and values are views of buffers with room to grow: a decode step
+    writes its token in place instead of copying the whole cache (`torch.cat`) every step. Tensors
+    the engine puts there itself (merge, drop) are copied into a new buffer on the next update."""
+    global _ROOMY
+    if _ROOMY is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class RoomyLayer(DynamicLayer):
+            _kbuf: torch.Tensor | None = None
+            _vbuf: torch.Tensor | None = None
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized or self.keys.numel() == 0:
+                    return super().update(key_states, value_states, *args, **kwargs)
+                keys, values = self.keys, self.values
+                t, add = keys.shape[-2], key_states.shape[-2]
+                kbuf, vbuf = self._kbuf, self._vbuf
+                if (kbuf is None or t + add > kbuf.shape[-2] or keys.data_ptr() != kbuf.data_ptr()
+                        or keys.shape[0] != kbuf.shape[0] or values.data_ptr() != vbuf.data_ptr()):
+                    cap = t + add + max(32, t // 4)  # (at most a quarter more memory than the cache)
+                    b, h, _, d = keys.shape
+                    kbuf = keys.new_empty((b, h, cap, d))
+                    vbuf = values.new_empty((b, values.shape[1], cap, values.shape[-1]))
+                    kbuf[:, :, :t] = keys
+                    vbuf[:, :, :t] = values
+                    self._kbuf, self._vbuf = kbuf, vbuf
+                kbuf[:, :, t:t + add] = key_states
+                vbuf[:, :, t:t + add] = value_states
+                self.keys, self.values = kbuf[:, :, :t + add], vbuf[:, :, :t + add]
+                return self.keys, self.values
+
+        _ROOMY = RoomyLayer
+    return _ROOMY
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
