@@ -26,7 +26,7 @@ METHODS: dict[str, dict[str, tuple[type, Any]]] = {
     "token_budget": {"budget": (int, 512), "batch": (int, 2)},
     # Dynasor-CoT: the reasoning streams `interval` tokens at a time (the cores deliver chunks to a
     # stream task), a probe asks for the answer after each step, and `certainty` equal answers in a row
-    # cancel the stream (the backend stops); a core that streams no chunks gives no probes (hf)
+    # cancel the stream (the backend stops); a core that streams no chunks gives no probes
     "dynasor": {"interval": (int, 32), "certainty": (int, 3), "probe_tokens": (int, 16)},
 }
 # Not offered here: best-of-N needs a reward model (scaffolding.controllers has it for direct use).

@@ -1,7 +1,8 @@
 """In-flight batching engine over a transformers causal LM (PyTorch; CPU by default, CUDA if asked).
 
 Requests join the running batch between decode steps: joiners are prefilled together, their KV
-cache is merged into the batch's (left-padded), finished sequences leave at once.
+cache is merged into the batch's (left-padded), finished sequences leave at once. Outcomes go to a
+ResponseSink (the core contract's shape), chunks of the output so far to requests made with `chunks`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from llmlib.cores.base import ResponseSink
+from llmlib.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ class EngineRequest:
     min_new_tokens: int = 0
     stop_ids: frozenset[int] = frozenset()
     streaming: bool = False
+    chunks: bool = False  # someone listens to the output as it grows: on_chunk after every step
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -42,26 +47,24 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     pos: int = 0  # position id of the next token fed to the model
     generator: torch.Generator | None = None
-
-
-class EngineEvents:
-    """What the engine reports; the core turns these into LLMCore outcomes."""
-
-    def first_token(self, rid: int, token: int) -> None: ...
-
-    def complete(self, rid: int, tokens: list[int]) -> None: ...
-
-    def fail(self, rid: int, message: str) -> None: ...
+    buf: np.ndarray | None = None  # requests with `chunks`: the output so far, views of it go to on_chunk
 
 
 class HFEngine:
     """Continuous batching over one model. Not thread-safe: one thread calls `add`, `cancel`
-    and `step` (the worker loop); outcomes go to `events` synchronously from `step`."""
+    and `step` (the worker loop); outcomes go to `sink` synchronously from `add` and `step`, in the
+    core contract's ResponseSink shape: `on_first_token(rid, uint32 array)` for streaming requests,
+    `on_chunk(rid, output so far, n)` after every step for requests with `chunks` (views of one
+    buffer per request: the first n never change), then exactly one of `on_complete(rid, uint32
+    array, n)` or `on_error(rid, BackendError)` (address `address`)."""
 
-    def __init__(self, model, events: EngineEvents, *, max_batch_size: int = 16, max_num_tokens: int = 2048,
-                 device: str = "cpu", fault: Callable[[str, list[int]], None] | None = None):
+    def __init__(self, model, sink: ResponseSink, *, max_batch_size: int = 16, max_num_tokens: int = 2048,
+                 device: str = "cpu", fault: Callable[[str, list[int]], None] | None = None,
+                 address: str = "hf-engine"):
         self.model = model
-        self.events = events
+        self.sink = sink
+        self.address = address
+        self._on_chunk = getattr(sink, "on_chunk", None)
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.device = torch.device(device)
@@ -75,12 +78,15 @@ class HFEngine:
         self.generated_tokens = 0
 
     # --- intake ------------------------------------------------------------------------------------
+    def _fail(self, rid: int, message: str) -> None:
+        self.sink.on_error(rid, BackendError(self.address, message))
+
     def add(self, req: EngineRequest) -> None:
         if len(req.input_ids) == 0:
-            self.events.fail(req.rid, "empty input")
+            self._fail(req.rid, "empty input")
             return
         if len(req.input_ids) + 1 > self.max_num_tokens:
-            self.events.fail(req.rid, f"input of {len(req.input_ids)} tokens exceeds hf_max_num_tokens="
+            self._fail(req.rid, f"input of {len(req.input_ids)} tokens exceeds hf_max_num_tokens="
                                       f"{self.max_num_tokens}")
             return
         self.waiting.append(req)
@@ -103,7 +109,7 @@ class HFEngine:
             except Exception as err:  # a failed prefill fails its joiners, not the batch
                 log.warning("prefill of %d request(s) failed: %r", len(joiners), err)
                 for seq in joiners:
-                    self.events.fail(seq.req.rid, f"prefill failed: {err!r}")
+                    self._fail(seq.req.rid, f"prefill failed: {err!r}")
         self._finish_done()
         if self.active:
             try:
@@ -111,7 +117,7 @@ class HFEngine:
             except Exception as err:  # the batch's state is unknown now: fail it and start clean
                 log.warning("decode step failed for %d request(s): %r", len(self.active), err)
                 for seq in self.active:
-                    self.events.fail(seq.req.rid, f"decode failed: {err!r}")
+                    self._fail(seq.req.rid, f"decode failed: {err!r}")
                 self.active, self._cache, self._mask = [], None, None
                 return
             self._finish_done()
@@ -123,11 +129,11 @@ class HFEngine:
         keep = [r for r in self.waiting if r.rid not in self._cancelled]
         for r in self.waiting:
             if r.rid in self._cancelled:
-                self.events.fail(r.rid, "cancelled")
+                self._fail(r.rid, "cancelled")
         self.waiting = deque(keep)
         gone = [i for i, s in enumerate(self.active) if s.req.rid in self._cancelled]
         for i in gone:
-            self.events.fail(self.active[i].req.rid, "cancelled")
+            self._fail(self.active[i].req.rid, "cancelled")
         if gone:
             self._keep([i for i in range(len(self.active)) if i not in set(gone)])
         self._cancelled.clear()
@@ -144,7 +150,8 @@ class HFEngine:
             gen = None
             if req.temperature > 0 and not req.top_k == 1:
                 gen = torch.Generator(device="cpu").manual_seed((req.seed * 1_000_003 + req.rid) % (2**63))
-            joiners.append(_Seq(req=req, generator=gen))
+            buf = np.empty(max(req.max_new_tokens, 1), dtype=np.uint32) if req.chunks and self._on_chunk else None
+            joiners.append(_Seq(req=req, generator=gen, buf=buf))
         return joiners
 
     # --- model calls -----------------------------------------------------------------------------------
@@ -166,6 +173,7 @@ class HFEngine:
             mask[i, width - n:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        cache.layer_class_to_replicate = _roomy_layer()
         out = self._forward("prefill", [s.req.rid for s in joiners], input_ids=ids.to(self.device),
                             attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
                             past_key_values=cache, logits_to_keep=1)
@@ -194,8 +202,19 @@ class HFEngine:
         first = not s.out
         s.out.append(tok)
         self.generated_tokens += 1
-        if first and s.req.streaming and tok not in s.req.stop_ids:
-            self.events.first_token(s.req.rid, tok)
+        if first or s.buf is not None:  # (the hot path of requests without chunks ends here)
+            self._tell(s, tok, len(s.out))
+
+    def _tell(self, s: _Seq, tok: int, n: int) -> None:
+        """The first token of a streaming request, the output so far of a chunked one."""
+        req = s.req
+        if tok in req.stop_ids:  # (the output ends here: on_complete follows in this step)
+            return
+        if n == 1 and req.streaming:
+            self.sink.on_first_token(req.rid, np.array(s.out, dtype=np.uint32))
+        if s.buf is not None:
+            s.buf[n - 1] = tok
+            self._on_chunk(req.rid, s.buf[:n], n)
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
         # min_new_tokens: stop tokens are not allowed yet
@@ -258,13 +277,53 @@ class HFEngine:
         keep = []
         for i, s in enumerate(self.active):
             if s.out and s.out[-1] in s.req.stop_ids:  # (sampling holds stops back until min_new_tokens)
-                self.events.complete(s.req.rid, s.out[:-1])
+                tokens = np.array(s.out[:-1], dtype=np.uint32)
+                self.sink.on_complete(s.req.rid, tokens, len(tokens))
             elif len(s.out) >= s.req.max_new_tokens:
-                self.events.complete(s.req.rid, s.out)
+                self.sink.on_complete(s.req.rid, np.array(s.out, dtype=np.uint32), len(s.out))
             else:
                 keep.append(i)
         if len(keep) < len(self.active):
             self._keep(keep)
+
+
+_ROOMY = None
+
+
+def _roomy_layer():
+    """A DynamicLayer whose keys and values are views of buffers with room to grow: a decode step
+    writes its token in place instead of copying the whole cache (`torch.cat`) every step. Tensors
+    the engine puts there itself (merge, drop) are copied into a new buffer on the next update."""
+    global _ROOMY
+    if _ROOMY is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class RoomyLayer(DynamicLayer):
+            _kbuf: torch.Tensor | None = None
+            _vbuf: torch.Tensor | None = None
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized or self.keys.numel() == 0:
+                    return super().update(key_states, value_states, *args, **kwargs)
+                keys, values = self.keys, self.values
+                t, add = keys.shape[-2], key_states.shape[-2]
+                kbuf, vbuf = self._kbuf, self._vbuf
+                if (kbuf is None or t + add > kbuf.shape[-2] or keys.data_ptr() != kbuf.data_ptr()
+                        or keys.shape[0] != kbuf.shape[0] or values.data_ptr() != vbuf.data_ptr()):
+                    cap = t + add + max(32, t // 4)  # (at most a quarter more memory than the cache)
+                    b, h, _, d = keys.shape
+                    kbuf = keys.new_empty((b, h, cap, d))
+                    vbuf = values.new_empty((b, values.shape[1], cap, values.shape[-1]))
+                    kbuf[:, :, :t] = keys
+                    vbuf[:, :, :t] = values
+                    self._kbuf, self._vbuf = kbuf, vbuf
+                kbuf[:, :, t:t + add] = key_states
+                vbuf[:, :, t:t + add] = value_states
+                self.keys, self.values = kbuf[:, :, :t + add], vbuf[:, :, :t + add]
+                return self.keys, self.values
+
+        _ROOMY = RoomyLayer
+    return _ROOMY
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -291,10 +350,11 @@ def _sample_one(logits: torch.Tensor, req: EngineRequest, generator: torch.Gener
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool) -> EngineRequest:
+def engine_request_from(rid: int, input_ids: np.ndarray, params, streaming: bool,
+                        chunks: bool = False) -> EngineRequest:
     """An EngineRequest from a Request's GenerationParams."""
     return EngineRequest(rid=rid, input_ids=input_ids, max_new_tokens=params.max_new_tokens,
                          min_new_tokens=int(params.min_new_tokens), stop_ids=frozenset(params.stop_token_ids),
-                         streaming=streaming, temperature=float(params.temperature), top_p=float(params.top_p),
-                         top_k=int(params.top_k), frequency_penalty=float(params.frequency_penalty),
-                         presence_penalty=float(params.presence_penalty), seed=int(params.seed))
+                         streaming=streaming, chunks=chunks, temperature=float(params.temperature),
+                         top_p=float(params.top_p), top_k=int(params.top_k),
+                         frequency_penalty=float(params.frequency_penalty), presence_penalty=float(params.presence_penalty), seed=int(params.seed))

@@ -1,7 +1,9 @@
 """The `hf` core: a transformers model behind the in-flight batching engine, in its own process.
 
 Data-parallel cores are separate processes with the CPU threads split between them; the parent
-talks to each over a pipe, with a sender and a receiver thread (no polling on either side).
+talks to each over a pipe, with a sender and a receiver thread (no polling on either side). The
+worker sends one message per engine step: first tokens, outputs, errors and, for requests made with
+`chunks=True`, each new token (the parent keeps the output so far and hands it to the sink's on_chunk).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class HFCore(LLMCore):
         self._proc.start()
         child_conn.close()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[int, list] = {}  # rid -> [output so far (buffer), n]: requests with chunks
         self._ready = threading.Event()
         self._dead: str | None = None
         self._stopping = False
@@ -132,12 +135,16 @@ class HFCore(LLMCore):
     def _enqueue_impl(self, requests: Sequence[Request]) -> None:
         if self._dead is not None:
             raise BackendError(self.address, self._dead)
-        self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.params, r.streaming)
-                          for r in requests])
+        for r in requests:
+            if r.chunks:
+                self._streams[r.request_id] = [np.empty(max(r.max_new_tokens, 1), dtype=np.uint32), 0]
+        self._outbox.put([("req", r.request_id, np.asarray(r.input_tokens, dtype=np.int32), r.params, r.streaming,
+                           r.chunks) for r in requests])
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
         if request_id in self._pending:
-            self._outbox.put([("cancel", request_id)])
+            self._outbox.put([("cancel", request_id)])  # the engine drops the sequence at its next step
+            self._streams.pop(request_id, None)
             super().cancel(request_id, reason)
 
     @property
@@ -181,14 +188,26 @@ class HFCore(LLMCore):
                 self._die(f"worker process ended (exit code {code}): {err!r}" if code else
                           f"worker connection closed: {err!r}")
                 return
+            streams = self._streams
             for msg in msgs:
                 kind = msg[0]
-                if kind == "first":
+                if kind == "chunk":  # ("chunk", rid, n, the n-th token)
+                    stream = streams.get(msg[1])
+                    if stream is not None:
+                        buf, n = stream[0], msg[2]
+                        buf[n - 1] = msg[3]
+                        stream[1] = n
+                        self._chunk(msg[1], buf[:n], n)
+                elif kind == "first":
                     self._first_token(msg[1], np.array([msg[2]], dtype=np.uint32))
                 elif kind == "done":
+                    if streams:
+                        streams.pop(msg[1], None)
                     tokens = np.frombuffer(msg[2], dtype=np.uint32).copy()
                     self._complete(msg[1], tokens, len(tokens))
                 elif kind == "error":
+                    if streams:
+                        streams.pop(msg[1], None)
                     self._fail(msg[1], BackendError(self.address, msg[2]))
                 elif kind == "ready":
                     self.info = msg[1]
@@ -204,6 +223,7 @@ class HFCore(LLMCore):
         if self._dead is None:
             self._dead = why
             log.error("%s: %s", self.address, why)
+        self._streams.clear()
         for rid in list(self._pending):
             self._fail(rid, BackendError(self.address, why))
 
@@ -251,7 +271,7 @@ def _worker_main(conn, cfg: dict) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from llmlib.hf_engine import EngineEvents, HFEngine, engine_request_from
+        from llmlib.hf_engine import HFEngine, engine_request_from
 
         torch.set_num_threads(cfg["threads"])
         device = cfg["device"]
@@ -266,17 +286,20 @@ def _worker_main(conn, cfg: dict) -> None:
         finally:
             return
 
-    out: list = []
+    out: list = []  # this step's messages: one pipe message per step, however many requests
 
-    class Events(EngineEvents):
-        def first_token(self, rid, token):
-            out.append(("first", rid, int(token)))
+    class PipeSink:  # the engine's outcomes (ResponseSink shape), as pipe messages
+        def on_first_token(self, rid, tokens):
+            out.append(("first", rid, int(tokens[0])))
 
-        def complete(self, rid, tokens):
-            out.append(("done", rid, np.asarray(tokens, dtype=np.uint32).tobytes()))
+        def on_chunk(self, rid, tokens, n):  # one token more per step: send only the new one
+            out.append(("chunk", rid, n, int(tokens[n - 1])))
 
-        def fail(self, rid, message):
-            out.append(("error", rid, message))
+        def on_complete(self, rid, tokens, n):
+            out.append(("done", rid, tokens[:n].tobytes()))
+
+        def on_error(self, rid, error):
+            out.append(("error", rid, getattr(error, "cause", None) or repr(error)))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -292,7 +315,7 @@ def _worker_main(conn, cfg: dict) -> None:
                 return
 
     threading.Thread(target=receive, name="hf-worker-recv", daemon=True).start()
-    engine = HFEngine(model, Events(), max_batch_size=cfg["max_batch_size"],
+    engine = HFEngine(model, PipeSink(), max_batch_size=cfg["max_batch_size"],
                       max_num_tokens=cfg["max_num_tokens"], device=device)
     conn.send([("ready", {"device": device, "dtype": str(dtype), "threads": cfg["threads"],
                           "model": cfg["model_path"]})])
@@ -308,8 +331,8 @@ def _worker_main(conn, cfg: dict) -> None:
             for msgs in batches:
                 for m in msgs:
                     if m[0] == "req":
-                        _, rid, ids, params, streaming = m
-                        engine.add(engine_request_from(rid, ids, params, streaming))
+                        _, rid, ids, params, streaming, chunks = m
+                        engine.add(engine_request_from(rid, ids, params, streaming, chunks))
                     elif m[0] == "cancel":
                         engine.cancel(m[1])
                     elif m[0] == "stop":

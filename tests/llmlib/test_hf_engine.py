@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from llmlib.errors import BackendError  # noqa: E402
 from llmlib.hf_engine import EngineRequest, HFEngine  # noqa: E402
 
 EOS = 2
@@ -33,22 +34,37 @@ def prompts():
 
 
 class Events:
-    def __init__(self):
-        self.first, self.done, self.failed, self.order = {}, {}, {}, []
+    """A ResponseSink (the core contract's shape) that checks the engine keeps it."""
 
-    def first_token(self, rid, token):
+    def __init__(self, chunks=True):
+        self.first, self.done, self.failed, self.order = {}, {}, {}, []
+        self.chunks: dict[int, list[list[int]]] = {}
+        if not chunks:  # a sink without on_chunk: the engine must not need it
+            self.on_chunk = None
+
+    def on_first_token(self, rid, tokens):
+        assert isinstance(tokens, np.ndarray) and tokens.dtype == np.uint32 and len(tokens) >= 1
         assert rid not in self.done, "first token after completion"
-        self.first[rid] = token
+        assert rid not in self.first, "a second first token"
+        self.first[rid] = int(tokens[0])
         self.order.append(("first", rid))
 
-    def complete(self, rid, tokens):
+    def on_chunk(self, rid, tokens, n):
+        assert rid not in self.done and rid not in self.failed, "a chunk after the outcome"
+        assert tokens.dtype == np.uint32 and len(tokens) == n
+        self.chunks.setdefault(rid, []).append(tokens.tolist())
+        self.order.append(("chunk", rid))
+
+    def on_complete(self, rid, tokens, n):
         assert rid not in self.done and rid not in self.failed
-        self.done[rid] = list(tokens)
+        assert isinstance(tokens, np.ndarray) and tokens.dtype == np.uint32 and len(tokens) == n
+        self.done[rid] = tokens.tolist()
         self.order.append(("done", rid))
 
-    def fail(self, rid, message):
+    def on_error(self, rid, error):
         assert rid not in self.done and rid not in self.failed
-        self.failed[rid] = message
+        assert isinstance(error, BackendError)
+        self.failed[rid] = error.cause
 
 
 def reference(model, prompt, max_new, stop=(EOS,)):
@@ -92,6 +108,28 @@ def test_outputs_match_generate_whatever_the_batch(model, prompts):
     assert len(lengths) > 1  # some stopped on EOS, some ran to the limit
 
 
+def test_long_outputs_match_generate_through_cache_growth_joins_and_drops(model, prompts):
+    """The cache grows in place (views of buffers with room) past several reallocations while
+    sequences join (merge) and finish (rows dropped, left columns cut): outputs stay generate's."""
+    ev = Events()
+    engine = HFEngine(model, ev, max_batch_size=4, max_num_tokens=400)
+    lengths = [130, 40, 90, 15, 110, 60, 75, 25]
+    pending = [req(i, prompts[i], max_new=n, stop_ids=frozenset()) for i, n in enumerate(lengths)]
+    in_place = 0
+    with torch.inference_mode():
+        while pending or not engine.idle:
+            if pending:
+                engine.add(pending.pop(0))
+            engine.step()
+            if engine._cache is not None:
+                layer = engine._cache.layers[0]
+                in_place += layer._kbuf is not None and layer.keys.data_ptr() == layer._kbuf.data_ptr()
+    assert in_place > 100  # most steps wrote into the buffers
+    assert not ev.failed
+    for i, n in enumerate(lengths):
+        assert ev.done[i] == reference(model, prompts[i], n, stop=()), f"request {i}"
+
+
 def test_first_token_streamed_before_completion(model, prompts):
     ev = Events()
     run(HFEngine(model, ev, max_batch_size=4), [req(i, p, max_new=8) for i, p in enumerate(prompts[:8])])
@@ -104,7 +142,49 @@ def test_first_token_streamed_before_completion(model, prompts):
 def test_non_streaming_sends_no_first_token(model, prompts):
     ev = Events()
     run(HFEngine(model, ev), [req(0, prompts[0], streaming=False)])
-    assert ev.first == {} and 0 in ev.done
+    assert ev.first == {} and 0 in ev.done and ev.chunks == {}
+
+
+def test_chunks_give_the_output_so_far_after_every_step(model, prompts):
+    """Requests with `chunks` get the output so far after each step, one token more each time, the
+    stop token never; requests without get none; outputs stay those of `generate`."""
+    ev = Events()
+    engine = HFEngine(model, ev, max_batch_size=4)
+    run(engine, [req(i, p, max_new=16, chunks=i % 2 == 0) for i, p in enumerate(prompts[:8])])
+    assert not ev.failed and set(ev.chunks) <= {0, 2, 4, 6}
+    for i, p in enumerate(prompts[:8]):
+        out = ev.done[i]
+        assert out == reference(model, p, 16), f"request {i}"
+        if i % 2:
+            assert i not in ev.chunks
+            continue
+        assert ev.chunks.get(i, []) == [out[:k] for k in range(1, len(out) + 1)]
+        if out:  # the first token comes before its first chunk, all chunks before the outcome
+            assert ev.order.index(("first", i)) < ev.order.index(("chunk", i))
+            assert max(j for j, e in enumerate(ev.order) if e == ("chunk", i)) < ev.order.index(("done", i))
+    lengths = {len(ev.done[i]) for i in range(8)}
+    assert len(lengths) > 1  # some stopped on EOS (no chunk for it), some ran to the limit
+    quiet = Events(chunks=False)  # a sink without on_chunk: chunks are not asked for, nothing breaks
+    run(HFEngine(model, quiet), [req(0, prompts[0], max_new=8, chunks=True)])
+    assert quiet.done[0] == reference(model, prompts[0], 8)
+
+
+def test_cancel_stops_a_chunked_sequence_at_the_next_step(model, prompts):
+    ev = Events()
+    engine = HFEngine(model, ev, max_batch_size=4)
+    engine.add(req(0, prompts[0], max_new=200, stop_ids=frozenset(), chunks=True))
+    engine.add(req(1, prompts[1], max_new=12, stop_ids=frozenset(), chunks=True))
+    with torch.inference_mode():
+        for _ in range(3):
+            engine.step()
+        assert len(ev.chunks[0]) == 4  # prefill's token and three decoded ones
+        engine.cancel(0)
+        engine.step()
+        assert [s.req.rid for s in engine.active] == [1]  # the sequence left the batch
+        while not engine.idle:
+            engine.step()
+    assert ev.failed == {0: "cancelled"} and len(ev.chunks[0]) == 4
+    assert ev.done[1] == reference(model, prompts[1], 12, stop=())
 
 
 def test_max_tokens_stop_tokens_and_min_tokens(model, prompts):

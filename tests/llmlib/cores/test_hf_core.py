@@ -164,3 +164,115 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
     config = resolve(cli={"hf_model_path": str(tmp_path)}, env={}, layers=())
     with pytest.raises(ConfigError, match="config.json"):
         build_core(HFCore, config, load_benchmark("tiny"), None, rank=0, sink=LLMServer())
+
+
+class ChunkTarget(Target):
+    def __init__(self):
+        super().__init__()
+        self.chunks: dict[int, list[list[int]]] = {}
+
+    def chunk(self, rid, tokens, n):
+        assert rid not in self.done and len(tokens) == n
+        self.chunks.setdefault(rid, []).append(tokens.tolist())
+
+
+def test_chunks_cross_the_pipe_as_the_engine_steps(model_dir):
+    """Requests made with `chunks=True` get the output so far after every engine step (one token more
+    each time, prefixes of the final output); the others get none; outputs stay those of `generate`."""
+    path, model = model_dir
+    server = make_server(path)
+    try:
+        target = ChunkTarget()
+        ps = prompts(8, seed=5)
+        reqs = requests_for(ps, max_new=16)
+        for r in reqs[::2]:
+            r.chunks = True
+        server.submit(reqs, target)
+        server.flush(120)
+        assert not target.failed
+        for i, p in enumerate(ps):
+            rid, out = 1 + i, target.done[1 + i]
+            assert out == greedy(model, p, 16)
+            if i % 2:
+                assert rid not in target.chunks
+            else:
+                assert target.chunks.get(rid, []) == [out[:k] for k in range(1, len(out) + 1)]
+        assert not server.cores[0]._streams  # nothing kept after the outcomes
+    finally:
+        server.stop()
+
+
+def test_cancel_stops_the_engines_sequence(model_dir):
+    """A cancelled chunked request leaves the engine's batch at its next step: the worker answers
+    "cancelled" for it long before the 480 tokens it was asked for, and never completes it."""
+    path, _ = model_dir
+    server = make_server(path)
+    core = server.cores[0]
+    late: list[tuple[int, str]] = []
+    fail, complete = core._fail, core._complete
+    core._fail = lambda rid, err: (late.append((rid, getattr(err, "cause", str(err)))), fail(rid, err))[1]
+    core._complete = lambda rid, tokens, n: (late.append((rid, "complete")), complete(rid, tokens, n))[1]
+    try:
+        target = ChunkTarget()
+        params = GenerationParams(max_new_tokens=480, eos_token_id=EOS, stop_token_ids=())  # (prompt + 480 < 512)
+        req = Request(1, prompts(1, seed=9)[0], params, True, 0, chunks=True)
+        server.submit([req], target)
+        deadline = time.monotonic() + 60
+        while len(target.chunks.get(1, [])) < 3 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert len(target.chunks.get(1, [])) >= 3
+        server.cancel(1, "test cancel")
+        server.flush(10)
+        assert "test cancel" in target.failed[1]
+        deadline = time.monotonic() + 30
+        while (1, "cancelled") not in late and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (1, "cancelled") in late and (1, "complete") not in late  # the engine dropped it
+        assert len(target.chunks[1]) < 480 and core.late_after_cancel == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.loadgen
+def test_dynasor_runs_through_loadgen_on_the_hf_core(model_dir, tmp_path):
+    """`--scaffolding=dynasor` on `--core_type=hf` (a random Llama over math-tiny's character tokens):
+    the stream task steps by 4 tokens through the chunks, so probes run beside it; every sample is
+    accounted for and the streams' inter-token statistics reach the summary."""
+    from llmlib.cli import resolve_for
+    from llmlib.harness import run_scenario
+
+    path, _ = model_dir
+    cli = {"core_type": "hf", "hf_model_path": str(path), "hf_threads_per_worker": "1", "hf_max_batch_size": "16",
+           "tokenizer_path": "char", "scaffolding": "dynasor:interval=4,certainty=2,probe_tokens=8",
+           "server_target_qps": "8", "min_query_count": "48", "min_duration_ms": "500", "warmup_queries": "0",
+           "show_progress": "false", "results_dir": str(tmp_path)}
+    config, benchmark = resolve_for(cli, "math-tiny", "Server", env={})
+    o = run_scenario(config, benchmark, "Server")
+    assert o.issued >= 48 and o.issued == o.completed and o.failed == 0 and o.lost == 0, (o.errors, o.loadgen)
+    assert o.scaffolding["method"] == "dynasor"
+    # a probe per 4 streamed tokens: with only a first token and the whole output there would be one
+    # stream step and no probe at all (at most the stream itself per sample)
+    assert o.scaffolding["sub_requests_per_sample"] >= 3
+    assert o.token_stats and o.token_stats["requests"] >= o.issued // 2  # (a random model may stop at once)
+    text = (tmp_path / "local" / "math-tiny" / "Server" / "performance" / "summary.txt").read_text()
+    assert "dynasor" in text and "inter-token latency" in text
+
+
+@pytest.mark.loadgen
+def test_token_stats_on_the_hf_core(tmp_path):
+    """`--token_stats=true` on the project's tiny model: LoadGen's requests get their chunks through the
+    worker's pipe, so the summary has inter-token figures for hf too."""
+    from pathlib import Path
+
+    from llmlib.cli import resolve_for
+    from llmlib.harness import run_scenario
+
+    cli = {"core_type": "hf", "hf_threads_per_worker": "1", "token_stats": "true", "server_target_qps": "4",
+           "min_query_count": "24", "min_duration_ms": "500", "warmup_queries": "0", "show_progress": "false",
+           "results_dir": str(tmp_path)}
+    config, benchmark = resolve_for(cli, "tiny", "Server", env={})
+    o = run_scenario(config, benchmark, "Server")
+    assert o.issued >= 24 and o.issued == o.completed and o.failed == 0 and o.lost == 0, (o.errors, o.loadgen)
+    t = o.token_stats
+    assert t and t["requests"] >= o.issued // 2 and 0 < t["itl_p50_ms"] <= t["max_gap_p99_ms"]
+    assert "inter-token latency" in (Path(o.outdir) / "summary.txt").read_text()
