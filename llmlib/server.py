@@ -287,7 +287,7 @@ class LLMServer:
         entry[0].on_first_token(request_id, token_ids)
 
     def on_chunk(self, request_id: int, token_ids: np.ndarray, n_tokens: int) -> None:
-        """The output so far of a request made with `chunks=True`: to its target's `chunk` (when it has
+        """The output so far of a request made with `chunks=True`: to its target's `on_chunk` (when it has
         one), and the gaps between chunks into the inter-token statistics."""
         entry = self._pending.get(request_id)
         if entry is None:

@@ -171,7 +171,7 @@ class ChunkTarget(Target):
         super().__init__()
         self.chunks: dict[int, list[list[int]]] = {}
 
-    def chunk(self, rid, tokens, n):
+    def on_chunk(self, rid, tokens, n):
         assert rid not in self.done and len(tokens) == n
         self.chunks.setdefault(rid, []).append(tokens.tolist())
 
@@ -228,7 +228,7 @@ def test_cancel_stops_the_engines_sequence(model_dir):
         while (1, "cancelled") not in late and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (1, "cancelled") in late and (1, "complete") not in late  # the engine dropped it
-        assert len(target.chunks[1]) < 480 and core.late_after_cancel == 1
+        assert len(target.chunks[1]) < 480 and server.counts.late_after_cancel == 1
     finally:
         server.stop()
 
