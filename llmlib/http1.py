@@ -44,6 +44,9 @@ from urllib.parse import urlsplit
 MAX_HEAD_BYTES = 64 * 1024
 #: longest chunk-size line accepted
 MAX_CHUNK_LINE = 1024
+#: chunk-size lines as servers write them (lowercase hex, no leading zeros) -> size, for the sizes SSE events
+#: have: a dict lookup per chunk instead of int(line, 16); any other line takes int()
+_HEX_SIZES = {b"%x" % n: n for n in range(1, 8192)}
 
 BodyCallback = Callable[[bytes], None]
 
@@ -475,10 +478,13 @@ class _Connection(asyncio.Protocol):
             datas.pop()
         if not datas:
             return data
-        try:
-            ok = list(map(int, sizes, itertools.repeat(16))) == list(map(len, datas))
-        except ValueError:
-            ok = False
+        lengths = list(map(len, datas))
+        ok = list(map(_HEX_SIZES.get, sizes)) == lengths
+        if not ok:  # uppercase hex, leading zeros, a long chunk
+            try:
+                ok = list(map(int, sizes, itertools.repeat(16))) == lengths
+            except ValueError:
+                ok = False
         if not ok or b"" in datas:  # a size-0 chunk before the end, or a mismatch: the parse below names it
             return data
         self._pieces.extend(datas)
