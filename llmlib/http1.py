@@ -399,11 +399,10 @@ class _Connection(asyncio.Protocol):
             data = self._buf + data
             self._buf = b""
         pieces = self._pieces
-        if not (self._left or self._crlf or self._trailer) and len(data) > 256:
-            data = self._whole_chunks(data)
         find = data.find
         pos, n = 0, len(data)
         left, crlf = self._left, self._crlf
+        bulk = n > 256  # try the whole-chunks path once, at the first chunk boundary (after a chunk's rest)
         while pos < n:
             if left:  # inside a chunk's data
                 end = pos + left
@@ -438,6 +437,13 @@ class _Connection(asyncio.Protocol):
                     return
                 pos = i + 2
                 continue
+            if bulk:
+                bulk = False
+                if n - pos > 256:
+                    data = self._whole_chunks(data[pos:] if pos else data)
+                    find = data.find
+                    pos, n = 0, len(data)
+                    continue
             i = find(b"\r\n", pos)  # a chunk-size line
             if i < 0:
                 if n - pos > MAX_CHUNK_LINE:
