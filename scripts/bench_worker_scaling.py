@@ -17,6 +17,7 @@ Two phases, each on its own mock (its processes started once, `--mock_processes`
            mock, the network and the read), back (-> the sink in this process: the hop back)
 
     .venv/bin/python scripts/bench_worker_scaling.py [--workers 0,1,2] [--mock_processes 1] [--qps 1000]
+    [--mock_args="--no_token_ids --token_text=x"]  (the shortest realistic event, next to the vLLM-shaped default)
     (16 cores: --workers=0,1,2,4,8,12 --mock_processes=4)
 
 Runs alternate (`--repeat`), so the configurations see the same machine load; tables give medians.
