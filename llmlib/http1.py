@@ -44,6 +44,9 @@ from urllib.parse import urlsplit
 MAX_HEAD_BYTES = 64 * 1024
 #: longest chunk-size line accepted
 MAX_CHUNK_LINE = 1024
+#: chunk-size lines as servers write them (lowercase hex, no leading zeros) -> size, for the sizes SSE events
+#: have: a dict lookup per chunk instead of int(line, 16); any other line takes int()
+_HEX_SIZES = {b"%x" % n: n for n in range(1, 8192)}
 
 BodyCallback = Callable[[bytes], None]
 
@@ -396,11 +399,10 @@ class _Connection(asyncio.Protocol):
             data = self._buf + data
             self._buf = b""
         pieces = self._pieces
-        if not (self._left or self._crlf or self._trailer) and len(data) > 256:
-            data = self._whole_chunks(data)
         find = data.find
         pos, n = 0, len(data)
         left, crlf = self._left, self._crlf
+        bulk = n > 256  # try the whole-chunks path once, at the first chunk boundary (after a chunk's rest)
         while pos < n:
             if left:  # inside a chunk's data
                 end = pos + left
@@ -435,6 +437,13 @@ class _Connection(asyncio.Protocol):
                     return
                 pos = i + 2
                 continue
+            if bulk:
+                bulk = False
+                if n - pos > 256:
+                    data = self._whole_chunks(data[pos:] if pos else data)
+                    find = data.find
+                    pos, n = 0, len(data)
+                    continue
             i = find(b"\r\n", pos)  # a chunk-size line
             if i < 0:
                 if n - pos > MAX_CHUNK_LINE:
@@ -475,10 +484,13 @@ class _Connection(asyncio.Protocol):
             datas.pop()
         if not datas:
             return data
-        try:
-            ok = list(map(int, sizes, itertools.repeat(16))) == list(map(len, datas))
-        except ValueError:
-            ok = False
+        lengths = list(map(len, datas))
+        ok = list(map(_HEX_SIZES.get, sizes)) == lengths
+        if not ok:  # uppercase hex, leading zeros, a long chunk
+            try:
+                ok = list(map(int, sizes, itertools.repeat(16))) == lengths
+            except ValueError:
+                ok = False
         if not ok or b"" in datas:  # a size-0 chunk before the end, or a mismatch: the parse below names it
             return data
         self._pieces.extend(datas)

@@ -17,6 +17,7 @@ Two phases, each on its own mock (its processes started once, `--mock_processes`
            mock, the network and the read), back (-> the sink in this process: the hop back)
 
     .venv/bin/python scripts/bench_worker_scaling.py [--workers 0,1,2] [--mock_processes 1] [--qps 1000]
+    [--mock_args="--no_token_ids --token_text=x"]  (the shortest realistic event, next to the vLLM-shaped default)
     (16 cores: --workers=0,1,2,4,8,12 --mock_processes=4)
 
 Runs alternate (`--repeat`), so the configurations see the same machine load; tables give medians.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -58,11 +60,11 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def start_mock(processes: int, output_tokens: int, per_token_ms: float,
-               events_per_write: int = 0) -> tuple[subprocess.Popen, str]:
+               events_per_write: int = 0, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.servers.mock_openai_server", "--port", "0",
                              "--output_tokens", str(output_tokens), "--per_token_delay_ms", str(per_token_ms),
                              "--events_per_write", str(events_per_write),
-                             "--processes", str(processes)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+                             "--processes", str(processes), *extra], cwd=REPO, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f"127.0.0.1:{port}"
 
@@ -269,6 +271,9 @@ def main() -> None:
                    help="the TTFT phase's mock paces tokens, so the first token is not the whole reply")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--phases", default="scaling,ttft")
+    p.add_argument("--mock_args", default="",
+                   help="more flags for the scaling phase's mock, e.g. '--no_token_ids --token_text=x' (the "
+                        "shortest realistic event: 1-character text, no ids, like endpoints' benchmark)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -277,7 +282,7 @@ def main() -> None:
     results: dict[str, list] = {"scaling": [], "ttft": []}
     if "scaling" in phases:
         mock, url = start_mock(args.mock_processes, args.output_tokens, args.per_token_delay_ms,
-                               args.events_per_write)
+                               args.events_per_write, tuple(shlex.split(args.mock_args)))
         try:
             for _ in range(args.repeat):
                 for w in workers:

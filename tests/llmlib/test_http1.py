@@ -156,11 +156,13 @@ def test_chunk_splits_extensions_trailers_and_interim_responses():
 
 
 def _chunked_wire(rng, n: int) -> tuple[bytes, bytes]:
-    """(a chunked 200 response of n SSE-sized chunks, some holding CRLFs, extensions or upper-case sizes,
-    its body)."""
+    """(a chunked 200 response of n SSE-sized chunks, some holding CRLFs, extensions, upper-case sizes or
+    leading zeros, a few over 8 KiB, its body)."""
     body, wire = [], [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
     for i in range(n):
-        data = b"data: {\"i\":%d,\"t\":\"%s\"}\n\n" % (i, b"x" * rng.randrange(0, 60))
+        long = rng.random() < 0.02  # over the sizes looked up in a table (8191 bytes)
+        data = b"data: {\"i\":%d,\"t\":\"%s\"}\n\n" % (i, b"x" * rng.randrange(8180 if long else 0,
+                                                                             8400 if long else 60))
         kind = rng.random()
         if kind < 0.03:
             data = data.replace(b"\n\n", b"\r\n\r\n")  # CRLFs inside a chunk's data
@@ -171,6 +173,8 @@ def _chunked_wire(rng, n: int) -> tuple[bytes, bytes]:
             size += b";ext=1"
         elif 0.1 <= kind < 0.2:
             size = size.upper()
+        elif 0.2 <= kind < 0.25:
+            size = b"00" + size  # leading zeros
         body.append(data)
         wire.append(size + b"\r\n" + data + b"\r\n")
     wire.append(b"0\r\nX-Trailer: y\r\n\r\n" if rng.random() < 0.5 else b"0\r\n\r\n")

@@ -270,12 +270,15 @@ class StreamState:
     def _take_ids(self, data: bytes) -> None:
         groups = _IDS_RE.findall(data)
         if groups:
-            items = b",".join(groups).split(b",")
             try:
                 try:
-                    ids = list(map(int, items))  # int() takes the blanks around a number itself
-                except ValueError:  # an empty list or a trailing comma: the blank items left out
-                    ids = list(map(int, filter(bytes.strip, items)))
+                    ids = list(map(int, groups))  # one id per event (the usual): int() takes the blanks itself
+                except ValueError:  # several ids in a list, an empty list or a trailing comma
+                    items = b",".join(groups).split(b",")
+                    try:
+                        ids = list(map(int, items))
+                    except ValueError:  # the blank items left out
+                        ids = list(map(int, filter(bytes.strip, items)))
                 self.ids.extend(ids)
             except ValueError:
                 raise ReplyError(f"malformed token_ids in SSE chunk: {snippet(data)}") from None

@@ -143,3 +143,33 @@ def test_the_block_parse_agrees_with_the_line_by_line_one(seed):
             fast = fast[:2] + ((fast[2][0].tolist(),) + fast[2][1:],) + fast[3:]
             slow = slow[:2] + ((slow[2][0].tolist(),) + slow[2][1:],) + slow[3:]
         assert fast == slow, text
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_token_ids_in_any_list_shape_equal_the_json_decode(seed):
+    """The ids taken from blocks of events (one id per list the usual case, else lists of several, empty
+    lists, blanks) equal what a JSON decode of every event gives, whatever the reads."""
+    import json
+    import random
+    rng = random.Random(seed)
+    for _ in range(300):
+        lists = [[rng.randrange(200000) for _ in range(rng.choice([1, 1, 1, 0, 2, 5]))]
+                 for _ in range(rng.randrange(1, 60))]
+        out = []
+        for i, ids in enumerate(lists):
+            sep = rng.choice([b",", b",", b", ", b" , "])
+            text = sep.join(b"%d" % t for t in ids)
+            if rng.random() < 0.1:
+                text = b" " + text + b" "
+            colon = b": " if rng.random() < 0.05 else b":"
+            out.append(b'data: {"choices":[{"index":0,"text":"t%d","token_ids"%s[%s],"finish_reason":null}]}\n\n'
+                       % (i, colon, text))
+        out.append(b"data: [DONE]\n\n")
+        text = b"".join(out)
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.choice([0, 1, 3, 10]))))
+        state, prev = wire.StreamState(), 0
+        for cut in cuts + [len(text)]:
+            state.feed(text[prev:cut])
+            prev = cut
+        want = [t for line in out[:-1] for t in json.loads(line[6:])["choices"][0]["token_ids"]]
+        assert state.done and state.ids == want, text
