@@ -181,11 +181,13 @@ class WorkerPoolCore(LLMCore):
         return best
 
     def cancel(self, request_id: int, reason: str = "cancelled") -> None:
+        # the request fails here first, then its worker is told: the worker's own error for it then
+        # always comes after (late, counted by the server), never before the cancel's reason
+        super().cancel(request_id, reason)
         w = self._owner.get(request_id)
         if w is not None and self._alive[w]:
             with self._send_lock:
                 self._pushes[w].send(self._enc.encode(("c", request_id, reason)))
-        super().cancel(request_id, reason)
 
     def health_check(self) -> None:
         if self._dead is not None:
