@@ -69,7 +69,8 @@ def bench_pipe(n: int, window: int, ids: np.ndarray) -> dict:
     return {"transport": "Pipe+pickle", "samples_per_s": n / dt, "parent_cpu_us_per_sample": cpu / n * 1e6}
 
 
-def bench_zmq(n: int, window: int, ids: np.ndarray) -> dict:
+def _zmq_echo_pair():
+    """An echo process behind a PUSH/PULL pair over ipc, with msgpack's encoder and decoder."""
     import msgspec
     import zmq
 
@@ -79,10 +80,13 @@ def bench_zmq(n: int, window: int, ids: np.ndarray) -> dict:
     push, pull = zctx.socket(zmq.PUSH), zctx.socket(zmq.PULL)
     push.bind(a_in)
     pull.bind(a_out)
-    ctx = mp.get_context("spawn")
-    p = ctx.Process(target=_zmq_echo, args=(a_in, a_out), daemon=True)
+    p = mp.get_context("spawn").Process(target=_zmq_echo, args=(a_in, a_out), daemon=True)
     p.start()
-    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    return zctx, push, pull, p, msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+
+
+def bench_zmq(n: int, window: int, ids: np.ndarray) -> dict:
+    zctx, push, pull, p, enc, dec = _zmq_echo_pair()
     raw = ids.tobytes()
     t0, sent, got = time.perf_counter(), 0, 0
     c0 = time.process_time()
@@ -120,19 +124,7 @@ def latency_pipe(n: int, rate: float, ids: np.ndarray) -> dict:
 
 
 def latency_zmq(n: int, rate: float, ids: np.ndarray) -> dict:
-    import msgspec
-    import zmq
-
-    tmp = tempfile.mkdtemp()
-    a_in, a_out = f"ipc://{tmp}/in", f"ipc://{tmp}/out"
-    zctx = zmq.Context()
-    push, pull = zctx.socket(zmq.PUSH), zctx.socket(zmq.PULL)
-    push.bind(a_in)
-    pull.bind(a_out)
-    ctx = mp.get_context("spawn")
-    p = ctx.Process(target=_zmq_echo, args=(a_in, a_out), daemon=True)
-    p.start()
-    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    zctx, push, pull, p, enc, dec = _zmq_echo_pair()
     raw = ids.tobytes()
     push.send(enc.encode((0, raw, True)))
     pull.recv(), pull.recv()
