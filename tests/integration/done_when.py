@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,25 +23,58 @@ def done_when_args(url: str) -> list[str]:
     return ["--benchmarks=tiny", "--scenarios=Server", "--core_type=trtllm_endpoint", f"--trtllm_server_urls={url}"]
 
 
-def run_done_when(url: str, tmp_path: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
+def run_done_when(url: str, results: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
     """`make run_harness RUN_ARGS="<the issue's flags>"`, with this interpreter (a stand-in venv whose
-    install marker is current, so make installs nothing) and the results in tmp_path (the one flag added:
-    where the outputs go)."""
-    venv = tmp_path / "venv"
-    venv.mkdir(exist_ok=True)
+    install marker is current, so make installs nothing) and the outputs in `results` (the one flag added)."""
+    venv = results.parent / "venv"
+    venv.mkdir(parents=True, exist_ok=True)
     marker = venv / ".installed"
     marker.touch()
     stamp = (REPO / "pyproject.toml").stat().st_mtime + 1
     os.utime(marker, (stamp, stamp))
-    run_args = " ".join([*done_when_args(url), f"--results_dir={tmp_path / 'results'}"])
+    run_args = " ".join([*done_when_args(url), f"--results_dir={results}"])
     return subprocess.run(["make", "--no-print-directory", "run_harness", f"VENV={venv}", f"PY={sys.executable}",
                            f"RUN_ARGS={run_args}"], cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
 
 
-def check_auto_target(tmp_path: Path) -> dict:
+def performance_dir(results: Path) -> Path:
+    return results / "local" / "tiny" / "Server" / "performance"
+
+
+#: A real server on a shared 2-core machine (CI's) meets the machine's noise: a stall of a few seconds
+#: anywhere in a run of about 2 minutes puts more than 1% of its 500 queries over the TTFT limit, at any
+#: target the probes could choose before it (seen once in CI: probes measured 8 QPS, the run at 4 QPS had a
+#: TTFT p99 of 3.1 s). A run INVALID for latency alone (none failed, LoadGen's constraints missed) is run
+#: once more, from new probes; a target the probes choose too high every time still fails, twice.
+LATENCY_TRIES = 2
+
+
+def run_until_valid(run: Callable[[Path], subprocess.CompletedProcess], tmp_path: Path
+                    ) -> tuple[subprocess.CompletedProcess, Path]:
+    """run(results_dir) up to LATENCY_TRIES times (tmp_path/try1, try2, ...) while it exits 0 but is INVALID
+    for latency alone; (the last process, its results folder)."""
+    for attempt in range(1, LATENCY_TRIES + 1):
+        results = tmp_path / f"try{attempt}"
+        proc = run(results)
+        summary = performance_dir(results) / "summary.json"
+        if proc.returncode != 0 or not summary.is_file():
+            break
+        s = json.loads(summary.read_text())
+        latency_only = (s["validity"] != "VALID" and s["failed"] == 0 and s["lost"] == 0
+                        and (s.get("loadgen") or {}).get("perf_constraints_met") is False)
+        if not latency_only:
+            break
+        if attempt < LATENCY_TRIES:
+            warnings.warn(f"run {attempt} was INVALID for latency alone (TTFT p99 "
+                          f"{s['loadgen'].get('ttft_p99_ns', 0) / 1e6:.0f} ms at "
+                          f"{s['loadgen'].get('target_qps')} QPS): run again", stacklevel=2)
+    return proc, results
+
+
+def check_auto_target(results: Path) -> dict:
     """The run is VALID with no failure, its target came from the probes (auto), and the summary (txt and
     json), config.json and auto_qps.json agree on it. Returns summary.json."""
-    out = tmp_path / "results" / "local" / "tiny" / "Server" / "performance"
+    out = performance_dir(results)
     s = json.loads((out / "summary.json").read_text())
     text = (out / "summary.txt").read_text()
     assert s["validity"] == "VALID" and s["verdict"] == "VALID", text

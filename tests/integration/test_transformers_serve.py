@@ -20,7 +20,7 @@ from llmlib.cores.trtllm_endpoint_core import DetokenizedPrompts, EndpointSettin
 from llmlib.dataset import load_dataset
 from llmlib.errors import BackendError
 from llmlib.tiny_model import ensure_tiny_model, tiny_dataset_path
-from tests.integration.done_when import check_auto_target, run_done_when
+from tests.integration.done_when import check_auto_target, performance_dir, run_done_when, run_until_valid
 from tests.integration.test_llamacpp_server import picked_samples, post, requests_for
 from tests.servers.transformers_serve import TransformersServe
 
@@ -138,16 +138,16 @@ def test_a_fixed_vllm_dialect_fails_in_one_line_naming_the_fields(server, make_c
 
 
 @pytest.mark.loadgen
-@pytest.mark.timeout(660)
+@pytest.mark.timeout(1260)  # up to LATENCY_TRIES runs of at most 600 s
 def test_the_issues_command_line_is_valid_with_nothing_else(server, tmp_path):
     """`make run_harness RUN_ARGS="--benchmarks=tiny --scenarios=Server --core_type=trtllm_endpoint
     --trtllm_server_urls=..."`: no dialect flag, no target QPS (tiny's default auto measures one), no query
     count (configs/user.conf's 500)."""
-    proc = run_done_when(server.url, tmp_path)
+    proc, results = run_until_valid(lambda results: run_done_when(server.url, results), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + server.log()[-2000:]
     assert "--server_target_qps=auto: measuring the QPS trtllm_endpoint sustains" in proc.stdout + proc.stderr
-    s = check_auto_target(tmp_path)
-    out = tmp_path / "results" / "local" / "tiny" / "Server" / "performance"
+    s = check_auto_target(results)
+    out = performance_dir(results)
     d = s["api_dialect"]
     assert d["api_dialect"] == ["transformers"] and d["compliant"] is True
     assert {lc["control"] for lc in d["lost_controls"]} == {"token-id prompts", "output token ids",
