@@ -82,6 +82,7 @@ INPUTS: dict[str, tuple[str, bool]] = {
 OUTPUTS = ("output_ids", "sequence_length")
 _NP = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
 FINAL_PARAM = "triton_final_response"
+CLOSE_WAIT_S = 10.0  # stop() waits this long for each replaced stream's client to close
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +297,7 @@ class TritonGrpcCore(LLMCore):
         self._lock = threading.Lock()
         self._streams = [_Stream(self, i) for i in range(self.settings.num_clients)]
         self._retired: list[_Stream] = []  # replaced streams still draining
+        self._closers: list[threading.Thread] = []  # closing replaced streams' clients
         self._next_stream = itertools.count()
         self._backlog: collections.deque[Request] = collections.deque()
         self._in_flight = 0
@@ -432,6 +434,12 @@ class TritonGrpcCore(LLMCore):
             stream.close(cancel=True)
         if self._stop_stream is not None:
             self._stop_stream.close()
+        with self._lock:
+            closers = list(self._closers)
+        for closer in closers:
+            closer.join(timeout=CLOSE_WAIT_S)
+            if closer.is_alive():
+                log.warning("%s: a replaced stream did not close in %g s", self.address, CLOSE_WAIT_S)
         super().stop()
 
     # --- sending --------------------------------------------------------------------------------------
@@ -443,6 +451,8 @@ class TritonGrpcCore(LLMCore):
             if stream.retired or stream.failure is not None or (stream.client is not None and not stream.open):
                 if stream.retired:
                     self._retired.append(stream)
+                elif stream.client is not None:  # failed: closed now, never left to the garbage collector
+                    self._close_off_thread(stream, cancel=True)
                 stream = self._streams[i] = _Stream(self, i)
             if stream.client is None:
                 stream.start()
@@ -609,7 +619,18 @@ class TritonGrpcCore(LLMCore):
             stream.open = False
             if stream in self._retired:
                 self._retired.remove(stream)
-        threading.Thread(target=stream.close, args=(False,), name="triton-retire", daemon=True).start()
+            self._close_off_thread(stream, cancel=False)
+
+    def _close_off_thread(self, stream: _Stream, cancel: bool) -> None:
+        """Close a stream's client on a thread of its own (under the lock): closing joins the stream's
+        response thread, which may be this one; stop() waits for these. A tritonclient client left to the
+        garbage collector closes itself on whatever thread collects it, its own included, and can crash
+        the process there."""
+        self._closers = [c for c in self._closers if c.is_alive()]
+        closer = threading.Thread(target=stream.close, args=(cancel,), name=f"triton-close-{stream.index}",
+                                  daemon=True)
+        self._closers.append(closer)
+        closer.start()
 
 
 def _scalar(value: Any, dtype) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,25 @@ class MockProcess:
         self.proc.wait(10)
 
 
-def kill_after(seconds: float, server) -> threading.Timer:
-    timer = threading.Timer(seconds, server.kill)
-    timer.start()
-    return timer
+def kill_after_completions(server: TritonServer, n: int, timeout_s: float = 60.0) -> threading.Thread:
+    """Kill the Triton server once its models report `n` successful inferences (Triton's statistics, polled
+    every 20 ms), or after timeout_s: not at a fixed time, since the core's start-up may take a second on a
+    loaded machine, and a kill before any completion would show nothing completed."""
+    import tritonclient.grpc as grpcclient
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpcclient.InferenceServerClient(server.url) as client:
+            while time.monotonic() < deadline:
+                stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+                if sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0)) for m in stats) >= n:
+                    break
+                time.sleep(0.02)
+        server.kill()
+
+    thread = threading.Thread(target=watch, name="kill-after-completions", daemon=True)
+    thread.start()
+    return thread
 
 
 # --- OpenAI-compatible endpoint -----------------------------------------------------------------------
@@ -101,9 +117,9 @@ def test_triton_down_at_start_ends_the_run_with_a_clear_message(tmp_path):
 
 def test_triton_killed_mid_run_fails_the_rest_as_unavailable(tmp_path):
     with TritonServer(output_tokens=8, per_token_delay_ms=2) as server:
-        timer = kill_after(1.5, server)
+        watcher = kill_after_completions(server, 30)
         o = run(tmp_path, **TRITON, triton_server_urls=server.url)
-        timer.join()
+        watcher.join()
     accounted(o)
     assert o.completed > 0 and o.failed > 0
     # each failure names gRPC's status, including requests sent as a fresh stream met the dead server

@@ -544,7 +544,7 @@ def test_flush_with_nothing_pending_returns_at_once(make_server):
     server = make_server([HoldCore])
     t0 = time.monotonic()
     server.flush(5.0)
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 1.0  # not the 5 s timeout
 
 
 def test_flush_timeout_names_the_pending_ids(make_server, recorder):

@@ -44,13 +44,6 @@ class EchoCore(LLMCore):
         self.warm_up_calls += 1
 
 
-class SlowHealthCore(EchoCore):
-    name = "slow"
-
-    def health_check(self):
-        time.sleep(0.3)  # the backend takes its time to answer the probe
-
-
 class HangingHealthCore(EchoCore):
     """Its probe blocks (a connect to a black-holed address with no timeout of its own)."""
 
@@ -165,12 +158,21 @@ def fake_lg():
 
 
 # --- health checks ------------------------------------------------------------------------------------
+class MeetingHealthCore(EchoCore):
+    """Its probe returns only once the other core's probe has started too (a barrier shared by the class)."""
+
+    name = "meeting"
+    barrier = threading.Barrier(2)
+
+    def health_check(self):
+        self.barrier.wait(timeout=10)  # BrokenBarrierError when the checks run one after the other
+
+
 def test_health_checks_run_in_parallel(make_server):
-    server = make_server([SlowHealthCore, SlowHealthCore])
-    t0 = time.monotonic()
-    WarmupManager(server).health_check()
-    elapsed = time.monotonic() - t0
-    assert 0.29 <= elapsed < 0.55, f"{elapsed:.2f}s: the two 0.3 s checks did not overlap"
+    MeetingHealthCore.barrier = threading.Barrier(2)
+    server = make_server([MeetingHealthCore, MeetingHealthCore])
+    WarmupManager(server).health_check()  # one after the other, the first check would fail at the barrier
+    assert MeetingHealthCore.barrier.n_waiting == 0 and not MeetingHealthCore.barrier.broken
 
 
 def test_flaky_core_passes_after_exponential_backoff(make_server):

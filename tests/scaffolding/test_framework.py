@@ -69,7 +69,7 @@ def test_three_levels_of_concurrency():
         dt = time.monotonic() - t0
     assert out[0] == "x0:None,x1:None,x2:None,x3:None"
     assert worker.peak == 12  # 3 requests x 4 tasks at once
-    assert dt < 0.6  # not 12 x 0.2
+    assert dt < 1.2  # not 12 x 0.2 = 2.4 s
 
 
 class Parent(Controller):
@@ -82,11 +82,9 @@ class Parent(Controller):
 def test_parallel_sub_controllers_return_their_results():
     worker = EchoWorker(delay=0.2)
     with ScaffoldingLlm(Parent(), {"generation": worker}) as llm:
-        t0 = time.monotonic()
         results = llm.generate("ignored")
-        assert time.monotonic() - t0 < 0.35  # sub-controllers ran at the same time
     assert results == ["p0:None,p1:None", "q0:None,q1:None,q2:None"]
-    assert worker.peak == 5
+    assert worker.peak == 5  # the 2 + 3 generations of both sub-controllers ran at the same time
 
 
 def test_a_failed_task_reaches_the_caller_as_an_error():

@@ -112,7 +112,7 @@ def test_the_event_loop_stays_free_while_requests_wait(make_server):
     workers = {"core": LLMCoreWorker(server, default_max_tokens=2), "quick": Quick()}
     with ScaffoldingLlm(Both(), workers) as llm:
         quick_s, total_s = llm.generate("x")
-    assert quick_s < 0.2 and total_s >= 0.4
+    assert quick_s < 0.3 and total_s >= 0.4  # the quick task did not wait for the slow one
 
 
 def test_request_ids_are_negative_unique_and_never_loadgen_ids(make_server):
