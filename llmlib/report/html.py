@@ -106,9 +106,10 @@ def write_run_report(folder: str | Path) -> Path:
         "<h2>Errors over time</h2>", _img(plots[3]),
         "<h2>Schedule delay (LoadGen's actual issue time against its schedule)</h2>", _img(plots[4]),
     ]
-    peak = run.folder / "peak_search.png"
-    if peak.is_file():
-        body += ["<h2>Peak QPS search (every probe)</h2>", _img(peak)]
+    for name, heading in (("auto_qps.png", "Auto target QPS: the probes that chose it"),
+                          ("peak_search.png", "Peak QPS search (every probe)")):
+        if (run.folder / name).is_file():
+            body += [f"<h2>{heading}</h2>", _img(run.folder / name)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
     out = run.folder / REPORT_NAME

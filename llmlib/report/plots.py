@@ -6,6 +6,7 @@ Every plot function writes one PNG and returns its path; without data it still w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +247,10 @@ def plot_overlaid_cdfs(a: RunData, b: RunData, path: Path, labels: tuple[str, st
     return _save(fig, path)
 
 
-def plot_peak_search(probes: list[dict], path: Path, *, peak: float | None, ttft_limit_ms: float | None) -> Path:
-    """Every probe of a peak search: achieved throughput and p99 TTFT against the target QPS."""
+def plot_probes(probes: list[dict], path: Path, *, marks: Sequence[tuple[str, float, str]],
+                ttft_limit_ms: float | None) -> Path:
+    """Every probe of a peak search or of an auto target: achieved throughput and p99 TTFT against the target
+    QPS; `marks` are vertical lines (label, QPS, colour): the peak found, the target chosen."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
     if not probes:
@@ -268,9 +271,9 @@ def plot_peak_search(probes: list[dict], path: Path, *, peak: float | None, ttft
     ax2.plot(q[~ok], ttft[~ok], "x", color="tab:red")
     if ttft_limit_ms is not None:
         ax2.axhline(ttft_limit_ms, color="red", linestyle=":", label=f"TTFT limit {ttft_limit_ms:,.0f} ms")
-    if peak is not None:
+    for label, qps, color in marks:
         for ax in (ax1, ax2):
-            ax.axvline(peak, color="tab:green", linestyle="--", label=f"peak {peak:,.2f} QPS")
+            ax.axvline(qps, color=color, linestyle="--", label=label)
     ax1.set_xlabel("target QPS")
     ax1.set_ylabel("achieved samples/s")
     ax1.set_title("throughput against load (every probe)")

@@ -377,6 +377,7 @@ def _measure_auto(config, benchmark, scenario, argv, outdir: Path):
     import time
 
     from llmlib.harness import import_loadgen, results_dir_for, user_conf_path
+    from llmlib.report.plots import plot_probes
 
     import_loadgen()  # fails early, in one line, without it
     budget_s, fraction = config.auto_qps_budget_s, config.auto_qps_fraction
@@ -412,8 +413,10 @@ def _measure_auto(config, benchmark, scenario, argv, outdir: Path):
     record = {"target_qps": None, "peak_qps": peak, "fraction": fraction, "budget_s": budget_s,
               "elapsed_s": round(elapsed, 1), "probe_ms": probe_ms, "tolerance": AUTO_TOLERANCE,
               "probes": [p.to_json() for p in probes]}
+    plot = outdir / "auto_qps.png"
     if peak is None:
         (outdir / "auto_qps.json").write_text(json.dumps(record, indent=1) + "\n")
+        plot_probes(record["probes"], plot, marks=[], ttft_limit_ms=scenario.ttft_ms)
         raise ProbeError(f"--server_target_qps=auto: no probe kept up within the limits in {elapsed:.0f} s, down to "
                          f"{min(p.target_qps for p in probes):.4g} QPS ({probes[-1].why}); give --server_target_qps "
                          f"or a user.conf target; see {probe_dir}")
@@ -421,6 +424,11 @@ def _measure_auto(config, benchmark, scenario, argv, outdir: Path):
     target = auto_target_qps(sustained, fraction)
     record.update(target_qps=target, sustained_qps=sustained)
     (outdir / "auto_qps.json").write_text(json.dumps(record, indent=1) + "\n")
+    marks = [(f"kept up {peak:,.3g} QPS", peak, "tab:green")]
+    if sustained < peak:
+        marks.append((f"sustained {sustained:,.3g} QPS", sustained, "tab:orange"))
+    plot_probes(record["probes"], plot, marks=[*marks, (f"target {target:,.3g} QPS ({fraction:.0%})", target, "tab:blue")],
+                ttft_limit_ms=scenario.ttft_ms)
     measured = (f"the highest of {len(probes)} probes of {probe_ms / 1000:g} s that kept up, {limits}"
                 if sustained == peak else
                 f"{len(probes)} probes of {probe_ms / 1000:g} s: {peak:.4g} QPS kept up ({limits}), one that fell "
@@ -465,7 +473,7 @@ def _calibrate_offline(config, benchmark, scenario, argv, outdir: Path):
 
 def _find_peak(config, benchmark, scenario, argv, outdir: Path, start_qps: float):
     from llmlib.harness import results_dir_for, user_conf_path
-    from llmlib.report.plots import plot_peak_search
+    from llmlib.report.plots import plot_probes
 
     search_dir = outdir / "peak_search"
     shutil.rmtree(search_dir, ignore_errors=True)
@@ -486,8 +494,9 @@ def _find_peak(config, benchmark, scenario, argv, outdir: Path, start_qps: float
     (outdir / "peak_search.json").write_text(json.dumps(
         {"peak_qps": peak, "tolerance": config.peak_tolerance, "probe_ms": config.peak_probe_ms,
          "probes": [p.to_json() for p in probes]}, indent=1) + "\n")
-    plot_peak_search([p.to_json() for p in probes], outdir / "peak_search.png", peak=peak,
-                     ttft_limit_ms=scenario.ttft_ms)
+    plot_probes([p.to_json() for p in probes], outdir / "peak_search.png",
+                marks=[(f"peak {peak:,.2f} QPS", peak, "tab:green")] if peak is not None else [],
+                ttft_limit_ms=scenario.ttft_ms)
     if peak is None:
         raise ProbeError(f"peak search: no probe kept up, down to {min(p.target_qps for p in probes):.4g} QPS "
                          f"({probes[-1].why}); see {search_dir}")

@@ -84,6 +84,7 @@ def check_auto_target(results: Path) -> dict:
     assert target == auto["sustained_qps"] * auto["fraction"] and auto["fraction"] == 0.5
     assert auto["sustained_qps"] <= auto["peak_qps"] and auto["elapsed_s"] < auto["budget_s"] + 90
     assert any(p["passed"] for p in auto["probes"]) and len(list((out / "calibration").iterdir())) == len(auto["probes"])
+    assert (out / "auto_qps.png").read_bytes()[:4] == b"\x89PNG"
     assert abs(s["loadgen"]["target_qps"] - target) / target < 1e-4  # LoadGen ran at the chosen target
     note = next(n for n in s["notes"] if n.startswith("target QPS"))
     assert f"target QPS {target:.4g}: auto, 50% of {auto['sustained_qps']:.4g} QPS measured in" in note

@@ -330,6 +330,8 @@ def test_offline_and_server_valid_on_the_dummy_core_with_no_hand_set_qps(tmp_pat
     assert s["loadgen"]["target_qps"] == pytest.approx(auto["target_qps"], rel=1e-4)
     assert any(n.startswith(f"target QPS {auto['target_qps']:.4g}: auto, 50% of") for n in s["notes"]), s["notes"]
     assert s["issued"] >= 500  # user.conf's min_query_count still applies
+    assert (server / "auto_qps.png").read_bytes()[:4] == b"\x89PNG"  # every probe, with the target marked
+    assert "Auto target QPS: the probes that chose it" in (server / "report.html").read_text()
 
 
 @pytest.mark.slow
