@@ -135,6 +135,7 @@ class ExpanderSUT:
         self.stats = ExpanderStats(method=method, params=params)
         self.issued = 0
         self._lock = threading.Lock()
+        self._issuing = threading.Lock()  # see LoadgenSUT.hold_intake
         sampling = {k: v for k, v in gen.sampling().items() if k != "min_new_tokens"}
         sampling["max_tokens"] = gen.max_new_tokens
         worker = LLMCoreWorker(server, tokenizer, default_max_tokens=gen.max_new_tokens,
@@ -143,16 +144,21 @@ class ExpanderSUT:
                                   max_parallel_requests=max_parallel)
         self._answers = dataset.extra.get("answer")
 
+    def hold_intake(self, timeout_s: float) -> bool:
+        """Before a hard exit: wait for the issue call in progress, then hold LoadGen's next one."""
+        return self._issuing.acquire(timeout=timeout_s)
+
     def issue_queries(self, ids, indices) -> None:
-        self.issued += len(ids)
-        for rid, idx in zip(ids, indices):
-            t0 = time.monotonic()
-            try:
-                future = self.llm.generate_async([int(t) for t in self.dataset.input_tokens[idx]])
-            except Exception as err:  # never into LoadGen's thread
-                self._finish_failed(rid, err)
-                continue
-            future.add_done_callback(lambda f, rid=rid, idx=idx, t0=t0: self._done(f, rid, idx, t0))
+        with self._issuing:
+            self.issued += len(ids)
+            for rid, idx in zip(ids, indices):
+                t0 = time.monotonic()
+                try:
+                    future = self.llm.generate_async([int(t) for t in self.dataset.input_tokens[idx]])
+                except Exception as err:  # never into LoadGen's thread
+                    self._finish_failed(rid, err)
+                    continue
+                future.add_done_callback(lambda f, rid=rid, idx=idx, t0=t0: self._done(f, rid, idx, t0))
 
     def flush_queries(self) -> None:
         """Controllers run as soon as their sample is issued; nothing is held back."""

@@ -97,6 +97,10 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
     return settings
 
 
+#: A hard exit waits this long for LoadGen's issue call in progress, then as long for outcomes on their way.
+HARD_EXIT_SETTLE_S = 2.0
+
+
 class LoadgenSUT:
     """LoadGen's issue/flush callbacks (a "fast" SUT: LoadGen passes sample ids and indices as
     two lists, so no QuerySample object is built per sample). Each sample becomes a request."""
@@ -112,29 +116,38 @@ class LoadgenSUT:
         self.issued = 0
         self.issue_errors = 0
         self._submit_one = server.submit_one
+        #: held through each issue call (uncontended: LoadGen issues from one thread); a hard exit takes it
+        #: for good, so the samples counted as issued and their outcomes are read in one consistent state
+        self._issuing = threading.Lock()
+
+    def hold_intake(self, timeout_s: float) -> bool:
+        """Before a hard exit: wait for the issue call in progress to return, then keep LoadGen's next
+        one waiting (uncounted) until the process exits. False if the call did not return in time."""
+        return self._issuing.acquire(timeout=timeout_s)
 
     def issue_queries(self, ids, indices) -> None:
-        self.issued += len(ids)
-        try:
-            if len(ids) == 1:  # Server: one sample per call
-                idx = indices[0]
-                req = Request(ids[0], self.inputs[idx], self.params, self.streaming, idx)
+        with self._issuing:
+            self.issued += len(ids)
+            try:
+                if len(ids) == 1:  # Server: one sample per call
+                    idx = indices[0]
+                    req = Request(ids[0], self.inputs[idx], self.params, self.streaming, idx)
+                    if self.chunks:
+                        req.chunks = True
+                    self._submit_one(req, self.reporter)
+                    return
+                inputs, params, streaming = self.inputs, self.params, self.streaming
+                requests = [Request(rid, inputs[idx], params, streaming, idx) for rid, idx in zip(ids, indices)]
                 if self.chunks:
-                    req.chunks = True
-                self._submit_one(req, self.reporter)
-                return
-            inputs, params, streaming = self.inputs, self.params, self.streaming
-            requests = [Request(rid, inputs[idx], params, streaming, idx) for rid, idx in zip(ids, indices)]
-            if self.chunks:
-                for req in requests:
-                    req.chunks = True
-            self.server.submit(requests, self.reporter)
-        except Exception as err:  # never let an exception escape into LoadGen's thread
-            self.issue_errors += 1
-            log.error("issue_queries failed: %r", err)
-            for rid in ids:
-                if not self.server.is_known(rid):
-                    self.reporter.fail_sample(rid, err)
+                    for req in requests:
+                        req.chunks = True
+                self.server.submit(requests, self.reporter)
+            except Exception as err:  # never let an exception escape into LoadGen's thread
+                self.issue_errors += 1
+                log.error("issue_queries failed: %r", err)
+                for rid in ids:
+                    if not self.server.is_known(rid):
+                        self.reporter.fail_sample(rid, err)
 
     def flush_queries(self) -> None:
         """Nothing is held back: every request was handed to its core at issue."""
@@ -346,7 +359,9 @@ class _Run:
 
     def hard_exit(self, why: str) -> None:
         """Write the summary from what is known, without LoadGen (which is still running or being
-        torn down), before the process exits."""
+        torn down), before the process exits. LoadGen's issue thread is held first (a sample it is
+        issuing would be counted as issued before its refusal is counted as failed), then the outcomes
+        still on their way (a core's or a controller's thread) get up to HARD_EXIT_SETTLE_S to arrive."""
         o = self.outcome
         if self.control.signals:
             o.interrupted = o.interrupted or self.control.stop_reason or why
@@ -354,6 +369,15 @@ class _Run:
             o.run_error = o.run_error or self.control.stop_reason or why
         o.notes.append(f"LoadGen did not finish ({why}): its mlperf_log_summary.txt is not written and the "
                        f"counts are the harness's own")
+        sut = self.sut
+        if sut is not None and not sut.hold_intake(HARD_EXIT_SETTLE_S):
+            o.notes.append(f"LoadGen's issue call did not return within {HARD_EXIT_SETTLE_S:g}s: a sample it was "
+                           f"issuing may show as lost")
+        deadline = time.monotonic() + HARD_EXIT_SETTLE_S
+        self.count()
+        while o.lost and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.count()
         self.collect(loadgen_finished=False)
         self.write_summary(print_it=True)
 
@@ -366,9 +390,10 @@ class _Run:
             with self._errors_lock:
                 fh.write(f"{sample_index}\t{request_id}\t{redact(cause)}\n")
 
-    def collect(self, *, loadgen_finished: bool) -> None:
+    def count(self) -> None:
+        """The ledger into the outcome: issued (the SUT's count), completed and output tokens (the server's,
+        or the expander's samples), failed (the reporter's)."""
         o, server, reporter, sut = self.outcome, self.server, self.reporter, self.sut
-        o.wall_s = time.monotonic() - self.t0
         if server is None:
             return
         if sut is not None:
@@ -382,6 +407,14 @@ class _Run:
         if self.expander is not None:  # the server counted sub-requests; LoadGen's samples are the expander's
             o.completed = self.expander.stats.completed
             o.output_tokens = self.expander.stats.answer_tokens
+
+    def collect(self, *, loadgen_finished: bool) -> None:
+        o, server = self.outcome, self.server
+        o.wall_s = time.monotonic() - self.t0
+        if server is None:
+            return
+        self.count()
+        if self.expander is not None:
             o.scaffolding = self.expander.stats.report()
             o.scaffolding_lines = self.expander.stats.lines()
         if server.itl_ns:

@@ -357,3 +357,37 @@ def test_llama3_1_8b_edge_stand_in_runs_single_stream_valid_on_the_dummy_core(tm
     assert lg.validity == "VALID", lg.invalid_reasons
     assert o.ok and o.issued == o.completed >= 100 and lg.scenario == "SingleStream"
     assert Path(o.outdir).parts[-3:] == ("tiny-llama3.1-8b-edge", "SingleStream", "performance")
+
+
+def test_a_hard_exit_holds_loadgens_issue_thread_so_issued_and_outcomes_are_read_together():
+    """CI once saw issued 11 = completed 9 + failed 1 after a dead hf worker ended a run: the summary was
+    read while LoadGen's thread had counted a sample as issued and not yet had its refusal counted.
+    hold_intake waits for the call in progress (False if it does not return in time), then holds the next
+    one, uncounted, until the process exits."""
+    import numpy as np
+
+    from llmlib.generation import GenerationParams
+    from llmlib.harness import LoadgenSUT
+
+    entered, release = threading.Event(), threading.Event()
+
+    class BlockingServer:  # a submit still in progress on LoadGen's thread
+        def submit_one(self, req, target):
+            entered.set()
+            release.wait(5)
+
+    sut = LoadgenSUT(BlockingServer(), None, [np.array([1, 2], dtype=np.int32)], gen=GenerationParams(max_new_tokens=4),
+                     streaming=True)
+    first = threading.Thread(target=sut.issue_queries, args=([7], [0]))
+    first.start()
+    assert entered.wait(5)
+    assert sut.hold_intake(0.05) is False  # the issue call is still in progress
+    release.set()
+    first.join(5)
+    assert sut.hold_intake(1.0) is True
+    late = threading.Thread(target=sut.issue_queries, args=([8], [0]), daemon=True)
+    late.start()
+    late.join(0.2)
+    assert late.is_alive() and sut.issued == 1  # LoadGen's next call waits, not counted
+    sut._issuing.release()  # (the process would exit here; let the thread end)
+    late.join(5)
