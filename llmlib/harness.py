@@ -97,7 +97,7 @@ def build_test_settings(lg, config: ResolvedConfig, benchmark: BenchmarkSpec, sc
     return settings
 
 
-#: A hard exit waits this long for LoadGen's issue call in progress, then as long for outcomes on their way.
+#: A hard exit waits this long for LoadGen's issue call in progress.
 HARD_EXIT_SETTLE_S = 2.0
 
 
@@ -359,9 +359,8 @@ class _Run:
 
     def hard_exit(self, why: str) -> None:
         """Write the summary from what is known, without LoadGen (which is still running or being
-        torn down), before the process exits. LoadGen's issue thread is held first (a sample it is
-        issuing would be counted as issued before its refusal is counted as failed), then the outcomes
-        still on their way (a core's or a controller's thread) get up to HARD_EXIT_SETTLE_S to arrive."""
+        torn down), before the process exits. LoadGen's issue thread is held first: a sample it is
+        issuing would be counted as issued before its refusal is counted as failed."""
         o = self.outcome
         if self.control.signals:
             o.interrupted = o.interrupted or self.control.stop_reason or why
@@ -373,11 +372,6 @@ class _Run:
         if sut is not None and not sut.hold_intake(HARD_EXIT_SETTLE_S):
             o.notes.append(f"LoadGen's issue call did not return within {HARD_EXIT_SETTLE_S:g}s: a sample it was "
                            f"issuing may show as lost")
-        deadline = time.monotonic() + HARD_EXIT_SETTLE_S
-        self.count()
-        while o.lost and time.monotonic() < deadline:
-            time.sleep(0.01)
-            self.count()
         self.collect(loadgen_finished=False)
         self.write_summary(print_it=True)
 
